@@ -1,0 +1,152 @@
+//! The crate's error type.
+
+use crate::id::NodeId;
+use std::fmt;
+use std::io;
+use std::time::Duration;
+
+/// Result alias used across the crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Everything that can go wrong in p2prs.
+///
+/// Variants carry enough context for a message a user can act on; match on
+/// them to handle specific cases.
+///
+/// ```
+/// use p2prs::Error;
+/// let e = Error::NoSuchNode(p2prs::NodeId(7));
+/// assert_eq!(e.to_string(), "no node holds ID 7");
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// An operating-system I/O error, with what was being done.
+    Io {
+        /// What the node was doing.
+        context: String,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// Waiting for something took longer than allowed.
+    Timeout {
+        /// What was being waited for.
+        what: String,
+        /// How long was waited.
+        after: Duration,
+    },
+    /// The connection closed before the operation completed.
+    ConnectionClosed {
+        /// The remote address.
+        peer: String,
+    },
+    /// The remote node answered a request with an error.
+    Remote {
+        /// A short machine-readable code such as `no_handler` or `handler_failed`.
+        code: String,
+        /// The remote node's explanation.
+        message: String,
+    },
+    /// The peer broke the wire protocol (bad magic, bad frame, wrong version...).
+    Protocol(crate::wire::WireError),
+    /// A frame would exceed the configured maximum size.
+    FrameTooLarge {
+        /// Size of the frame in bytes.
+        size: u64,
+        /// Configured maximum.
+        max: u64,
+    },
+    /// An address could not be parsed or resolved.
+    InvalidAddress(String),
+    /// An argument given to the API is not acceptable.
+    InvalidArgument(String),
+    /// Message data could not be encoded or decoded as the requested type.
+    Json(serde_json::Error),
+    /// No node of the ring holds this ID.
+    NoSuchNode(NodeId),
+    /// The node is not (yet) part of a ring, so it cannot route by ID.
+    NotJoined,
+    /// The ID asked for is held or reserved by another node.
+    IdTaken(NodeId),
+    /// Joining the network failed; each address tried and why.
+    JoinFailed(String),
+    /// Routing through the ring failed (no route, too many hops, unreachable hops).
+    Routing(String),
+    /// The node has been shut down.
+    Shutdown,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io { context, source } => write!(f, "{context}: {source}"),
+            Error::Timeout { what, after } => {
+                write!(f, "timed out after {:.1}s waiting for {what}", after.as_secs_f64())
+            }
+            Error::ConnectionClosed { peer } => write!(f, "connection to {peer} closed"),
+            Error::Remote { code, message } => write!(f, "remote error ({code}): {message}"),
+            Error::Protocol(e) => write!(f, "protocol violation: {e}"),
+            Error::FrameTooLarge { size, max } => {
+                write!(f, "frame of {size} bytes exceeds the maximum of {max} bytes")
+            }
+            Error::InvalidAddress(a) => write!(f, "invalid address: {a}"),
+            Error::InvalidArgument(a) => write!(f, "invalid argument: {a}"),
+            Error::Json(e) => write!(f, "message data: {e}"),
+            Error::NoSuchNode(id) => write!(f, "no node holds ID {id}"),
+            Error::NotJoined => write!(f, "this node has not joined a network"),
+            Error::IdTaken(id) => write!(f, "ID {id} is already taken"),
+            Error::JoinFailed(why) => write!(f, "could not join the network: {why}"),
+            Error::Routing(why) => write!(f, "routing failed: {why}"),
+            Error::Shutdown => write!(f, "the node has been shut down"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            Error::Protocol(e) => Some(e),
+            Error::Json(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        Error::Json(e)
+    }
+}
+
+impl From<crate::wire::WireError> for Error {
+    fn from(e: crate::wire::WireError) -> Self {
+        match e {
+            crate::wire::WireError::FrameTooLarge { size, max } => Error::FrameTooLarge { size, max },
+            other => Error::Protocol(other),
+        }
+    }
+}
+
+impl Error {
+    /// Wrap an I/O error with what was being done.
+    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// The `code` this error travels under in an error response.
+    pub(crate) fn wire_code(&self) -> &str {
+        match self {
+            Error::Remote { code, .. } => code,
+            Error::NoSuchNode(_) => "no_such_node",
+            Error::NotJoined => "not_joined",
+            Error::IdTaken(_) => "id_taken",
+            Error::Timeout { .. } => "timeout",
+            Error::Shutdown => "shutting_down",
+            _ => "failed",
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Node identifiers and the interval arithmetic of the 2^64 identifier ring.
+//!
+//! Pure code: no sockets, no threads, no clock.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A node's identifier: a position on the ring of 2^64 identifiers.
+///
+/// The first node of a network takes ID 0 and each node that joins takes the
+/// next number after the highest in use, unless it asks for one explicitly.
+///
+/// ```
+/// use p2prs::NodeId;
+/// let a = NodeId(10);
+/// assert_eq!(a.distance_to(NodeId(3)), u64::MAX - 6);
+/// assert!(NodeId(5).in_half_open(a, NodeId(3)) == false);
+/// assert!(NodeId(11).in_half_open(a, NodeId(3)));
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[serde(transparent)]
+pub struct NodeId(pub u64);
+
+impl NodeId {
+    /// Clockwise distance from `self` to `other` on the ring (wrapping).
+    pub fn distance_to(self, other: NodeId) -> u64 {
+        other.0.wrapping_sub(self.0)
+    }
+
+    /// The identifier `2^k` positions clockwise of this one (wrapping); `k < 64`.
+    pub fn plus_pow2(self, k: u32) -> NodeId {
+        NodeId(self.0.wrapping_add(1u64 << (k % 64)))
+    }
+
+    /// Whether `self` lies in the half-open interval `(a, b]` going clockwise.
+    /// When `a == b` the interval is the whole ring.
+    pub fn in_half_open(self, a: NodeId, b: NodeId) -> bool {
+        if a == b {
+            return true;
+        }
+        let d = a.distance_to(self);
+        d != 0 && d <= a.distance_to(b)
+    }
+
+    /// Whether `self` lies in the open interval `(a, b)` going clockwise.
+    /// When `a == b` the interval is the whole ring except `a`.
+    pub fn in_open(self, a: NodeId, b: NodeId) -> bool {
+        if a == b {
+            return self != a;
+        }
+        let d = a.distance_to(self);
+        d != 0 && d < a.distance_to(b)
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NodeId({})", self.0)
+    }
+}
+
+impl From<u64> for NodeId {
+    fn from(v: u64) -> Self {
+        NodeId(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn half_open_wraps() {
+        let a = NodeId(u64::MAX - 1);
+        let b = NodeId(2);
+        assert!(NodeId(u64::MAX).in_half_open(a, b));
+        assert!(NodeId(0).in_half_open(a, b));
+        assert!(NodeId(2).in_half_open(a, b));
+        assert!(!NodeId(3).in_half_open(a, b));
+        assert!(!a.in_half_open(a, b));
+    }
+
+    #[test]
+    fn open_excludes_ends() {
+        let a = NodeId(3);
+        let b = NodeId(9);
+        assert!(!a.in_open(a, b));
+        assert!(!b.in_open(a, b));
+        assert!(NodeId(4).in_open(a, b));
+        assert!(NodeId(7).in_open(a, a));
+        assert!(!a.in_open(a, a));
+    }
+
+    #[test]
+    fn whole_ring_when_equal() {
+        assert!(NodeId(0).in_half_open(NodeId(5), NodeId(5)));
+        assert!(NodeId(5).in_half_open(NodeId(5), NodeId(5)));
+    }
+
+    #[test]
+    fn plus_pow2_wraps() {
+        assert_eq!(NodeId(u64::MAX).plus_pow2(0), NodeId(0));
+        assert_eq!(NodeId(1).plus_pow2(3), NodeId(9));
+    }
+}

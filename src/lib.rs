@@ -1,0 +1,46 @@
+//! # p2prs
+//!
+//! The simplest peer-to-peer networking library for Rust programs that do not
+//! use async. Start a node, join a network by the address of any member, get a
+//! small numeric ID, and reach any other node by its ID.
+//!
+//! Everything is blocking and thread-per-connection: no async runtime.
+//!
+//! ```
+//! use p2prs::{Message, Node};
+//!
+//! // Node A answers ADD requests.
+//! let a = Node::builder().port(0).start()?;
+//! a.add_handler("ADD", |req| {
+//!     let n: i64 = req.message().data()?;
+//!     req.respond(Message::new("ADD RESP", n + 1))?;
+//!     Ok(())
+//! })?;
+//!
+//! // Node B asks it.
+//! let b = Node::builder().port(0).start()?;
+//! let resp = b.request(a.local_addr(), Message::new("ADD", 17))?;
+//! println!("17 + 1 = {}", resp.data::<i64>()?);
+//! # assert_eq!(resp.data::<i64>()?, 18);
+//! # Ok::<(), p2prs::Error>(())
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod config;
+mod error;
+mod id;
+mod message;
+mod node;
+// pub mod ring; (enabled once the ring core lands)
+mod transport;
+pub mod wire;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use id::NodeId;
+pub use message::{Message, TEXT};
+pub use node::{
+    Connection, Event, HandlerResult, Incoming, Node, NodeBuilder, PeerInfo, Target,
+    RESERVED_PREFIX,
+};

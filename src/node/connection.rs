@@ -1,0 +1,187 @@
+//! Constant connections a user holds, and the targets of sends and requests.
+
+use super::NodeInner;
+use crate::error::Result;
+use crate::id::NodeId;
+use crate::message::Message;
+use crate::transport::Conn;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+/// Where a message or request goes: an address, a node ID, or a connection.
+///
+/// ```
+/// use p2prs::{NodeId, Target};
+/// let by_addr: Target = "127.0.0.1:4444".into();
+/// let by_id: Target = NodeId(7).into();
+/// assert!(matches!(by_id, Target::Id(NodeId(7))));
+/// # let _ = by_addr;
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Target {
+    /// A `host:port` address, resolved when used.
+    Addr(String),
+    /// A socket address.
+    Socket(SocketAddr),
+    /// A node ID, found through the ring.
+    Id(NodeId),
+    /// An open connection.
+    Conn(Connection),
+}
+
+impl From<&str> for Target {
+    fn from(s: &str) -> Self {
+        Target::Addr(s.to_string())
+    }
+}
+impl From<String> for Target {
+    fn from(s: String) -> Self {
+        Target::Addr(s)
+    }
+}
+impl From<(&str, u16)> for Target {
+    fn from((h, p): (&str, u16)) -> Self {
+        Target::Addr(format!("{h}:{p}"))
+    }
+}
+impl From<SocketAddr> for Target {
+    fn from(a: SocketAddr) -> Self {
+        Target::Socket(a)
+    }
+}
+impl From<&SocketAddr> for Target {
+    fn from(a: &SocketAddr) -> Self {
+        Target::Socket(*a)
+    }
+}
+impl From<NodeId> for Target {
+    fn from(id: NodeId) -> Self {
+        Target::Id(id)
+    }
+}
+impl From<Connection> for Target {
+    fn from(c: Connection) -> Self {
+        Target::Conn(c)
+    }
+}
+impl From<&Connection> for Target {
+    fn from(c: &Connection) -> Self {
+        Target::Conn(c.clone())
+    }
+}
+
+struct Pin {
+    conn: Arc<Conn>,
+    released: AtomicBool,
+}
+
+impl Pin {
+    fn release(&self) -> Option<usize> {
+        (!self.released.swap(true, Ordering::AcqRel)).then(|| self.conn.unpin())
+    }
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// A connection to a peer. One opened with [`Node::connect`](crate::Node::connect)
+/// is *constant*: it stays open until [`close`](Connection::close)d (or every
+/// clone is dropped, after which it closes when idle). Several requests can be
+/// in flight on it at once.
+#[derive(Clone)]
+pub struct Connection {
+    conn: Arc<Conn>,
+    pin: Option<Arc<Pin>>,
+    node: Weak<NodeInner>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("peer", &self.conn.peer_addr())
+            .field("peer_id", &self.conn.peer_id())
+            .field("open", &!self.conn.is_closed())
+            .finish()
+    }
+}
+
+impl Connection {
+    pub(crate) fn pinned(conn: Arc<Conn>, node: Weak<NodeInner>) -> Connection {
+        conn.pin();
+        Connection {
+            pin: Some(Arc::new(Pin {
+                conn: Arc::clone(&conn),
+                released: AtomicBool::new(false),
+            })),
+            conn,
+            node,
+        }
+    }
+
+    pub(crate) fn unpinned(conn: Arc<Conn>) -> Connection {
+        Connection {
+            conn,
+            pin: None,
+            node: Weak::new(),
+        }
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<Conn> {
+        &self.conn
+    }
+
+    /// The address the peer listens on (or its socket address if it did not say).
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.conn.peer_addr()
+    }
+
+    /// The peer's node ID, when known.
+    pub fn peer_id(&self) -> Option<NodeId> {
+        self.conn.peer_id()
+    }
+
+    /// Whether the connection is still open.
+    pub fn is_open(&self) -> bool {
+        !self.conn.is_closed()
+    }
+
+    /// Send a one-way message.
+    pub fn send(&self, msg: Message) -> Result<()> {
+        super::send_message(&self.conn, msg)
+    }
+
+    /// Send a request and wait for its answer, up to the node's request timeout.
+    pub fn request(&self, msg: Message) -> Result<Message> {
+        let timeout = self
+            .node
+            .upgrade()
+            .map(|n| n.transport.cfg.request_timeout)
+            .unwrap_or(Duration::from_secs(10));
+        self.conn.request(msg, timeout)
+    }
+
+    /// Send a request and wait up to `timeout` for its answer.
+    pub fn request_timeout(&self, msg: Message, timeout: Duration) -> Result<Message> {
+        self.conn.request(msg, timeout)
+    }
+
+    /// Close the connection (requests still in flight on it fail at once
+    /// with [`Error::ConnectionClosed`](crate::Error::ConnectionClosed)).
+    /// If other handles still hold it constant, only this hold is released.
+    pub fn close(&self) {
+        match &self.pin {
+            Some(pin) => {
+                if pin.release() == Some(0) {
+                    self.conn.close();
+                }
+            }
+            None => self.conn.close(),
+        }
+    }
+}

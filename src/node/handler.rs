@@ -1,0 +1,192 @@
+//! What a handler receives, and the pool of threads that run handlers.
+
+use super::{Connection, Node, Target};
+use crate::error::{Error, Result};
+use crate::id::NodeId;
+use crate::message::Message;
+use crate::transport::Conn;
+use crate::wire::{Frame, Kind};
+use std::fmt;
+use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+/// What a handler returns: `Ok(())`, or any error, which a requester then
+/// receives as [`Error::Remote`] with code `handler_failed`.
+pub type HandlerResult = std::result::Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// A handler for one message type.
+pub(crate) type HandlerFn = dyn Fn(&mut Incoming) -> HandlerResult + Send + Sync;
+
+/// Who sent a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The address the sender listens on (or, if it did not say, its socket address).
+    pub addr: SocketAddr,
+    /// The sender's node ID, when it has joined a ring.
+    pub id: Option<NodeId>,
+}
+
+impl fmt::Display for PeerInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.id {
+            Some(id) => write!(f, "{} (ID {id})", self.addr),
+            None => write!(f, "{}", self.addr),
+        }
+    }
+}
+
+impl PeerInfo {
+    pub(crate) fn of(conn: &Conn) -> PeerInfo {
+        PeerInfo {
+            addr: conn.peer_addr(),
+            id: conn.peer_id(),
+        }
+    }
+}
+
+/// A message or request as a handler sees it.
+///
+/// For a request, the handler answers with [`Incoming::respond`], or passes it
+/// on with [`Incoming::bounce`]; if it does neither, or returns an error, or
+/// panics, the requester gets an error response at once.
+///
+/// ```no_run
+/// use p2prs::{Message, Node};
+/// let node = Node::builder().port(4444).start()?;
+/// node.add_handler("ADD", |req| {
+///     let n: i64 = req.message().data()?;
+///     req.respond(Message::new("ADD RESP", n + 1))?;
+///     Ok(())
+/// })?;
+/// # Ok::<(), p2prs::Error>(())
+/// ```
+pub struct Incoming {
+    msg: Message,
+    from: PeerInfo,
+    node: Node,
+    conn: Arc<Conn>,
+    req: Option<u64>,
+    answered: bool,
+}
+
+impl Incoming {
+    pub(crate) fn new(node: Node, conn: Arc<Conn>, frame: Frame) -> Incoming {
+        let req = (frame.kind == Kind::Request).then_some(frame.req).flatten();
+        Incoming {
+            msg: Message::from_parts(frame.msg_type, frame.data, frame.body),
+            from: PeerInfo::of(&conn),
+            node,
+            conn,
+            req,
+            answered: false,
+        }
+    }
+
+    /// The message.
+    pub fn message(&self) -> &Message {
+        &self.msg
+    }
+
+    /// Take the message out (for its body, say).
+    pub fn take_message(&mut self) -> Message {
+        let kind = self.msg.kind().to_string();
+        std::mem::replace(&mut self.msg, Message::new(kind, ()))
+    }
+
+    /// Who sent it.
+    pub fn from(&self) -> &PeerInfo {
+        &self.from
+    }
+
+    /// The local node, to send or request from inside a handler.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// The connection it arrived on (not pinned: it may close when idle).
+    pub fn connection(&self) -> Connection {
+        Connection::unpinned(Arc::clone(&self.conn))
+    }
+
+    /// Whether the sender waits for an answer.
+    pub fn is_request(&self) -> bool {
+        self.req.is_some()
+    }
+
+    /// Whether [`respond`](Self::respond) or [`bounce`](Self::bounce) has succeeded.
+    pub fn is_answered(&self) -> bool {
+        self.answered
+    }
+
+    fn open_request(&self) -> Result<u64> {
+        let req = self
+            .req
+            .ok_or_else(|| Error::InvalidArgument("this message is not a request".into()))?;
+        if self.answered {
+            return Err(Error::InvalidArgument(
+                "this request has been answered already".into(),
+            ));
+        }
+        Ok(req)
+    }
+
+    /// Answer the request with `response`.
+    pub fn respond(&mut self, response: Message) -> Result<()> {
+        let req = self.open_request()?;
+        let (kind, data, body) = response.into_parts();
+        let mut frame = Frame::new(Kind::Response, kind, data);
+        frame.req = Some(req);
+        frame.body = body;
+        self.conn.send_frame(&frame)?;
+        self.answered = true;
+        Ok(())
+    }
+
+    /// Pass the request on to another node; its answer goes back to the
+    /// original requester as if this node had given it.
+    pub fn bounce(&mut self, target: impl Into<Target>) -> Result<()> {
+        let req = self.open_request()?;
+        let to = self.node.inner().conn_for(target.into())?;
+        if to.id == self.conn.id {
+            return Err(Error::InvalidArgument(
+                "cannot bounce a request back to its sender".into(),
+            ));
+        }
+        to.forward(self.msg.clone(), Arc::clone(&self.conn), req)?;
+        self.answered = true;
+        Ok(())
+    }
+
+    /// Run `handler` on this message and answer for it if it did not.
+    pub(crate) fn run(mut self, handler: &HandlerFn) {
+        let kind = self.msg.kind().to_string();
+        let outcome = catch_unwind(AssertUnwindSafe(|| handler(&mut self)));
+        let (code, why) = match outcome {
+            Ok(Ok(())) if self.answered || self.req.is_none() => return,
+            Ok(Ok(())) => (
+                "no_response",
+                format!("the handler for {kind:?} returned without responding"),
+            ),
+            Ok(Err(e)) => ("handler_failed", format!("the handler for {kind:?} failed: {e}")),
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                log::error!("the handler for {kind:?} panicked: {what}");
+                ("handler_panicked", format!("the handler for {kind:?} panicked: {what}"))
+            }
+        };
+        match self.req {
+            Some(req) if !self.answered => {
+                if code != "handler_panicked" {
+                    log::warn!("request {kind:?} from {}: {why}", self.from);
+                }
+                let _ = self.conn.send_frame(&Frame::error(req, code, why));
+            }
+            _ => log::warn!("message {kind:?} from {}: {why}", self.from),
+        }
+    }
+}

@@ -1,0 +1,525 @@
+//! The node: the public handle that owns every thread and socket.
+
+mod connection;
+mod handler;
+
+pub use connection::{Connection, Target};
+pub use handler::{HandlerResult, Incoming, PeerInfo};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::id::NodeId;
+use crate::message::{Message, TEXT};
+use crate::transport::{self, Conn, FrameSink, Transport};
+use crate::wire::{Frame, Kind};
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use handler::HandlerFn;
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+/// Message types starting with this prefix belong to p2prs itself.
+pub const RESERVED_PREFIX: &str = "p2prs.";
+
+/// Something that happened on the node, for programs that want to watch.
+/// See [`Node::events`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Event {
+    /// A message arrived whose type has no handler (the built-in `TEXT`
+    /// messages among them).
+    Message {
+        /// Who sent it.
+        from: PeerInfo,
+        /// The message.
+        message: Message,
+    },
+    /// This node joined a ring and holds `id`.
+    Joined {
+        /// This node's ID.
+        id: NodeId,
+    },
+    /// This node left its ring.
+    Left,
+    /// A node joined the ring.
+    PeerJoined {
+        /// Its ID.
+        id: NodeId,
+        /// Where it listens.
+        addr: SocketAddr,
+    },
+    /// A node left the ring or was found dead.
+    PeerLeft {
+        /// Its ID.
+        id: NodeId,
+    },
+}
+
+/// Builds and starts a [`Node`].
+///
+/// ```
+/// let node = p2prs::Node::builder().host("127.0.0.1").port(0).start()?;
+/// assert_ne!(node.local_addr().port(), 0);
+/// node.shutdown();
+/// # Ok::<(), p2prs::Error>(())
+/// ```
+#[must_use = "a builder does nothing until start() is called"]
+pub struct NodeBuilder {
+    host: String,
+    port: u16,
+    config: Config,
+    handlers: Vec<(String, Arc<HandlerFn>)>,
+}
+
+impl NodeBuilder {
+    /// The host or IP address to listen on (default `127.0.0.1`; `0.0.0.0` for all interfaces).
+    pub fn host(mut self, host: impl Into<String>) -> Self {
+        self.host = host.into();
+        self
+    }
+
+    /// The port to listen on (default 0: any free port; see [`Node::local_addr`]).
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
+    /// Replace the whole configuration.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Change the configuration in place.
+    pub fn configure(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        f(&mut self.config);
+        self
+    }
+
+    /// Register a handler before the node starts (see [`Node::add_handler`]).
+    pub fn handler(
+        mut self,
+        kind: impl Into<String>,
+        handler: impl Fn(&mut Incoming) -> HandlerResult + Send + Sync + 'static,
+    ) -> Self {
+        self.handlers.push((kind.into(), Arc::new(handler)));
+        self
+    }
+
+    /// Bind the listening socket and start the node's threads.
+    pub fn start(self) -> Result<Node> {
+        let cfg = self.config;
+        if cfg.max_frame_size < 1024 {
+            return Err(Error::InvalidArgument(
+                "max_frame_size must be at least 1024 bytes".into(),
+            ));
+        }
+        for (kind, _) in &self.handlers {
+            check_kind(kind)?;
+        }
+        let want = format!("{}:{}", self.host, self.port);
+        let addr = *transport::resolve(&want)?
+            .first()
+            .ok_or_else(|| Error::InvalidAddress(want.clone()))?;
+        let listener = transport::bind_listener(addr, false)?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| Error::io("reading the listening address", e))?;
+        let transport = Transport::new(cfg, local);
+        let (events_tx, events_rx) = unbounded();
+        let (jobs_tx, jobs_rx) = unbounded::<Job>();
+        let inner = Arc::new(NodeInner {
+            transport: Arc::clone(&transport),
+            handlers: RwLock::new(self.handlers.into_iter().collect()),
+            handle: Mutex::new(Weak::new()),
+            events_tx,
+            events_rx,
+            watching: AtomicBool::new(false),
+            jobs: Mutex::new(Some(jobs_tx)),
+            stopped: AtomicBool::new(false),
+        });
+        let sink: Arc<dyn FrameSink> = inner.clone();
+        transport.set_sink(Arc::downgrade(&sink));
+        let node = Node {
+            handle: Arc::new(NodeHandle {
+                inner: Arc::clone(&inner),
+            }),
+        };
+        *inner.handle.lock() = Arc::downgrade(&node.handle);
+        for i in 0..transport.cfg.handler_threads.max(1) {
+            let rx = jobs_rx.clone();
+            transport
+                .threads
+                .spawn(format!("p2prs-handler-{}-{i}", local.port()), None, move || {
+                    for job in rx {
+                        job.incoming.run(&*job.handler);
+                    }
+                })
+                .map_err(|e| Error::io("spawning a handler thread", e))?;
+        }
+        drop(jobs_rx);
+        transport.start_accept(listener)?;
+        log::info!("listening on {local}");
+        Ok(node)
+    }
+}
+
+fn check_kind(kind: &str) -> Result<()> {
+    if kind.is_empty() {
+        return Err(Error::InvalidArgument("a message type cannot be empty".into()));
+    }
+    if kind.starts_with(RESERVED_PREFIX) {
+        return Err(Error::InvalidArgument(format!(
+            "message types starting with {RESERVED_PREFIX:?} are reserved for p2prs"
+        )));
+    }
+    Ok(())
+}
+
+struct Job {
+    handler: Arc<HandlerFn>,
+    incoming: Incoming,
+}
+
+/// Shared state of a node, owned by its threads.
+pub(crate) struct NodeInner {
+    pub(crate) transport: Arc<Transport>,
+    handlers: RwLock<HashMap<String, Arc<HandlerFn>>>,
+    handle: Mutex<Weak<NodeHandle>>,
+    events_tx: Sender<Event>,
+    events_rx: Receiver<Event>,
+    watching: AtomicBool,
+    jobs: Mutex<Option<Sender<Job>>>,
+    stopped: AtomicBool,
+}
+
+/// The user-facing owner: when the last one is dropped, the node shuts down.
+struct NodeHandle {
+    inner: Arc<NodeInner>,
+}
+
+impl Drop for NodeHandle {
+    fn drop(&mut self) {
+        self.inner.shutdown();
+    }
+}
+
+/// A p2prs node: listens for peers, sends messages and requests, runs handlers.
+///
+/// `Node` is a cheap handle (`Clone + Send + Sync`): clone it into threads and
+/// handlers. The node shuts down on [`Node::shutdown`] or when the last handle
+/// is dropped; either way every thread is joined and every socket closed.
+///
+/// ```
+/// use p2prs::{Message, Node};
+/// let a = Node::builder().start()?;
+/// a.add_handler("ADD", |req| {
+///     let n: i64 = req.message().data()?;
+///     req.respond(Message::new("ADD RESP", n + 1))?;
+///     Ok(())
+/// })?;
+/// let b = Node::builder().start()?;
+/// let resp = b.request(a.local_addr(), Message::new("ADD", 17))?;
+/// assert_eq!(resp.data::<i64>()?, 18);
+/// # Ok::<(), p2prs::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Node {
+    handle: Arc<NodeHandle>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("local_addr", &self.local_addr())
+            .finish()
+    }
+}
+
+pub(crate) fn send_message(conn: &Conn, msg: Message) -> Result<()> {
+    let (kind, data, body) = msg.into_parts();
+    let mut frame = Frame::new(Kind::Message, kind, data);
+    frame.body = body;
+    conn.send_frame(&frame)
+}
+
+impl Node {
+    /// A builder for a node on 127.0.0.1 and any free port.
+    pub fn builder() -> NodeBuilder {
+        NodeBuilder {
+            host: "127.0.0.1".into(),
+            port: 0,
+            config: Config::default(),
+            handlers: Vec::new(),
+        }
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<NodeInner> {
+        &self.handle.inner
+    }
+
+    /// The address the node listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner().transport.local_addr()
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner().transport.cfg
+    }
+
+    /// Handle messages of type `kind` with `handler`, replacing any handler
+    /// it had (the built-in `TEXT` handler included). Handlers run on the
+    /// node's handler threads, so they may send and make requests themselves.
+    pub fn add_handler(
+        &self,
+        kind: impl Into<String>,
+        handler: impl Fn(&mut Incoming) -> HandlerResult + Send + Sync + 'static,
+    ) -> Result<()> {
+        let kind = kind.into();
+        check_kind(&kind)?;
+        self.inner().handlers.write().insert(kind, Arc::new(handler));
+        Ok(())
+    }
+
+    /// Remove the handler for `kind`; returns whether there was one.
+    pub fn remove_handler(&self, kind: &str) -> bool {
+        self.inner().handlers.write().remove(kind).is_some()
+    }
+
+    /// Events: messages without a handler (such as `TEXT`), ring changes.
+    /// Events are kept from the first call on; every receiver shares one queue.
+    pub fn events(&self) -> Receiver<Event> {
+        self.inner().watching.store(true, Ordering::Release);
+        self.inner().events_rx.clone()
+    }
+
+    /// Send a one-way message to `target` (an address, a node ID, or a connection).
+    pub fn send(&self, target: impl Into<Target>, msg: Message) -> Result<()> {
+        self.inner().send(target.into(), msg)
+    }
+
+    /// Send a one-way message to the node listening at `addr`, over the open
+    /// connection to it if there is one, else over a temporary one.
+    pub fn send_to_address(&self, addr: impl ToSocketAddrs, msg: Message) -> Result<()> {
+        self.send(first_addr(addr)?, msg)
+    }
+
+    /// Send a one-way message over `conn`.
+    pub fn send_to_connection(&self, conn: &Connection, msg: Message) -> Result<()> {
+        conn.send(msg)
+    }
+
+    /// Send a request and wait for its answer, up to
+    /// [`Config::request_timeout`]. A remote failure is
+    /// [`Error::Remote`]; a lost connection is [`Error::ConnectionClosed`] at once.
+    pub fn request(&self, target: impl Into<Target>, msg: Message) -> Result<Message> {
+        let t = self.inner().transport.cfg.request_timeout;
+        self.request_timeout(target, msg, t)
+    }
+
+    /// [`request`](Self::request) with its own timeout.
+    pub fn request_timeout(
+        &self,
+        target: impl Into<Target>,
+        msg: Message,
+        timeout: Duration,
+    ) -> Result<Message> {
+        let conn = self.inner().conn_for(target.into())?;
+        conn.request(msg, timeout)
+    }
+
+    /// Open (or reuse) a constant connection to `target`.
+    pub fn connect(&self, target: impl Into<Target>) -> Result<Connection> {
+        let conn = self.inner().conn_for(target.into())?;
+        Ok(Connection::pinned(conn, Arc::downgrade(self.inner())))
+    }
+
+    /// Open connections, inbound and outbound.
+    pub fn connection_count(&self) -> usize {
+        self.inner().transport.all().len()
+    }
+
+    /// Close every connection of this node. Requests in flight fail at once.
+    pub fn close_all_connections(&self) {
+        self.inner().transport.close_all();
+    }
+
+    /// Stop the node: close every socket and join every thread. Idempotent;
+    /// dropping the last handle does the same.
+    pub fn shutdown(&self) {
+        self.inner().shutdown();
+    }
+
+    /// Whether the node has been shut down.
+    pub fn is_shut_down(&self) -> bool {
+        self.inner().stopped.load(Ordering::Acquire)
+    }
+}
+
+fn first_addr(addr: impl ToSocketAddrs) -> Result<SocketAddr> {
+    addr.to_socket_addrs()
+        .map_err(|e| Error::InvalidAddress(e.to_string()))?
+        .next()
+        .ok_or_else(|| Error::InvalidAddress("the address resolves to nothing".into()))
+}
+
+impl NodeInner {
+    fn node(&self) -> Option<Node> {
+        self.handle.lock().upgrade().map(|handle| Node { handle })
+    }
+
+    fn emit(&self, e: Event) {
+        if self.watching.load(Ordering::Acquire) {
+            let _ = self.events_tx.send(e);
+        }
+    }
+
+    /// The connection a target resolves to, opening one if needed.
+    pub(crate) fn conn_for(&self, target: Target) -> Result<Arc<Conn>> {
+        if self.stopped.load(Ordering::Acquire) {
+            return Err(Error::Shutdown);
+        }
+        match target {
+            Target::Conn(c) => {
+                let conn = c.inner();
+                if conn.is_closed() {
+                    Err(conn.closed_error())
+                } else {
+                    Ok(Arc::clone(conn))
+                }
+            }
+            Target::Socket(a) => self.transport.connect(a),
+            Target::Addr(s) => {
+                let addrs = transport::resolve(&s)?;
+                let mut last = None;
+                for a in addrs {
+                    match self.transport.connect(a) {
+                        Ok(c) => return Ok(c),
+                        Err(e) => last = Some(e),
+                    }
+                }
+                Err(last.unwrap_or_else(|| Error::InvalidAddress(s)))
+            }
+            Target::Id(_) => Err(Error::NotJoined),
+        }
+    }
+
+    fn send(&self, target: Target, msg: Message) -> Result<()> {
+        let reusable = !matches!(target, Target::Conn(_));
+        let conn = self.conn_for(target)?;
+        match send_message(&conn, msg.clone()) {
+            // An idle connection the peer was closing: one fresh try.
+            Err(Error::ConnectionClosed { .. }) if reusable => {
+                let fresh = self.transport.dial(conn.peer_addr())?;
+                send_message(&fresh, msg)
+            }
+            other => other,
+        }
+    }
+
+    fn shutdown(&self) {
+        if self.stopped.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        log::debug!("shutting down {}", self.transport.local_addr());
+        // Handler threads end when the job queue closes.
+        self.jobs.lock().take();
+        self.transport.shutdown();
+    }
+
+    fn deliver_default(&self, conn: &Arc<Conn>, frame: Frame) {
+        let from = PeerInfo::of(conn);
+        let message = Message::from_parts(frame.msg_type, frame.data, frame.body);
+        if message.kind() == TEXT {
+            log::info!("({from}) -> {:?}", message.as_text().unwrap_or_default());
+        } else if !self.watching.load(Ordering::Acquire) {
+            log::warn!(
+                "no handler for message type {:?} from {from}; dropped",
+                message.kind()
+            );
+        }
+        self.emit(Event::Message { from, message });
+    }
+
+    fn internal(&self, conn: &Arc<Conn>, frame: Frame) {
+        let answer = match frame.msg_type.as_str() {
+            "p2prs.ping" => Ok(Message::new("p2prs.pong", frame.data.clone())),
+            other => Err(Error::Remote {
+                code: "no_handler".into(),
+                message: format!("unknown p2prs message type {other:?}"),
+            }),
+        };
+        reply(conn, &frame, answer);
+    }
+}
+
+/// Answer `frame` (if it is a request) with `answer`.
+pub(crate) fn reply(conn: &Conn, frame: &Frame, answer: Result<Message>) {
+    let Some(req) = frame.req.filter(|_| frame.kind == Kind::Request) else {
+        if let Err(e) = answer {
+            log::debug!("{}: {:?}: {e}", conn.peer_addr(), frame.msg_type);
+        }
+        return;
+    };
+    let out = match answer {
+        Ok(msg) => {
+            let (kind, data, body) = msg.into_parts();
+            let mut f = Frame::new(Kind::Response, kind, data);
+            f.req = Some(req);
+            f.body = body;
+            f
+        }
+        Err(Error::Remote { code, message }) => Frame::error(req, &code, message),
+        Err(e) => Frame::error(req, e.wire_code(), e.to_string()),
+    };
+    if let Err(e) = conn.send_frame(&out) {
+        log::debug!("answering {}: {e}", conn.peer_addr());
+    }
+}
+
+impl FrameSink for NodeInner {
+    fn on_frame(&self, conn: &Arc<Conn>, frame: Frame) {
+        if frame.msg_type.starts_with(RESERVED_PREFIX) {
+            self.internal(conn, frame);
+            return;
+        }
+        let handler = self.handlers.read().get(&frame.msg_type).cloned();
+        match handler {
+            Some(handler) => {
+                let Some(node) = self.node() else { return };
+                let job = Job {
+                    handler,
+                    incoming: Incoming::new(node, Arc::clone(conn), frame),
+                };
+                if let Some(jobs) = self.jobs.lock().as_ref() {
+                    let _ = jobs.send(job);
+                }
+            }
+            None if frame.kind == Kind::Request => {
+                let why = format!(
+                    "no handler for message type {:?} on {}",
+                    frame.msg_type,
+                    self.transport.local_addr()
+                );
+                log::warn!("request from {}: {why}", conn.peer_addr());
+                reply(
+                    conn,
+                    &frame,
+                    Err(Error::Remote {
+                        code: "no_handler".into(),
+                        message: why,
+                    }),
+                );
+            }
+            None => self.deliver_default(conn, frame),
+        }
+    }
+
+    fn on_close(&self, conn: &Arc<Conn>) {
+        log::debug!("connection to {} closed", conn.peer_addr());
+    }
+}

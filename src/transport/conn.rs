@@ -1,0 +1,384 @@
+//! One connection: its write half, its pending requests, and the read loop
+//! that runs on the connection's own thread.
+
+use crate::error::{Error, Result};
+use crate::id::NodeId;
+use crate::message::Message;
+use crate::wire::{self, Decoder, Frame, Hello, Kind};
+use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::io::{self, BufWriter, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Where the answer to an outstanding request goes.
+pub(crate) enum Pending {
+    /// A local caller waits on this channel.
+    Wait(Sender<Result<Message>>),
+    /// The request was bounced here on behalf of a requester on another
+    /// connection: relay the answer back to it under its request ID.
+    Forward { back: Arc<Conn>, req: u64 },
+}
+
+/// Receives what a connection reads. Implemented by the node.
+pub(crate) trait FrameSink: Send + Sync {
+    /// A frame arrived that is not a response to one of our requests.
+    fn on_frame(&self, conn: &Arc<Conn>, frame: Frame);
+    /// The connection is gone (after its pending requests were failed).
+    fn on_close(&self, conn: &Arc<Conn>);
+}
+
+/// One open, handshaken connection to a peer.
+pub(crate) struct Conn {
+    /// Local identifier of this connection.
+    pub id: u64,
+    /// The peer's socket address as seen by this end.
+    pub remote: SocketAddr,
+    /// The address the peer listens on, if it said so (corrected for a
+    /// wildcard host with the address it connects from).
+    pub peer_listen: Option<SocketAddr>,
+    /// Whether this end opened the connection.
+    pub outbound: bool,
+    peer_id: Mutex<Option<NodeId>>,
+    writer: Mutex<BufWriter<TcpStream>>,
+    raw: TcpStream,
+    closed: AtomicBool,
+    pending: Mutex<HashMap<u64, Pending>>,
+    next_req: AtomicU64,
+    pins: AtomicUsize,
+    last_active: Mutex<Instant>,
+    max_frame: usize,
+}
+
+impl Conn {
+    pub(crate) fn new(
+        id: u64,
+        stream: &TcpStream,
+        hello: &Hello,
+        outbound: bool,
+        max_frame: usize,
+    ) -> io::Result<Conn> {
+        let remote = stream.peer_addr()?;
+        let peer_listen = hello
+            .listen
+            .as_deref()
+            .and_then(|s| s.parse::<SocketAddr>().ok())
+            .map(|mut a| {
+                if a.ip().is_unspecified() {
+                    a.set_ip(remote.ip());
+                }
+                a
+            });
+        Ok(Conn {
+            id,
+            remote,
+            peer_listen,
+            outbound,
+            peer_id: Mutex::new(hello.id.map(NodeId)),
+            writer: Mutex::new(BufWriter::with_capacity(64 * 1024, stream.try_clone()?)),
+            raw: stream.try_clone()?,
+            closed: AtomicBool::new(false),
+            pending: Mutex::new(HashMap::new()),
+            next_req: AtomicU64::new(1),
+            pins: AtomicUsize::new(0),
+            last_active: Mutex::new(Instant::now()),
+            max_frame,
+        })
+    }
+
+    /// The peer's node ID, when known.
+    pub(crate) fn peer_id(&self) -> Option<NodeId> {
+        *self.peer_id.lock()
+    }
+
+    /// Record the peer's node ID (learned from the ring protocol).
+    pub(crate) fn set_peer_id(&self, id: Option<NodeId>) {
+        *self.peer_id.lock() = id;
+    }
+
+    /// The best address to describe the peer by: where it listens, else its socket.
+    pub(crate) fn peer_addr(&self) -> SocketAddr {
+        self.peer_listen.unwrap_or(self.remote)
+    }
+
+    /// Whether the connection has been closed.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Keep the connection open past the idle timeout.
+    pub(crate) fn pin(&self) {
+        self.pins.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Undo one [`Conn::pin`]; returns the pins left.
+    pub(crate) fn unpin(&self) -> usize {
+        let prev = self
+            .pins
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| Some(p.saturating_sub(1)))
+            .unwrap_or(0);
+        prev.saturating_sub(1)
+    }
+
+    fn touch(&self) {
+        *self.last_active.lock() = Instant::now();
+    }
+
+    /// Write one frame, flushing it. A failed write closes the connection.
+    pub(crate) fn send_frame(&self, frame: &Frame) -> Result<()> {
+        if self.is_closed() {
+            return Err(self.closed_error());
+        }
+        let result = {
+            let mut w = self.writer.lock();
+            wire::write_frame(&mut *w, frame, self.max_frame).and_then(|_| w.flush())
+        };
+        match result {
+            Ok(()) => {
+                self.touch();
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                // Refused before a byte was written: the connection is intact.
+                let size = wire::encoded_size(frame).unwrap_or(0);
+                Err(Error::FrameTooLarge {
+                    size,
+                    max: self.max_frame as u64,
+                })
+            }
+            Err(e) => {
+                self.close();
+                if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
+                    Err(Error::Timeout {
+                        what: format!("a write to {}", self.peer_addr()),
+                        after: Duration::ZERO,
+                    })
+                } else if self.is_closed() {
+                    Err(self.closed_error())
+                } else {
+                    Err(Error::io(format!("writing to {}", self.peer_addr()), e))
+                }
+            }
+        }
+    }
+
+    pub(crate) fn closed_error(&self) -> Error {
+        Error::ConnectionClosed {
+            peer: self.peer_addr().to_string(),
+        }
+    }
+
+    fn request_frame(&self, msg: Message, pending: Pending) -> Result<u64> {
+        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+        let (kind, data, body) = msg.into_parts();
+        let mut frame = Frame::new(Kind::Request, kind, data);
+        frame.req = Some(req);
+        frame.body = body;
+        self.pending.lock().insert(req, pending);
+        if self.is_closed() {
+            self.pending.lock().remove(&req);
+            return Err(self.closed_error());
+        }
+        if let Err(e) = self.send_frame(&frame) {
+            self.pending.lock().remove(&req);
+            return Err(e);
+        }
+        Ok(req)
+    }
+
+    /// Send a request and wait up to `timeout` for its answer.
+    pub(crate) fn request(&self, msg: Message, timeout: Duration) -> Result<Message> {
+        let what = format!("a response to {:?} from {}", msg.kind(), self.peer_addr());
+        let (tx, rx) = bounded(1);
+        let req = self.request_frame(msg, Pending::Wait(tx))?;
+        match rx.recv_timeout(timeout) {
+            Ok(result) => result,
+            Err(RecvTimeoutError::Timeout) => {
+                self.pending.lock().remove(&req);
+                Err(Error::Timeout {
+                    what,
+                    after: timeout,
+                })
+            }
+            Err(RecvTimeoutError::Disconnected) => Err(self.closed_error()),
+        }
+    }
+
+    /// Send a request whose answer is relayed to request `req` on `back`.
+    pub(crate) fn forward(&self, msg: Message, back: Arc<Conn>, req: u64) -> Result<()> {
+        self.request_frame(msg, Pending::Forward { back, req }).map(|_| ())
+    }
+
+    /// Deliver a response or error frame to whoever waits for it.
+    /// Returns false when no request with that ID is outstanding.
+    pub(crate) fn complete(&self, frame: Frame) -> bool {
+        let Some(req) = frame.req else { return false };
+        let Some(pending) = self.pending.lock().remove(&req) else {
+            return false;
+        };
+        match pending {
+            Pending::Wait(tx) => {
+                let result = match frame.error {
+                    Some(e) => Err(Error::Remote {
+                        code: e.code,
+                        message: e.message,
+                    }),
+                    None => Ok(Message::from_parts(frame.msg_type, frame.data, frame.body)),
+                };
+                let _ = tx.send(result);
+            }
+            Pending::Forward { back, req } => {
+                let mut relay = frame;
+                relay.req = Some(req);
+                if let Err(e) = back.send_frame(&relay) {
+                    log::debug!("could not relay a bounced answer to {}: {e}", back.peer_addr());
+                }
+            }
+        }
+        true
+    }
+
+    /// Close the socket; the read loop ends and fails what is pending.
+    pub(crate) fn close(&self) {
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            let _ = self.raw.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Fail every outstanding request: the peer will never answer them now.
+    fn fail_pending(&self) {
+        let drained: Vec<Pending> = self.pending.lock().drain().map(|(_, p)| p).collect();
+        for p in drained {
+            match p {
+                Pending::Wait(tx) => {
+                    let _ = tx.send(Err(self.closed_error()));
+                }
+                Pending::Forward { back, req } => {
+                    let msg = format!(
+                        "the node the request was bounced to ({}) closed the connection",
+                        self.peer_addr()
+                    );
+                    let _ = back.send_frame(&Frame::error(req, "bounce_failed", msg));
+                }
+            }
+        }
+    }
+
+    fn idle_expired(&self, idle: Duration) -> bool {
+        self.outbound
+            && self.pins.load(Ordering::Acquire) == 0
+            && self.pending.lock().is_empty()
+            && self.last_active.lock().elapsed() >= idle
+    }
+
+    /// The read loop: decode frames and hand them to `sink` until the
+    /// connection ends. `decoder` may hold bytes read after the hello.
+    pub(crate) fn read_loop(
+        self: &Arc<Conn>,
+        mut stream: TcpStream,
+        mut decoder: Decoder,
+        sink: &dyn FrameSink,
+        idle: Duration,
+    ) {
+        let tick = (idle / 2).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        let _ = stream.set_read_timeout(Some(tick));
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut ok = self.drain(&mut decoder, sink);
+        while ok && !self.is_closed() {
+            match stream.read(&mut buf) {
+                Ok(0) => {
+                    if let Err(e) = decoder.finish() {
+                        log::warn!("{}: {e}; closing", self.peer_addr());
+                    }
+                    break;
+                }
+                Ok(n) => {
+                    self.touch();
+                    decoder.push(&buf[..n]);
+                    ok = self.drain(&mut decoder, sink);
+                }
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                    if self.idle_expired(idle) {
+                        log::debug!("closing idle connection to {}", self.peer_addr());
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    if !self.is_closed() {
+                        log::debug!("reading from {}: {e}", self.peer_addr());
+                    }
+                    break;
+                }
+            }
+        }
+        self.close();
+        self.fail_pending();
+        sink.on_close(self);
+    }
+
+    fn drain(self: &Arc<Conn>, decoder: &mut Decoder, sink: &dyn FrameSink) -> bool {
+        loop {
+            match decoder.next_frame() {
+                Ok(Some(frame)) => match frame.kind {
+                    Kind::Response | Kind::Error => {
+                        if !self.complete(frame) {
+                            log::debug!("{}: answer to an unknown request", self.peer_addr());
+                        }
+                    }
+                    Kind::Message | Kind::Request => sink.on_frame(self, frame),
+                },
+                Ok(None) => return true,
+                Err(e) => {
+                    log::warn!("{}: {e}; closing the connection", self.peer_addr());
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// Exchange hellos on a fresh connection: send ours, read theirs within `timeout`.
+/// Returns the peer's hello and a decoder holding any bytes that followed it.
+pub(crate) fn handshake(
+    stream: &mut TcpStream,
+    ours: &Hello,
+    timeout: Duration,
+    max_frame: usize,
+) -> Result<(Hello, Decoder)> {
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "peer".into());
+    stream
+        .write_all(&wire::encode_hello(ours))
+        .map_err(|e| Error::io(format!("sending hello to {peer}"), e))?;
+    let deadline = Instant::now() + timeout;
+    let mut decoder = Decoder::new(max_frame);
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(hello) = decoder.next_hello()? {
+            return Ok((hello, decoder));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Error::Timeout {
+                what: format!("the hello of {peer}"),
+                after: timeout,
+            });
+        }
+        let _ = stream.set_read_timeout(Some(left));
+        match stream.read(&mut buf) {
+            Ok(0) => {
+                return Err(Error::ConnectionClosed { peer });
+            }
+            Ok(n) => decoder.push(&buf[..n]),
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io(format!("reading the hello of {peer}"), e)),
+        }
+    }
+}

@@ -1,0 +1,538 @@
+//! The wire format: handshake and length-prefixed frames.
+//!
+//! Pure code over byte buffers: no sockets. See `docs/protocol.md`.
+//!
+//! A connection starts with a *hello* from each side:
+//! `MAGIC (4 bytes "P2PR") | version (u16 BE) | length (u32 BE) | hello JSON`.
+//! Then frames follow:
+//! `header length (u32 BE) | body length (u32 BE) | header JSON | body bytes`.
+//! Both lengths are checked against the maximum frame size before anything
+//! is allocated.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::fmt;
+use std::io::{self, Write};
+
+/// The four bytes every p2prs connection starts with.
+pub const MAGIC: [u8; 4] = *b"P2PR";
+/// The protocol version this build speaks.
+pub const VERSION: u16 = 1;
+/// The largest hello accepted, in bytes.
+pub const MAX_HELLO: usize = 64 * 1024;
+/// Bytes in a frame prefix (two u32 lengths).
+pub const FRAME_PREFIX: usize = 8;
+const HELLO_PREFIX: usize = 10;
+
+/// Why bytes from a peer were refused. Holds no I/O error, so it compares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WireError {
+    /// The connection did not start with `P2PR`.
+    BadMagic(Vec<u8>),
+    /// The peer speaks another protocol version.
+    UnsupportedVersion {
+        /// The version the peer announced.
+        theirs: u16,
+        /// The version this build speaks.
+        ours: u16,
+    },
+    /// A frame (or hello) is larger than allowed.
+    FrameTooLarge {
+        /// Announced size in bytes.
+        size: u64,
+        /// Maximum allowed.
+        max: u64,
+    },
+    /// The JSON header (or hello) is not valid JSON of the documented shape.
+    BadHeader(String),
+    /// The frame's `kind` is not one this version knows.
+    UnknownKind(String),
+    /// A field the frame kind requires is missing.
+    MissingField(&'static str),
+    /// The stream ended in the middle of a frame.
+    Truncated,
+}
+
+impl fmt::Display for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WireError::BadMagic(b) => write!(f, "not a p2prs peer (connection began with {b:02x?})"),
+            WireError::UnsupportedVersion { theirs, ours } => {
+                write!(f, "peer speaks protocol version {theirs}, this node speaks {ours}")
+            }
+            WireError::FrameTooLarge { size, max } => {
+                write!(f, "frame of {size} bytes exceeds the maximum of {max}")
+            }
+            WireError::BadHeader(e) => write!(f, "malformed header: {e}"),
+            WireError::UnknownKind(k) => write!(f, "unknown frame kind {k:?}"),
+            WireError::MissingField(n) => write!(f, "frame lacks the field {n:?}"),
+            WireError::Truncated => write!(f, "connection ended in the middle of a frame"),
+        }
+    }
+}
+
+impl std::error::Error for WireError {}
+
+/// What a node says of itself when a connection opens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Hello {
+    /// The address the sender listens on, if it accepts connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// The sender's node ID, once it has joined a ring.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+}
+
+/// The four kinds of frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A one-way message.
+    Message,
+    /// A request that expects a response or an error with the same `req`.
+    Request,
+    /// The answer to a request.
+    Response,
+    /// A request failed; `error` says why.
+    Error,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Message => "message",
+            Kind::Request => "request",
+            Kind::Response => "response",
+            Kind::Error => "error",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Kind> {
+        Some(match s {
+            "message" => Kind::Message,
+            "request" => Kind::Request,
+            "response" => Kind::Response,
+            "error" => Kind::Error,
+            _ => return None,
+        })
+    }
+}
+
+/// Why a request failed, as carried in an error frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Machine-readable code, e.g. `no_handler`.
+    pub code: String,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+/// The JSON header of a frame, as it travels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct RawHeader {
+    kind: String,
+    #[serde(rename = "type", default)]
+    msg_type: String,
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    data: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    req: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<ErrorBody>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    bin: bool,
+}
+
+/// One decoded frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Frame {
+    /// What kind of frame this is.
+    pub kind: Kind,
+    /// The message type, e.g. `TEXT`.
+    pub msg_type: String,
+    /// JSON data (null when absent).
+    pub data: Value,
+    /// Request ID, for requests, responses and errors.
+    pub req: Option<u64>,
+    /// Why the request failed, for error frames.
+    pub error: Option<ErrorBody>,
+    /// The raw binary body, when the sender attached one.
+    pub body: Option<Vec<u8>>,
+}
+
+impl Frame {
+    /// A frame with no request ID, error, or body.
+    pub fn new(kind: Kind, msg_type: impl Into<String>, data: Value) -> Frame {
+        Frame {
+            kind,
+            msg_type: msg_type.into(),
+            data,
+            req: None,
+            error: None,
+            body: None,
+        }
+    }
+
+    /// An error frame answering request `req`.
+    pub fn error(req: u64, code: &str, message: impl Into<String>) -> Frame {
+        Frame {
+            kind: Kind::Error,
+            msg_type: String::new(),
+            data: Value::Null,
+            req: Some(req),
+            error: Some(ErrorBody {
+                code: code.to_string(),
+                message: message.into(),
+            }),
+            body: None,
+        }
+    }
+}
+
+/// Encode this node's hello.
+pub fn encode_hello(hello: &Hello) -> Vec<u8> {
+    let json = serde_json::to_vec(hello).unwrap_or_else(|_| b"{}".to_vec());
+    let mut out = Vec::with_capacity(HELLO_PREFIX + json.len());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&VERSION.to_be_bytes());
+    out.extend_from_slice(&(json.len() as u32).to_be_bytes());
+    out.extend_from_slice(&json);
+    out
+}
+
+/// Write one frame to `w`, refusing it if it would exceed `max` bytes.
+/// The body is written straight from the caller's slice, without a copy.
+pub fn write_frame(w: &mut impl Write, frame: &Frame, max: usize) -> io::Result<()> {
+    let header = encode_header(frame)?;
+    let body: &[u8] = frame.body.as_deref().unwrap_or(&[]);
+    let size = header.len() as u64 + body.len() as u64;
+    if size > max as u64 || body.len() > u32::MAX as usize {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            WireError::FrameTooLarge {
+                size,
+                max: max as u64,
+            },
+        ));
+    }
+    let mut prefix = [0u8; FRAME_PREFIX];
+    prefix[..4].copy_from_slice(&(header.len() as u32).to_be_bytes());
+    prefix[4..].copy_from_slice(&(body.len() as u32).to_be_bytes());
+    w.write_all(&prefix)?;
+    w.write_all(&header)?;
+    w.write_all(body)
+}
+
+/// The encoded size of a frame: what [`write_frame`] compares with the maximum.
+pub fn encoded_size(frame: &Frame) -> io::Result<u64> {
+    Ok(encode_header(frame)?.len() as u64 + frame.body.as_ref().map_or(0, |b| b.len() as u64))
+}
+
+fn encode_header(frame: &Frame) -> io::Result<Vec<u8>> {
+    let raw = RawHeader {
+        kind: frame.kind.as_str().to_string(),
+        msg_type: frame.msg_type.clone(),
+        data: frame.data.clone(),
+        req: frame.req,
+        error: frame.error.clone(),
+        bin: frame.body.is_some(),
+    };
+    serde_json::to_vec(&raw).map_err(io::Error::other)
+}
+
+fn decode_header(bytes: &[u8], body: Option<Vec<u8>>) -> Result<Frame, WireError> {
+    let raw: RawHeader =
+        serde_json::from_slice(bytes).map_err(|e| WireError::BadHeader(e.to_string()))?;
+    let kind = Kind::parse(&raw.kind).ok_or_else(|| WireError::UnknownKind(raw.kind.clone()))?;
+    match kind {
+        Kind::Request | Kind::Response | Kind::Error if raw.req.is_none() => {
+            return Err(WireError::MissingField("req"));
+        }
+        Kind::Error if raw.error.is_none() => return Err(WireError::MissingField("error")),
+        Kind::Message | Kind::Request if raw.msg_type.is_empty() => {
+            return Err(WireError::MissingField("type"));
+        }
+        _ => {}
+    }
+    let body = if raw.bin {
+        Some(body.unwrap_or_default())
+    } else {
+        None
+    };
+    Ok(Frame {
+        kind,
+        msg_type: raw.msg_type,
+        data: raw.data,
+        req: raw.req,
+        error: raw.error,
+        body,
+    })
+}
+
+/// Turns a stream of bytes, fed in pieces of any size, into a hello and then frames.
+///
+/// ```
+/// use p2prs::wire::{encode_hello, Decoder, Hello};
+/// let bytes = encode_hello(&Hello { listen: Some("127.0.0.1:4444".into()), id: None });
+/// let mut d = Decoder::new(1 << 20);
+/// d.push(&bytes[..3]);
+/// assert_eq!(d.next_hello(), Ok(None));
+/// d.push(&bytes[3..]);
+/// assert_eq!(d.next_hello().unwrap().unwrap().listen.as_deref(), Some("127.0.0.1:4444"));
+/// ```
+#[derive(Debug)]
+pub struct Decoder {
+    buf: Vec<u8>,
+    start: usize,
+    max: usize,
+}
+
+impl Decoder {
+    /// A decoder that refuses frames over `max_frame` bytes.
+    pub fn new(max_frame: usize) -> Decoder {
+        Decoder {
+            buf: Vec::new(),
+            start: 0,
+            max: max_frame,
+        }
+    }
+
+    /// Append bytes read from the connection.
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.start > 0 && self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        } else if self.start > 64 * 1024 && self.start * 2 > self.buf.len() {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes received but not yet decoded.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    /// How many more bytes the frame under way needs, at least; 0 if unknown.
+    /// Lets a reader size its next read for large bodies.
+    pub fn wanted(&self) -> usize {
+        let pending = &self.buf[self.start..];
+        if pending.len() < FRAME_PREFIX {
+            return FRAME_PREFIX - pending.len();
+        }
+        let (h, b) = prefix_lengths(pending);
+        (FRAME_PREFIX + h + b).saturating_sub(pending.len())
+    }
+
+    /// Decode the peer's hello, once enough bytes have arrived.
+    /// Wrong magic is reported as soon as the first bytes differ.
+    pub fn next_hello(&mut self) -> Result<Option<Hello>, WireError> {
+        let pending = &self.buf[self.start..];
+        let n = pending.len().min(MAGIC.len());
+        if pending[..n] != MAGIC[..n] {
+            return Err(WireError::BadMagic(pending[..n].to_vec()));
+        }
+        if pending.len() < HELLO_PREFIX {
+            return Ok(None);
+        }
+        let version = u16::from_be_bytes([pending[4], pending[5]]);
+        if version != VERSION {
+            return Err(WireError::UnsupportedVersion {
+                theirs: version,
+                ours: VERSION,
+            });
+        }
+        let len = u32::from_be_bytes([pending[6], pending[7], pending[8], pending[9]]) as usize;
+        if len > MAX_HELLO {
+            return Err(WireError::FrameTooLarge {
+                size: len as u64,
+                max: MAX_HELLO as u64,
+            });
+        }
+        if pending.len() < HELLO_PREFIX + len {
+            return Ok(None);
+        }
+        let hello: Hello = serde_json::from_slice(&pending[HELLO_PREFIX..HELLO_PREFIX + len])
+            .map_err(|e| WireError::BadHeader(e.to_string()))?;
+        self.start += HELLO_PREFIX + len;
+        Ok(Some(hello))
+    }
+
+    /// Decode the next complete frame, if one has arrived.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, WireError> {
+        let pending = &self.buf[self.start..];
+        if pending.len() < FRAME_PREFIX {
+            return Ok(None);
+        }
+        let (h, b) = prefix_lengths(pending);
+        let size = h as u64 + b as u64;
+        if size > self.max as u64 {
+            return Err(WireError::FrameTooLarge {
+                size,
+                max: self.max as u64,
+            });
+        }
+        if h == 0 {
+            return Err(WireError::BadHeader("empty header".into()));
+        }
+        if pending.len() < FRAME_PREFIX + h + b {
+            return Ok(None);
+        }
+        let header = &pending[FRAME_PREFIX..FRAME_PREFIX + h];
+        let body = (b > 0).then(|| pending[FRAME_PREFIX + h..FRAME_PREFIX + h + b].to_vec());
+        let frame = decode_header(header, body)?;
+        self.start += FRAME_PREFIX + h + b;
+        Ok(Some(frame))
+    }
+
+    /// Called when the stream ends: an error if a frame was cut short.
+    pub fn finish(&self) -> Result<(), WireError> {
+        if self.buffered() == 0 {
+            Ok(())
+        } else {
+            Err(WireError::Truncated)
+        }
+    }
+}
+
+fn prefix_lengths(p: &[u8]) -> (usize, usize) {
+    let h = u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize;
+    let b = u32::from_be_bytes([p[4], p[5], p[6], p[7]]) as usize;
+    (h, b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sample() -> Frame {
+        let mut f = Frame::new(Kind::Request, "ADD", json!({"n": 17}));
+        f.req = Some(42);
+        f.body = Some(vec![0, 1, 2, 255]);
+        f
+    }
+
+    fn encode(f: &Frame) -> Vec<u8> {
+        let mut v = Vec::new();
+        write_frame(&mut v, f, 1 << 20).unwrap();
+        v
+    }
+
+    #[test]
+    fn round_trip_cut_at_every_byte() {
+        let hello = Hello {
+            listen: Some("10.0.0.1:9".into()),
+            id: Some(3),
+        };
+        let mut bytes = encode_hello(&hello);
+        bytes.extend(encode(&sample()));
+        bytes.extend(encode(&Frame::error(42, "no_handler", "none")));
+        for cut in 0..=bytes.len() {
+            let mut d = Decoder::new(1 << 20);
+            d.push(&bytes[..cut]);
+            let mut got_hello = d.next_hello().unwrap();
+            let mut frames = Vec::new();
+            if got_hello.is_some() {
+                while let Some(f) = d.next_frame().unwrap() {
+                    frames.push(f);
+                }
+            }
+            d.push(&bytes[cut..]);
+            if got_hello.is_none() {
+                got_hello = d.next_hello().unwrap();
+            }
+            while let Some(f) = d.next_frame().unwrap() {
+                frames.push(f);
+            }
+            assert_eq!(got_hello.as_ref(), Some(&hello), "cut at {cut}");
+            assert_eq!(frames.len(), 2, "cut at {cut}");
+            assert_eq!(frames[0], sample());
+            assert_eq!(frames[1].error.as_ref().unwrap().code, "no_handler");
+            assert!(d.finish().is_ok());
+        }
+    }
+
+    #[test]
+    fn bad_magic_detected_on_first_byte() {
+        let mut d = Decoder::new(1024);
+        d.push(b"G");
+        assert_eq!(d.next_hello(), Err(WireError::BadMagic(b"G".to_vec())));
+    }
+
+    #[test]
+    fn version_mismatch() {
+        let mut b = encode_hello(&Hello::default());
+        b[5] = 9;
+        let mut d = Decoder::new(1024);
+        d.push(&b);
+        assert_eq!(
+            d.next_hello(),
+            Err(WireError::UnsupportedVersion {
+                theirs: 9,
+                ours: VERSION
+            })
+        );
+    }
+
+    #[test]
+    fn oversize_refused_before_body_arrives() {
+        let mut d = Decoder::new(100);
+        d.push(&50u32.to_be_bytes());
+        d.push(&51u32.to_be_bytes());
+        assert_eq!(
+            d.next_frame(),
+            Err(WireError::FrameTooLarge { size: 101, max: 100 })
+        );
+    }
+
+    #[test]
+    fn write_refuses_oversize() {
+        let mut f = sample();
+        f.body = Some(vec![0; 200]);
+        let err = write_frame(&mut Vec::new(), &f, 100).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn invalid_json_and_unknown_kind() {
+        let raw = |h: &[u8]| {
+            let mut v = (h.len() as u32).to_be_bytes().to_vec();
+            v.extend(0u32.to_be_bytes());
+            v.extend_from_slice(h);
+            let mut d = Decoder::new(1024);
+            d.push(&v);
+            d.next_frame()
+        };
+        assert!(matches!(raw(b"{nope"), Err(WireError::BadHeader(_))));
+        assert_eq!(
+            raw(br#"{"kind":"shout","type":"X"}"#),
+            Err(WireError::UnknownKind("shout".into()))
+        );
+        assert_eq!(
+            raw(br#"{"kind":"request","type":"X"}"#),
+            Err(WireError::MissingField("req"))
+        );
+        assert!(raw(br#"{"kind":"message","type":"X","extra":1}"#).unwrap().is_some());
+    }
+
+    #[test]
+    fn truncated_stream_is_reported() {
+        let bytes = encode(&sample());
+        let mut d = Decoder::new(1 << 20);
+        d.push(&bytes[..bytes.len() - 1]);
+        assert_eq!(d.next_frame(), Ok(None));
+        assert_eq!(d.finish(), Err(WireError::Truncated));
+    }
+
+    #[test]
+    fn empty_body_survives() {
+        let mut f = Frame::new(Kind::Message, "BIN", Value::Null);
+        f.body = Some(Vec::new());
+        let mut d = Decoder::new(1024);
+        d.push(&encode(&f));
+        assert_eq!(d.next_frame().unwrap().unwrap().body, Some(Vec::new()));
+    }
+}

@@ -32,7 +32,7 @@ mod error;
 mod id;
 mod message;
 mod node;
-// pub mod ring; (enabled once the ring core lands)
+pub mod ring;
 mod transport;
 pub mod wire;
 

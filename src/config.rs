@@ -34,6 +34,9 @@ pub struct Config {
     pub connection_stack_size: usize,
     /// Period of the ring stabilizer (default 500 ms).
     pub stabilize_interval: Duration,
+    /// How long one request of the ring's own protocol (a lookup hop, a
+    /// stabilize exchange) may take before the peer counts as failed (default 3 s).
+    pub ring_timeout: Duration,
     /// Fingers refreshed per stabilizer round (default 4).
     pub fingers_per_round: usize,
     /// Length of the successor list, about log2 of the expected ring size (default 8).
@@ -54,6 +57,7 @@ impl Default for Config {
             handler_threads: 2,
             connection_stack_size: 256 * 1024,
             stabilize_interval: Duration::from_millis(500),
+            ring_timeout: Duration::from_secs(3),
             fingers_per_round: 4,
             successor_list_len: 8,
             max_connections: 1024,

@@ -81,13 +81,20 @@ impl fmt::Display for Error {
         match self {
             Error::Io { context, source } => write!(f, "{context}: {source}"),
             Error::Timeout { what, after } => {
-                write!(f, "timed out after {:.1}s waiting for {what}", after.as_secs_f64())
+                write!(
+                    f,
+                    "timed out after {:.1}s waiting for {what}",
+                    after.as_secs_f64()
+                )
             }
             Error::ConnectionClosed { peer } => write!(f, "connection to {peer} closed"),
             Error::Remote { code, message } => write!(f, "remote error ({code}): {message}"),
             Error::Protocol(e) => write!(f, "protocol violation: {e}"),
             Error::FrameTooLarge { size, max } => {
-                write!(f, "frame of {size} bytes exceeds the maximum of {max} bytes")
+                write!(
+                    f,
+                    "frame of {size} bytes exceeds the maximum of {max} bytes"
+                )
             }
             Error::InvalidAddress(a) => write!(f, "invalid address: {a}"),
             Error::InvalidArgument(a) => write!(f, "invalid argument: {a}"),
@@ -122,7 +129,9 @@ impl From<serde_json::Error> for Error {
 impl From<crate::wire::WireError> for Error {
     fn from(e: crate::wire::WireError) -> Self {
         match e {
-            crate::wire::WireError::FrameTooLarge { size, max } => Error::FrameTooLarge { size, max },
+            crate::wire::WireError::FrameTooLarge { size, max } => {
+                Error::FrameTooLarge { size, max }
+            }
             other => Error::Protocol(other),
         }
     }

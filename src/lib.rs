@@ -41,6 +41,6 @@ pub use error::{Error, Result};
 pub use id::NodeId;
 pub use message::{Message, TEXT};
 pub use node::{
-    Connection, Event, HandlerResult, Incoming, Node, NodeBuilder, PeerInfo, Target,
+    Connection, Event, HandlerResult, Incoming, Node, NodeBuilder, Peer, PeerInfo, Route, Target,
     RESERVED_PREFIX,
 };

@@ -57,9 +57,14 @@ pub enum WireError {
 impl fmt::Display for WireError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            WireError::BadMagic(b) => write!(f, "not a p2prs peer (connection began with {b:02x?})"),
+            WireError::BadMagic(b) => {
+                write!(f, "not a p2prs peer (connection began with {b:02x?})")
+            }
             WireError::UnsupportedVersion { theirs, ours } => {
-                write!(f, "peer speaks protocol version {theirs}, this node speaks {ours}")
+                write!(
+                    f,
+                    "peer speaks protocol version {theirs}, this node speaks {ours}"
+                )
             }
             WireError::FrameTooLarge { size, max } => {
                 write!(f, "frame of {size} bytes exceeds the maximum of {max}")
@@ -484,7 +489,10 @@ mod tests {
         d.push(&51u32.to_be_bytes());
         assert_eq!(
             d.next_frame(),
-            Err(WireError::FrameTooLarge { size: 101, max: 100 })
+            Err(WireError::FrameTooLarge {
+                size: 101,
+                max: 100
+            })
         );
     }
 
@@ -515,7 +523,9 @@ mod tests {
             raw(br#"{"kind":"request","type":"X"}"#),
             Err(WireError::MissingField("req"))
         );
-        assert!(raw(br#"{"kind":"message","type":"X","extra":1}"#).unwrap().is_some());
+        assert!(raw(br#"{"kind":"message","type":"X","extra":1}"#)
+            .unwrap()
+            .is_some());
     }
 
     #[test]

@@ -71,11 +71,16 @@ pub struct Incoming {
 }
 
 impl Incoming {
-    pub(crate) fn new(node: Node, conn: Arc<Conn>, frame: Frame) -> Incoming {
+    pub(crate) fn new(
+        node: Node,
+        conn: Arc<Conn>,
+        frame: Frame,
+        from: Option<PeerInfo>,
+    ) -> Incoming {
         let req = (frame.kind == Kind::Request).then_some(frame.req).flatten();
         Incoming {
             msg: Message::from_parts(frame.msg_type, frame.data, frame.body),
-            from: PeerInfo::of(&conn),
+            from: from.unwrap_or_else(|| PeerInfo::of(&conn)),
             node,
             conn,
             req,
@@ -168,7 +173,10 @@ impl Incoming {
                 "no_response",
                 format!("the handler for {kind:?} returned without responding"),
             ),
-            Ok(Err(e)) => ("handler_failed", format!("the handler for {kind:?} failed: {e}")),
+            Ok(Err(e)) => (
+                "handler_failed",
+                format!("the handler for {kind:?} failed: {e}"),
+            ),
             Err(panic) => {
                 let what = panic
                     .downcast_ref::<&str>()
@@ -176,7 +184,10 @@ impl Incoming {
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "unknown panic".into());
                 log::error!("the handler for {kind:?} panicked: {what}");
-                ("handler_panicked", format!("the handler for {kind:?} panicked: {what}"))
+                (
+                    "handler_panicked",
+                    format!("the handler for {kind:?} panicked: {what}"),
+                )
             }
         };
         match self.req {

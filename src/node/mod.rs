@@ -1,7 +1,10 @@
 //! The node: the public handle that owns every thread and socket.
 
+mod chord;
 mod connection;
 mod handler;
+
+pub use chord::{Peer, Route};
 
 pub use connection::{Connection, Target};
 pub use handler::{HandlerResult, Incoming, PeerInfo};
@@ -72,9 +75,18 @@ pub struct NodeBuilder {
     port: u16,
     config: Config,
     handlers: Vec<(String, Arc<HandlerFn>)>,
+    id: Option<NodeId>,
 }
 
 impl NodeBuilder {
+    /// Ask for this node ID when creating or joining a network, instead of
+    /// the next free number. Joining fails with [`Error::IdTaken`] if a node
+    /// holds it.
+    pub fn id(mut self, id: impl Into<NodeId>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
     /// The host or IP address to listen on (default `127.0.0.1`; `0.0.0.0` for all interfaces).
     pub fn host(mut self, host: impl Into<String>) -> Self {
         self.host = host.into();
@@ -140,6 +152,7 @@ impl NodeBuilder {
             watching: AtomicBool::new(false),
             jobs: Mutex::new(Some(jobs_tx)),
             stopped: AtomicBool::new(false),
+            chord: chord::Chord::new(self.id),
         });
         let sink: Arc<dyn FrameSink> = inner.clone();
         transport.set_sink(Arc::downgrade(&sink));
@@ -153,14 +166,19 @@ impl NodeBuilder {
             let rx = jobs_rx.clone();
             transport
                 .threads
-                .spawn(format!("p2prs-handler-{}-{i}", local.port()), None, move || {
-                    for job in rx {
-                        job.incoming.run(&*job.handler);
-                    }
-                })
+                .spawn(
+                    format!("p2prs-handler-{}-{i}", local.port()),
+                    None,
+                    move || {
+                        for job in rx {
+                            job.incoming.run(&*job.handler);
+                        }
+                    },
+                )
                 .map_err(|e| Error::io("spawning a handler thread", e))?;
         }
         drop(jobs_rx);
+        chord::spawn_stabilizer(&inner, &transport.threads)?;
         transport.start_accept(listener)?;
         log::info!("listening on {local}");
         Ok(node)
@@ -169,7 +187,9 @@ impl NodeBuilder {
 
 fn check_kind(kind: &str) -> Result<()> {
     if kind.is_empty() {
-        return Err(Error::InvalidArgument("a message type cannot be empty".into()));
+        return Err(Error::InvalidArgument(
+            "a message type cannot be empty".into(),
+        ));
     }
     if kind.starts_with(RESERVED_PREFIX) {
         return Err(Error::InvalidArgument(format!(
@@ -194,6 +214,7 @@ pub(crate) struct NodeInner {
     watching: AtomicBool,
     jobs: Mutex<Option<Sender<Job>>>,
     stopped: AtomicBool,
+    chord: chord::Chord,
 }
 
 /// The user-facing owner: when the last one is dropped, the node shuts down.
@@ -254,6 +275,7 @@ impl Node {
             port: 0,
             config: Config::default(),
             handlers: Vec::new(),
+            id: None,
         }
     }
 
@@ -281,7 +303,10 @@ impl Node {
     ) -> Result<()> {
         let kind = kind.into();
         check_kind(&kind)?;
-        self.inner().handlers.write().insert(kind, Arc::new(handler));
+        self.inner()
+            .handlers
+            .write()
+            .insert(kind, Arc::new(handler));
         Ok(())
     }
 
@@ -358,6 +383,111 @@ impl Node {
     pub fn is_shut_down(&self) -> bool {
         self.inner().stopped.load(Ordering::Acquire)
     }
+
+    // ---- The ring -------------------------------------------------------
+
+    /// Start a new network of one, holding the builder's ID (default 0).
+    /// A node that has not joined does this by itself when another node
+    /// joins through it, so the first node of a network need not call it.
+    pub fn create_network(&self) -> Result<NodeId> {
+        chord::create(self.inner())
+    }
+
+    /// Join the network of the first reachable address in `addrs`; returns
+    /// this node's new ID. Each address is tried in turn; the error says
+    /// why each failed.
+    ///
+    /// ```
+    /// let a = p2prs::Node::builder().start()?;
+    /// let b = p2prs::Node::builder().start()?;
+    /// let id = b.join_network(&[a.local_addr()])?;
+    /// assert_eq!(a.id(), Some(p2prs::NodeId(0)));
+    /// assert_eq!(id, p2prs::NodeId(1));
+    /// # Ok::<(), p2prs::Error>(())
+    /// ```
+    pub fn join_network<A: ToSocketAddrs>(&self, addrs: &[A]) -> Result<NodeId> {
+        let mut resolved = Vec::new();
+        let mut bad = Vec::new();
+        for a in addrs {
+            match a.to_socket_addrs() {
+                Ok(it) => resolved.extend(it),
+                Err(e) => bad.push(e.to_string()),
+            }
+        }
+        if resolved.is_empty() {
+            return Err(Error::JoinFailed(if bad.is_empty() {
+                "no address given".into()
+            } else {
+                bad.join("; ")
+            }));
+        }
+        chord::join(self.inner(), &resolved)
+    }
+
+    /// This node's ID, once it is part of a network.
+    pub fn id(&self) -> Option<NodeId> {
+        chord::my_id(self.inner())
+    }
+
+    /// Whether this node is part of a network.
+    pub fn joined(&self) -> bool {
+        self.id().is_some()
+    }
+
+    /// Leave the network gracefully: the neighbours are linked to each other
+    /// before this node goes, and its ID becomes free.
+    pub fn leave(&self) -> Result<()> {
+        chord::leave(self.inner())
+    }
+
+    /// Find the node that holds `id` through the ring, in O(log N) hops.
+    pub fn lookup(&self, id: NodeId) -> Result<Route> {
+        chord::lookup(self.inner(), id)
+    }
+
+    /// Send a one-way message to the node holding `id`.
+    /// [`Error::NoSuchNode`] if no node holds it.
+    pub fn send_to_id(&self, id: NodeId, msg: Message) -> Result<()> {
+        self.send(id, msg)
+    }
+
+    /// Open (or reuse) a constant connection to the node holding `id`.
+    pub fn connect_to_id(&self, id: NodeId) -> Result<Connection> {
+        self.connect(id)
+    }
+
+    /// The routing neighbours: predecessor, successors and fingers.
+    pub fn peer_book(&self) -> Vec<Peer> {
+        chord::peer_book(self.inner())
+    }
+
+    /// Send `msg` to every peer in the peer book except those in `exclude`;
+    /// returns how many it reached.
+    pub fn send_to_peer_book(&self, msg: Message, exclude: &[NodeId]) -> Result<usize> {
+        let mut sent = 0;
+        for p in self.peer_book() {
+            if exclude.contains(&p.id) {
+                continue;
+            }
+            match self.send(p.addr, msg.clone()) {
+                Ok(()) => sent += 1,
+                Err(e) => log::warn!("peer book: sending to {} ({}): {e}", p.id, p.addr),
+            }
+        }
+        Ok(sent)
+    }
+
+    /// How many nodes the network has, this one included (0 before joining).
+    pub fn network_size(&self) -> usize {
+        chord::network_size(self.inner())
+    }
+
+    /// Deliver `msg` to every other node of the network once, over a
+    /// spanning tree of the finger tables; returns how many nodes this node
+    /// sent it to directly.
+    pub fn broadcast(&self, msg: Message) -> Result<usize> {
+        chord::broadcast(self.inner(), msg)
+    }
 }
 
 fn first_addr(addr: impl ToSocketAddrs) -> Result<SocketAddr> {
@@ -372,7 +502,7 @@ impl NodeInner {
         self.handle.lock().upgrade().map(|handle| Node { handle })
     }
 
-    fn emit(&self, e: Event) {
+    pub(crate) fn emit(&self, e: Event) {
         if self.watching.load(Ordering::Acquire) {
             let _ = self.events_tx.send(e);
         }
@@ -402,9 +532,9 @@ impl NodeInner {
                         Err(e) => last = Some(e),
                     }
                 }
-                Err(last.unwrap_or_else(|| Error::InvalidAddress(s)))
+                Err(last.unwrap_or(Error::InvalidAddress(s)))
             }
-            Target::Id(_) => Err(Error::NotJoined),
+            Target::Id(id) => chord::conn_for_id(self, id),
         }
     }
 
@@ -428,11 +558,12 @@ impl NodeInner {
         log::debug!("shutting down {}", self.transport.local_addr());
         // Handler threads end when the job queue closes.
         self.jobs.lock().take();
+        self.chord.stop();
         self.transport.shutdown();
     }
 
-    fn deliver_default(&self, conn: &Arc<Conn>, frame: Frame) {
-        let from = PeerInfo::of(conn);
+    fn deliver_default(&self, conn: &Arc<Conn>, frame: Frame, from: Option<PeerInfo>) {
+        let from = from.unwrap_or_else(|| PeerInfo::of(conn));
         let message = Message::from_parts(frame.msg_type, frame.data, frame.body);
         if message.kind() == TEXT {
             log::info!("({from}) -> {:?}", message.as_text().unwrap_or_default());
@@ -443,17 +574,6 @@ impl NodeInner {
             );
         }
         self.emit(Event::Message { from, message });
-    }
-
-    fn internal(&self, conn: &Arc<Conn>, frame: Frame) {
-        let answer = match frame.msg_type.as_str() {
-            "p2prs.ping" => Ok(Message::new("p2prs.pong", frame.data.clone())),
-            other => Err(Error::Remote {
-                code: "no_handler".into(),
-                message: format!("unknown p2prs message type {other:?}"),
-            }),
-        };
-        reply(conn, &frame, answer);
     }
 }
 
@@ -481,19 +601,17 @@ pub(crate) fn reply(conn: &Conn, frame: &Frame, answer: Result<Message>) {
     }
 }
 
-impl FrameSink for NodeInner {
-    fn on_frame(&self, conn: &Arc<Conn>, frame: Frame) {
-        if frame.msg_type.starts_with(RESERVED_PREFIX) {
-            self.internal(conn, frame);
-            return;
-        }
+impl NodeInner {
+    /// Hand a user message or request to its handler, or to the default
+    /// delivery. `from` overrides the sender (for broadcasts: the origin).
+    pub(crate) fn dispatch_user(&self, conn: &Arc<Conn>, frame: Frame, from: Option<PeerInfo>) {
         let handler = self.handlers.read().get(&frame.msg_type).cloned();
         match handler {
             Some(handler) => {
                 let Some(node) = self.node() else { return };
                 let job = Job {
                     handler,
-                    incoming: Incoming::new(node, Arc::clone(conn), frame),
+                    incoming: Incoming::new(node, Arc::clone(conn), frame, from),
                 };
                 if let Some(jobs) = self.jobs.lock().as_ref() {
                     let _ = jobs.send(job);
@@ -515,7 +633,17 @@ impl FrameSink for NodeInner {
                     }),
                 );
             }
-            None => self.deliver_default(conn, frame),
+            None => self.deliver_default(conn, frame, from),
+        }
+    }
+}
+
+impl FrameSink for NodeInner {
+    fn on_frame(&self, conn: &Arc<Conn>, frame: Frame) {
+        if frame.msg_type.starts_with(RESERVED_PREFIX) {
+            chord::handle(self, conn, frame);
+        } else {
+            self.dispatch_user(conn, frame, None);
         }
     }
 

@@ -118,7 +118,9 @@ impl Conn {
     pub(crate) fn unpin(&self) -> usize {
         let prev = self
             .pins
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| Some(p.saturating_sub(1)))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
+                Some(p.saturating_sub(1))
+            })
             .unwrap_or(0);
         prev.saturating_sub(1)
     }
@@ -151,7 +153,10 @@ impl Conn {
             }
             Err(e) => {
                 self.close();
-                if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) {
                     Err(Error::Timeout {
                         what: format!("a write to {}", self.peer_addr()),
                         after: Duration::ZERO,
@@ -209,7 +214,8 @@ impl Conn {
 
     /// Send a request whose answer is relayed to request `req` on `back`.
     pub(crate) fn forward(&self, msg: Message, back: Arc<Conn>, req: u64) -> Result<()> {
-        self.request_frame(msg, Pending::Forward { back, req }).map(|_| ())
+        self.request_frame(msg, Pending::Forward { back, req })
+            .map(|_| ())
     }
 
     /// Deliver a response or error frame to whoever waits for it.
@@ -234,7 +240,10 @@ impl Conn {
                 let mut relay = frame;
                 relay.req = Some(req);
                 if let Err(e) = back.send_frame(&relay) {
-                    log::debug!("could not relay a bounced answer to {}: {e}", back.peer_addr());
+                    log::debug!(
+                        "could not relay a bounced answer to {}: {e}",
+                        back.peer_addr()
+                    );
                 }
             }
         }
@@ -300,7 +309,12 @@ impl Conn {
                     decoder.push(&buf[..n]);
                     ok = self.drain(&mut decoder, sink);
                 }
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
                     if self.idle_expired(idle) {
                         log::debug!("closing idle connection to {}", self.peer_addr());
                         break;
@@ -376,7 +390,11 @@ pub(crate) fn handshake(
                 return Err(Error::ConnectionClosed { peer });
             }
             Ok(n) => decoder.push(&buf[..n]),
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(Error::io(format!("reading the hello of {peer}"), e)),
         }

@@ -38,7 +38,9 @@ pub(crate) fn resolve(addr: &str) -> Result<Vec<SocketAddr>> {
         .map_err(|e| Error::InvalidAddress(format!("{addr}: {e}")))?
         .collect();
     if v.is_empty() {
-        return Err(Error::InvalidAddress(format!("{addr}: resolves to nothing")));
+        return Err(Error::InvalidAddress(format!(
+            "{addr}: resolves to nothing"
+        )));
     }
     Ok(v)
 }
@@ -60,7 +62,8 @@ pub(crate) fn bind_listener(addr: SocketAddr, reuse_port: bool) -> Result<TcpLis
     let _ = reuse_port;
     s.bind(&addr.into())
         .map_err(|e| Error::io(ctx("binding"), e))?;
-    s.listen(1024).map_err(|e| Error::io(ctx("listening on"), e))?;
+    s.listen(1024)
+        .map_err(|e| Error::io(ctx("listening on"), e))?;
     Ok(s.into())
 }
 
@@ -111,9 +114,11 @@ impl Transport {
     pub(crate) fn start_accept(self: &Arc<Self>, listener: TcpListener) -> Result<()> {
         let me = Arc::clone(self);
         self.threads
-            .spawn(format!("p2prs-accept-{}", self.local.port()), None, move || {
-                me.accept_loop(listener)
-            })
+            .spawn(
+                format!("p2prs-accept-{}", self.local.port()),
+                None,
+                move || me.accept_loop(listener),
+            )
             .map_err(|e| Error::io("spawning the accept thread", e))
     }
 
@@ -270,20 +275,18 @@ impl Transport {
         )?;
         // We reached it at `addr`: that is where it listens, whatever it says.
         hello.listen = Some(addr.to_string());
-        let conn = self
-            .register(stream, &hello, true)
-            .ok_or(Error::Shutdown)?;
+        let conn = self.register(stream, &hello, true).ok_or(Error::Shutdown)?;
         let me = Arc::clone(self);
         let c2 = Arc::clone(&conn);
         let reader = stream
             .try_clone()
             .map_err(|e| Error::io("cloning a socket", e))?;
         let name = format!("p2prs-conn-{}", self.local.port());
-        let spawned = self.threads.spawn(
-            name,
-            Some(self.cfg.connection_stack_size),
-            move || me.read(c2, reader, decoder),
-        );
+        let spawned = self
+            .threads
+            .spawn(name, Some(self.cfg.connection_stack_size), move || {
+                me.read(c2, reader, decoder)
+            });
         if let Err(e) = spawned {
             conn.close();
             self.conns.lock().remove(&conn.id);

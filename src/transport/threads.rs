@@ -58,11 +58,6 @@ impl Threads {
         }
     }
 
-    /// Threads currently running (for diagnostics and tests).
-    pub(crate) fn live(&self) -> usize {
-        self.inner.lock().live.len()
-    }
-
     /// Refuse new threads and join every one, except the calling thread
     /// (which ends by itself when it returns).
     pub(crate) fn join_all(&self) {

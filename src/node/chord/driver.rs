@@ -1,0 +1,263 @@
+//! The stabilizer thread: one driver loop per node that runs the Chord
+//! maintenance rounds, forwards broadcasts, and (at the root) counts the ring.
+
+use super::*;
+use crate::transport::Threads;
+
+/// Start the node's stabilizer thread.
+pub(crate) fn spawn_stabilizer(n: &Arc<NodeInner>, threads: &Arc<Threads>) -> Result<()> {
+    let node = Arc::clone(n);
+    let name = format!("p2prs-ring-{}", n.transport.local_addr().port());
+    threads
+        .spawn(name, None, move || run(&node))
+        .map_err(|e| Error::io("spawning the stabilizer thread", e))
+}
+
+fn run(n: &NodeInner) {
+    let interval = n.transport.cfg.stabilize_interval;
+    let mut next = Instant::now() + interval;
+    loop {
+        let wait = next.saturating_duration_since(Instant::now());
+        select! {
+            recv(n.chord.stop_rx) -> _ => return,
+            recv(n.chord.jobs_rx) -> job => match job {
+                Ok(job) => do_job(n, job),
+                Err(_) => return,
+            },
+            recv(after(wait)) -> _ => {
+                round(n);
+                next = Instant::now() + interval;
+            }
+        }
+        if n.transport.is_stopping() {
+            return;
+        }
+    }
+}
+
+fn do_job(n: &NodeInner, job: Job) {
+    match job {
+        Job::Forward {
+            limit,
+            origin,
+            kind,
+            data,
+            body,
+        } => {
+            spread(n, &origin, limit, &kind, data, body);
+        }
+        Job::StabilizeNow => round(n),
+        Job::Recount => tell_root(n),
+        Job::Poke(addr) => {
+            if let Err(e) = rpc(n, addr, STABILIZE_NOW, json!({})) {
+                log::debug!("asking {addr} to stabilize: {e}");
+            }
+        }
+    }
+}
+
+/// One stabilizer round: stabilize, check the predecessor, fix fingers, and
+/// at the root count the ring when due.
+pub(super) fn round(n: &NodeInner) {
+    let actions = {
+        let mut g = n.chord.ring.write();
+        let Some(r) = g.as_mut() else { return };
+        r.stabilizer.round(&mut r.routing)
+    };
+    for a in actions {
+        execute(n, a);
+    }
+    n.chord.bump();
+    let due = {
+        let mut g = n.chord.ring.write();
+        let Some(r) = g.as_mut() else { return };
+        let due = r.is_root() && (r.recount || r.stabilizer.rounds() % WALK_EVERY == 0);
+        if due {
+            r.recount = false;
+        }
+        due
+    };
+    if due {
+        walk(n);
+    }
+}
+
+fn execute(n: &NodeInner, action: Action<SocketAddr>) {
+    match action {
+        Action::AskPredecessor(s) => {
+            let answer =
+                rpc_peer(n, &s, NEIGHBOURS, json!({})).and_then(|m| m.data::<NeighboursReply>());
+            match answer {
+                Ok(reply) => {
+                    let notify = {
+                        let mut g = n.chord.ring.write();
+                        let Some(r) = g.as_mut() else { return };
+                        on_stabilize_reply(&mut r.routing, &s, reply.pred, reply.successors)
+                    };
+                    if let Some(a) = notify {
+                        execute(n, a);
+                    }
+                }
+                Err(e) => failed(n, &s, &e),
+            }
+        }
+        Action::Notify { to, me } => {
+            if let Err(e) = rpc_peer(n, &to, NOTIFY, json!({ "peer": me })) {
+                failed(n, &to, &e);
+            }
+        }
+        Action::CheckPredecessor(p) => {
+            if let Err(e) = rpc_peer(n, &p, PING, json!({})) {
+                failed(n, &p, &e);
+            }
+        }
+        Action::FixFinger { index, start } => {
+            let start_lookup = {
+                let g = n.chord.ring.read();
+                let Some(r) = g.as_ref() else { return };
+                Lookup::new(start, &r.routing)
+            };
+            match drive(n, start_lookup) {
+                Ok((owner, _, dead)) => {
+                    forget(n, &dead);
+                    if let Some(r) = n.chord.ring.write().as_mut() {
+                        r.routing.set_finger(index, Some(owner));
+                    }
+                }
+                Err(e) => log::debug!("fixing finger {index}: {e}"),
+            }
+        }
+    }
+}
+
+fn failed(n: &NodeInner, p: &RPeer, e: &Error) {
+    log::info!(
+        "node {} ({}) does not answer ({e}); routing around it",
+        p.id,
+        p.addr
+    );
+    forget(n, &[p.id]);
+    tell_root(n);
+}
+
+/// Have the root count the ring again soon.
+fn tell_root(n: &NodeInner) {
+    let root_is_me = {
+        let mut g = n.chord.ring.write();
+        let Some(r) = g.as_mut() else { return };
+        let me = r.is_root();
+        r.recount |= me;
+        me
+    };
+    if root_is_me {
+        return;
+    }
+    let result = lookup(n, alloc::FIRST_ID).and_then(|route| {
+        n.transport
+            .connect(route.owner.addr)
+            .and_then(|c| super::super::send_message(&c, Message::new(RECOUNT, json!({}))))
+    });
+    if let Err(e) = result {
+        log::debug!("asking the root to recount: {e}");
+    }
+}
+
+/// At the root: walk the ring along successor lists, count it, and
+/// broadcast the size and what changed since the last count.
+fn walk(n: &NodeInner) {
+    let (me, succs) = {
+        let g = n.chord.ring.read();
+        let Some(r) = g.as_ref() else { return };
+        (r.routing.me().clone(), r.routing.successors().to_vec())
+    };
+    let mut members: Vec<RPeer> = vec![me.clone()];
+    let push = |members: &mut Vec<RPeer>, p: RPeer| -> bool {
+        let last = members.last().map_or(0, |l| me.id.distance_to(l.id));
+        if p.id != me.id && me.id.distance_to(p.id) > last {
+            members.push(p);
+            true
+        } else {
+            false
+        }
+    };
+    for s in succs {
+        push(&mut members, s);
+    }
+    while members.len() > 1 && members.len() < MAX_WALK {
+        let cursor = members[members.len() - 1].clone();
+        let reply = match rpc_peer(n, &cursor, NEIGHBOURS, json!({}))
+            .and_then(|m| m.data::<NeighboursReply>())
+        {
+            Ok(r) => r,
+            Err(e) => {
+                log::debug!("counting the ring: {} did not answer: {e}", cursor.id);
+                if let Some(r) = n.chord.ring.write().as_mut() {
+                    r.recount = true;
+                }
+                return;
+            }
+        };
+        let mut progressed = false;
+        let mut closed = reply.successors.is_empty();
+        for s in reply.successors {
+            if s.id == me.id {
+                closed = true;
+                break;
+            }
+            if push(&mut members, s) {
+                progressed = true;
+            } else {
+                closed = true;
+                break;
+            }
+        }
+        if closed || !progressed {
+            break;
+        }
+    }
+    publish(n, &me, members);
+}
+
+fn publish(n: &NodeInner, me: &RPeer, members: Vec<RPeer>) {
+    let now: BTreeMap<NodeId, SocketAddr> = members.iter().map(|p| (p.id, p.addr)).collect();
+    let (news, changed) = {
+        let mut g = n.chord.ring.write();
+        let Some(r) = g.as_mut() else { return };
+        let joined: Vec<RPeer> = members
+            .iter()
+            .filter(|p| !r.members.contains_key(&p.id))
+            .cloned()
+            .collect();
+        let left: Vec<NodeId> = r
+            .members
+            .keys()
+            .filter(|id| !now.contains_key(id))
+            .copied()
+            .collect();
+        let changed = !joined.is_empty() || !left.is_empty() || r.size != now.len();
+        r.epoch += 1;
+        r.size = now.len();
+        r.members = now;
+        let news = SizeNews {
+            size: r.size,
+            epoch: r.epoch,
+            joined,
+            left,
+        };
+        (news, changed || r.epoch % REPEAT_SIZE_EVERY == 1)
+    };
+    for p in news.joined.iter().filter(|p| p.id != me.id) {
+        n.emit(crate::node::Event::PeerJoined {
+            id: p.id,
+            addr: p.addr,
+        });
+    }
+    for id in news.left.iter().filter(|id| **id != me.id) {
+        n.emit(crate::node::Event::PeerLeft { id: *id });
+    }
+    if changed {
+        if let Ok(data) = serde_json::to_value(&news) {
+            spread(n, me, me.id, SIZE, data, None);
+        }
+    }
+}

@@ -1,0 +1,576 @@
+//! The node's side of the Chord ring: joins, lookups, the stabilizer thread,
+//! the ring's own message types, and the network size.
+//!
+//! The decisions live in [`crate::ring`]; this module does their I/O. The
+//! routing lock is never held across a socket call: take the lock, compute
+//! the actions, release it, then talk to peers and feed the answers back.
+
+use super::{reply, NodeInner, PeerInfo};
+use crate::error::{Error, Result};
+use crate::id::NodeId;
+use crate::message::Message;
+use crate::ring::alloc::{self, ClaimError, Reservations};
+use crate::ring::broadcast::broadcast_targets;
+use crate::ring::lookup::{Lookup, LookupStep};
+use crate::ring::stabilize::{on_stabilize_reply, Action, Stabilizer};
+use crate::ring::{self, RoutingState};
+use crate::transport::Conn;
+use crate::wire::{Frame, Kind};
+use crossbeam_channel::{after, bounded, select, unbounded, Receiver, Sender};
+use parking_lot::{Condvar, Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Ask a node for its next hop towards `target`.
+pub(crate) const NEXT_HOP: &str = "p2prs.next_hop";
+/// Ask a node for its predecessor and successor list.
+pub(crate) const NEIGHBOURS: &str = "p2prs.neighbours";
+/// Tell a node we may be its predecessor.
+pub(crate) const NOTIFY: &str = "p2prs.notify";
+/// Liveness check.
+pub(crate) const PING: &str = "p2prs.ping";
+/// Ask the owner of a range for a node ID.
+pub(crate) const CLAIM: &str = "p2prs.claim";
+/// A neighbour leaves and hands over its links.
+pub(crate) const LEAVING: &str = "p2prs.leaving";
+/// A message travelling down the broadcast tree.
+pub(crate) const BROADCAST: &str = "p2prs.broadcast";
+/// The network size and membership changes, broadcast by the root.
+pub(crate) const SIZE: &str = "p2prs.size";
+/// Run a stabilizer round now (the ring changed next to you).
+pub(crate) const STABILIZE_NOW: &str = "p2prs.stabilize_now";
+/// Ask the root to count the ring again.
+pub(crate) const RECOUNT: &str = "p2prs.recount";
+
+/// The root counts the ring every this many stabilizer rounds, and at once
+/// when it learns of a change.
+const WALK_EVERY: u64 = 4;
+/// The root repeats an unchanged size broadcast every this many walks, for
+/// nodes that missed it.
+const REPEAT_SIZE_EVERY: u64 = 4;
+/// Give up counting a ring larger than this.
+const MAX_WALK: usize = 1 << 20;
+
+/// A node of the ring as the peer book knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Peer {
+    /// Its ID.
+    pub id: NodeId,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+/// Where a lookup through the ring led.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// The node holding the ID looked up.
+    pub owner: Peer,
+    /// Nodes asked on the way (0 when this node knew the answer).
+    pub hops: u32,
+}
+
+type RPeer = ring::Peer<SocketAddr>;
+
+fn to_pub(p: &RPeer) -> Peer {
+    Peer {
+        id: p.id,
+        addr: p.addr,
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct NextHopReply {
+    from: RPeer,
+    route: ring::Route<SocketAddr>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct NeighboursReply {
+    me: RPeer,
+    pred: Option<RPeer>,
+    successors: Vec<RPeer>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ClaimRequest {
+    id: Option<NodeId>,
+    addr: SocketAddr,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ClaimReply {
+    id: NodeId,
+    owner: RPeer,
+    successors: Vec<RPeer>,
+    /// The network size the owner knows, before this join.
+    #[serde(default)]
+    size: usize,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Leaving {
+    peer: RPeer,
+    pred: Option<RPeer>,
+    successors: Vec<RPeer>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    limit: NodeId,
+    origin: RPeer,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    data: Value,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SizeNews {
+    size: usize,
+    epoch: u64,
+    #[serde(default)]
+    joined: Vec<RPeer>,
+    #[serde(default)]
+    left: Vec<NodeId>,
+}
+
+/// This node's place in a ring.
+struct Ring {
+    routing: RoutingState<SocketAddr>,
+    stabilizer: Stabilizer,
+    reservations: Reservations<SocketAddr>,
+    /// The size last counted by the root (or counted here, at the root).
+    size: usize,
+    /// The root's last count: every member.
+    members: BTreeMap<NodeId, SocketAddr>,
+    /// Number of walks done (at the root) or the newest epoch heard.
+    epoch: u64,
+    /// The root should count again at its next round.
+    recount: bool,
+}
+
+impl Ring {
+    fn new(routing: RoutingState<SocketAddr>, fingers_per_round: usize) -> Ring {
+        let me = routing.me().clone();
+        Ring {
+            routing,
+            stabilizer: Stabilizer::new(fingers_per_round),
+            reservations: Reservations::new(),
+            size: 1,
+            members: BTreeMap::from([(me.id, me.addr)]),
+            epoch: 0,
+            recount: true,
+        }
+    }
+
+    fn is_root(&self) -> bool {
+        self.routing.owns(alloc::FIRST_ID)
+    }
+}
+
+enum Job {
+    /// Forward a broadcast down the tree below `limit`.
+    Forward {
+        limit: NodeId,
+        origin: RPeer,
+        kind: String,
+        data: Value,
+        body: Option<Vec<u8>>,
+    },
+    /// Run a stabilizer round now.
+    StabilizeNow,
+    /// Tell the root to count again (or count, if this node is the root).
+    Recount,
+    /// Ask this peer to stabilize now.
+    Poke(SocketAddr),
+}
+
+/// The ring side of a node.
+pub(crate) struct Chord {
+    ring: RwLock<Option<Ring>>,
+    preferred: Option<NodeId>,
+    /// Left on purpose: no ring is created implicitly any more.
+    left: AtomicBool,
+    changed: Condvar,
+    changed_lock: Mutex<()>,
+    jobs_tx: Sender<Job>,
+    jobs_rx: Receiver<Job>,
+    stop_tx: Mutex<Option<Sender<()>>>,
+    stop_rx: Receiver<()>,
+    started: Instant,
+}
+
+impl Chord {
+    pub(crate) fn new(preferred: Option<NodeId>) -> Chord {
+        let (jobs_tx, jobs_rx) = unbounded();
+        let (stop_tx, stop_rx) = bounded(0);
+        Chord {
+            ring: RwLock::new(None),
+            preferred,
+            left: AtomicBool::new(false),
+            changed: Condvar::new(),
+            changed_lock: Mutex::new(()),
+            jobs_tx,
+            jobs_rx,
+            stop_tx: Mutex::new(Some(stop_tx)),
+            stop_rx,
+            started: Instant::now(),
+        }
+    }
+
+    /// Stop the stabilizer thread (it is joined with the node's other threads).
+    pub(crate) fn stop(&self) {
+        self.stop_tx.lock().take();
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn bump(&self) {
+        let _g = self.changed_lock.lock();
+        self.changed.notify_all();
+    }
+
+    fn queue(&self, job: Job) {
+        let _ = self.jobs_tx.send(job);
+    }
+}
+
+// ---- public operations ------------------------------------------------------
+
+fn me_peer(n: &NodeInner, id: NodeId) -> RPeer {
+    ring::Peer::new(id, n.transport.local_addr())
+}
+
+fn install(n: &NodeInner, routing: RoutingState<SocketAddr>) -> NodeId {
+    let id = routing.me().id;
+    *n.chord.ring.write() = Some(Ring::new(routing, n.transport.cfg.fingers_per_round));
+    n.chord.left.store(false, Ordering::Release);
+    n.transport.set_my_id(Some(id));
+    n.emit(super::Event::Joined { id });
+    n.chord.bump();
+    id
+}
+
+pub(crate) fn create(n: &NodeInner) -> Result<NodeId> {
+    let mut g = n.chord.ring.write();
+    if let Some(r) = g.as_ref() {
+        return Err(Error::InvalidArgument(format!(
+            "this node is in a network already, with ID {}",
+            r.routing.me().id
+        )));
+    }
+    let id = n.chord.preferred.unwrap_or(alloc::FIRST_ID);
+    let routing = RoutingState::new(me_peer(n, id), n.transport.cfg.successor_list_len);
+    drop(g.take());
+    drop(g);
+    log::info!("started a new network; this node's ID is {id}");
+    Ok(install(n, routing))
+}
+
+pub(crate) fn my_id(n: &NodeInner) -> Option<NodeId> {
+    n.chord.ring.read().as_ref().map(|r| r.routing.me().id)
+}
+
+pub(crate) fn peer_book(n: &NodeInner) -> Vec<Peer> {
+    n.chord
+        .ring
+        .read()
+        .as_ref()
+        .map(|r| r.routing.neighbours().iter().map(to_pub).collect())
+        .unwrap_or_default()
+}
+
+pub(crate) fn network_size(n: &NodeInner) -> usize {
+    n.chord.ring.read().as_ref().map_or(0, |r| r.size)
+}
+
+/// One request of the ring protocol, with the ring timeout.
+fn rpc(n: &NodeInner, addr: SocketAddr, kind: &str, mut data: Value) -> Result<Message> {
+    if let (Some(id), Value::Object(map)) = (my_id(n), &mut data) {
+        map.insert("from_id".into(), json!(id));
+    }
+    let conn = n.transport.connect(addr)?;
+    conn.request(Message::new(kind, data), n.transport.cfg.ring_timeout)
+}
+
+fn rpc_peer(n: &NodeInner, p: &RPeer, kind: &str, data: Value) -> Result<Message> {
+    let conn = n.transport.connect(p.addr)?;
+    conn.set_peer_id(Some(p.id));
+    rpc(n, p.addr, kind, data)
+}
+
+/// Run a lookup to the end, querying peers over the network.
+fn drive(n: &NodeInner, mut lookup: Lookup<SocketAddr>) -> Result<(RPeer, u32, Vec<NodeId>)> {
+    let target = lookup.target();
+    loop {
+        match lookup.next() {
+            LookupStep::Query(p) => {
+                match rpc_peer(n, &p, NEXT_HOP, json!({ "target": target }))
+                    .and_then(|m| m.data::<NextHopReply>())
+                {
+                    Ok(r) => lookup.on_reply(p.id, r.route),
+                    Err(e) => {
+                        log::debug!("lookup of {target}: {} ({}) failed: {e}", p.id, p.addr);
+                        lookup.on_failure(p.id);
+                    }
+                }
+            }
+            LookupStep::Done { owner, hops } => {
+                return Ok((owner, hops, lookup.failed_peers().to_vec()));
+            }
+            LookupStep::Failed(e) => {
+                return Err(Error::Routing(format!("looking up {target}: {e}")));
+            }
+        }
+    }
+}
+
+fn forget(n: &NodeInner, failed: &[NodeId]) {
+    if failed.is_empty() {
+        return;
+    }
+    if let Some(r) = n.chord.ring.write().as_mut() {
+        for id in failed {
+            r.routing.peer_failed(*id);
+        }
+    }
+}
+
+pub(crate) fn lookup(n: &NodeInner, id: NodeId) -> Result<Route> {
+    let start = {
+        let g = n.chord.ring.read();
+        let r = g.as_ref().ok_or(Error::NotJoined)?;
+        Lookup::new(id, &r.routing)
+    };
+    let (owner, hops, failed) = drive(n, start)?;
+    forget(n, &failed);
+    Ok(Route {
+        owner: to_pub(&owner),
+        hops,
+    })
+}
+
+/// The connection to the node holding exactly `id`.
+pub(crate) fn conn_for_id(n: &NodeInner, id: NodeId) -> Result<Arc<Conn>> {
+    let known = {
+        let g = n.chord.ring.read();
+        let r = g.as_ref().ok_or(Error::NotJoined)?;
+        if r.routing.me().id == id {
+            Some(r.routing.me().clone())
+        } else {
+            r.routing.neighbours().into_iter().find(|p| p.id == id)
+        }
+    };
+    if let Some(p) = known {
+        match n.transport.connect(p.addr) {
+            Ok(c) => {
+                c.set_peer_id(Some(id));
+                return Ok(c);
+            }
+            Err(e) => {
+                log::debug!("peer book entry {id} ({}) unreachable: {e}", p.addr);
+                forget(n, &[id]);
+            }
+        }
+    }
+    let route = lookup(n, id)?;
+    let mut owner = route.owner;
+    if owner.id != id {
+        // A node that joined moments ago may not be known to its predecessor
+        // yet: the owner the lookup found knows it as its predecessor.
+        let reply = rpc(n, owner.addr, NEIGHBOURS, json!({}))
+            .and_then(|m| m.data::<NeighboursReply>())
+            .ok();
+        match reply.and_then(|r| r.pred).filter(|p| p.id == id) {
+            Some(p) => owner = to_pub(&p),
+            None => return Err(Error::NoSuchNode(id)),
+        }
+    }
+    let c = n.transport.connect(owner.addr)?;
+    c.set_peer_id(Some(id));
+    Ok(c)
+}
+
+pub(crate) fn join(n: &NodeInner, addrs: &[SocketAddr]) -> Result<NodeId> {
+    if let Some(id) = my_id(n) {
+        return Err(Error::InvalidArgument(format!(
+            "this node is in a network already, with ID {id}"
+        )));
+    }
+    let mut why = Vec::new();
+    for &addr in addrs {
+        if addr == n.transport.local_addr() {
+            why.push(format!("{addr}: that is this node's own address"));
+            continue;
+        }
+        match join_via(n, addr) {
+            Ok(id) => return Ok(id),
+            Err(e @ Error::IdTaken(_)) | Err(e @ Error::Shutdown) => return Err(e),
+            Err(e) => why.push(format!("{addr}: {e}")),
+        }
+    }
+    Err(Error::JoinFailed(why.join("; ")))
+}
+
+fn join_via(n: &NodeInner, addr: SocketAddr) -> Result<NodeId> {
+    let cfg = &n.transport.cfg;
+    let target = alloc::claim_target(n.chord.preferred);
+    let mut last = Error::JoinFailed("no attempt".into());
+    for attempt in 0..6 {
+        if attempt > 0 {
+            // The ring is settling (a claim reached a node whose range just
+            // changed): give the stabilizer a round.
+            std::thread::sleep(cfg.stabilize_interval);
+        }
+        let first: NextHopReply = rpc(n, addr, NEXT_HOP, json!({ "target": target }))?.data()?;
+        let mut lookup = Lookup::via(target, first.from.clone());
+        let _ = lookup.next();
+        lookup.on_reply(first.from.id, first.route);
+        let (owner, _, _) = drive(n, lookup)?;
+        let claim = ClaimRequest {
+            id: n.chord.preferred,
+            addr: n.transport.local_addr(),
+        };
+        let answer = rpc(n, owner.addr, CLAIM, serde_json::to_value(&claim)?);
+        let granted: ClaimReply = match answer {
+            Ok(m) => m.data()?,
+            Err(Error::Remote { code, message }) => {
+                if code == "id_taken" {
+                    return Err(Error::IdTaken(claim.id.unwrap_or(target)));
+                }
+                last = Error::Remote { code, message };
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let id = granted.id;
+        let mut routing = RoutingState::new(me_peer(n, id), cfg.successor_list_len);
+        routing.adopt_successors(granted.owner.clone(), granted.successors);
+        install(n, routing);
+        if let Some(r) = n.chord.ring.write().as_mut() {
+            r.size = granted.size.max(1) + 1;
+        }
+        let me = me_peer(n, id);
+        if let Err(e) = rpc_peer(n, &granted.owner, NOTIFY, json!({ "peer": me })) {
+            log::warn!("notifying {} after joining: {e}", granted.owner.id);
+        }
+        if n.chord.preferred.is_some() {
+            n.chord.queue(Job::Recount);
+        }
+        wait_for_predecessor(n, cfg.stabilize_interval * 4);
+        log::info!("joined the network through {addr}; this node's ID is {id}");
+        return Ok(id);
+    }
+    Err(last)
+}
+
+/// Wait (bounded) until the ring links this node in from behind.
+fn wait_for_predecessor(n: &NodeInner, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    let mut g = n.chord.changed_lock.lock();
+    loop {
+        let linked = n
+            .chord
+            .ring
+            .read()
+            .as_ref()
+            .is_none_or(|r| r.routing.predecessor().is_some());
+        if linked || n.chord.changed.wait_until(&mut g, deadline).timed_out() {
+            return;
+        }
+    }
+}
+
+pub(crate) fn leave(n: &NodeInner) -> Result<()> {
+    let Some(r) = n.chord.ring.write().take() else {
+        return Err(Error::NotJoined);
+    };
+    n.chord.left.store(true, Ordering::Release);
+    n.transport.set_my_id(None);
+    let me = r.routing.me().clone();
+    let news = Leaving {
+        peer: me.clone(),
+        pred: r.routing.predecessor().cloned(),
+        successors: r.routing.successors().to_vec(),
+    };
+    let data = serde_json::to_value(&news)?;
+    let mut told = Vec::new();
+    for p in news.pred.iter().chain(news.successors.first()) {
+        if told.contains(&p.id) {
+            continue;
+        }
+        told.push(p.id);
+        if let Err(e) = rpc_peer(n, p, LEAVING, data.clone()) {
+            log::warn!("telling {} that this node leaves: {e}", p.id);
+        }
+    }
+    log::info!("left the network (ID {} is free again)", me.id);
+    n.emit(super::Event::Left);
+    Ok(())
+}
+
+pub(crate) fn broadcast(n: &NodeInner, msg: Message) -> Result<usize> {
+    let (kind, data, body) = msg.into_parts();
+    if kind.starts_with(super::RESERVED_PREFIX) {
+        return Err(Error::InvalidArgument(format!(
+            "{kind:?} is a reserved type"
+        )));
+    }
+    let me = {
+        let g = n.chord.ring.read();
+        g.as_ref().ok_or(Error::NotJoined)?.routing.me().clone()
+    };
+    Ok(spread(n, &me, me.id, &kind, data, body))
+}
+
+/// Send an envelope to this node's children in the broadcast tree below `limit`.
+fn spread(
+    n: &NodeInner,
+    origin: &RPeer,
+    limit: NodeId,
+    kind: &str,
+    data: Value,
+    body: Option<Vec<u8>>,
+) -> usize {
+    let targets = match n.chord.ring.read().as_ref() {
+        Some(r) => broadcast_targets(&r.routing, limit),
+        None => return 0,
+    };
+    let mut sent = 0;
+    for (child, child_limit) in targets {
+        let env = Envelope {
+            limit: child_limit,
+            origin: origin.clone(),
+            kind: kind.to_string(),
+            data: data.clone(),
+        };
+        let mut frame = Frame::new(
+            Kind::Message,
+            BROADCAST,
+            serde_json::to_value(&env).unwrap_or_default(),
+        );
+        frame.body = body.clone();
+        let result = n
+            .transport
+            .connect(child.addr)
+            .and_then(|c| c.send_frame(&frame));
+        match result {
+            Ok(()) => sent += 1,
+            Err(e) => log::warn!("broadcast to {} ({}): {e}", child.id, child.addr),
+        }
+    }
+    sent
+}
+
+mod driver;
+mod serve;
+
+pub(crate) use driver::spawn_stabilizer;
+pub(crate) use serve::handle;

@@ -1,0 +1,234 @@
+//! Answering the ring's own requests. These run on connection threads, so
+//! they only take the routing lock briefly and never wait on the network:
+//! anything that needs I/O is queued for the stabilizer thread.
+
+use super::*;
+
+/// The ring of this node, created on the spot when another node joins
+/// through a node that has not joined anything (the p2py way: the first node
+/// of a network just starts, and takes ID 0 when the second one arrives).
+fn ensure_ring(n: &NodeInner) -> Result<()> {
+    if n.chord.ring.read().is_some() {
+        return Ok(());
+    }
+    if n.chord.left.load(Ordering::Acquire) {
+        return Err(Error::NotJoined);
+    }
+    match create(n) {
+        Ok(_) | Err(Error::InvalidArgument(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn with_ring<T>(n: &NodeInner, f: impl FnOnce(&mut Ring) -> Result<T>) -> Result<T> {
+    let mut g = n.chord.ring.write();
+    let r = g.as_mut().ok_or(Error::NotJoined)?;
+    f(r)
+}
+
+fn remote(code: &str, message: impl Into<String>) -> Error {
+    Error::Remote {
+        code: code.into(),
+        message: message.into(),
+    }
+}
+
+fn field<T: serde::de::DeserializeOwned>(frame: &Frame, name: &str) -> Result<T> {
+    let v = frame.data.get(name).cloned().unwrap_or(Value::Null);
+    serde_json::from_value(v).map_err(|e| remote("bad_request", format!("field {name:?}: {e}")))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(frame: &Frame) -> Result<T> {
+    serde_json::from_value(frame.data.clone())
+        .map_err(|e| remote("bad_request", format!("{}: {e}", frame.msg_type)))
+}
+
+fn reply_json(v: &impl Serialize) -> Result<Message> {
+    Ok(Message::new("p2prs.ok", serde_json::to_value(v)?))
+}
+
+/// Handle a frame of one of the ring's reserved types.
+pub(crate) fn handle(n: &NodeInner, conn: &Arc<Conn>, frame: Frame) {
+    if let Some(id) = frame.data.get("from_id").and_then(Value::as_u64) {
+        conn.set_peer_id(Some(NodeId(id)));
+    }
+    let answer = match frame.msg_type.as_str() {
+        PING => Ok(Message::new("p2prs.pong", Value::Null)),
+        NEXT_HOP => next_hop(n, &frame),
+        NEIGHBOURS => neighbours(n),
+        NOTIFY => notify(n, &frame),
+        CLAIM => claim(n, &frame),
+        LEAVING => leaving(n, &frame),
+        STABILIZE_NOW => {
+            n.chord.queue(Job::StabilizeNow);
+            Ok(Message::new("p2prs.ok", Value::Null))
+        }
+        RECOUNT => {
+            let _ = with_ring(n, |r| {
+                r.recount = true;
+                Ok(())
+            });
+            Ok(Message::new("p2prs.ok", Value::Null))
+        }
+        BROADCAST => {
+            on_broadcast(n, conn, frame);
+            return;
+        }
+        other => Err(remote(
+            "no_handler",
+            format!("unknown p2prs message type {other:?}"),
+        )),
+    };
+    reply(conn, &frame, answer);
+}
+
+fn next_hop(n: &NodeInner, frame: &Frame) -> Result<Message> {
+    let target: NodeId = field(frame, "target")?;
+    ensure_ring(n)?;
+    let reply = {
+        let g = n.chord.ring.read();
+        let r = g.as_ref().ok_or(Error::NotJoined)?;
+        NextHopReply {
+            from: r.routing.me().clone(),
+            route: r.routing.next_hop(target),
+        }
+    };
+    reply_json(&reply)
+}
+
+fn neighbours(n: &NodeInner) -> Result<Message> {
+    let reply = {
+        let g = n.chord.ring.read();
+        let r = g.as_ref().ok_or(Error::NotJoined)?;
+        NeighboursReply {
+            me: r.routing.me().clone(),
+            pred: r.routing.predecessor().cloned(),
+            successors: r.routing.successors().to_vec(),
+        }
+    };
+    reply_json(&reply)
+}
+
+fn notify(n: &NodeInner, frame: &Frame) -> Result<Message> {
+    let candidate: RPeer = field(frame, "peer")?;
+    let now = n.chord.now_ms();
+    let poke = with_ring(n, |r| {
+        let old = r.routing.predecessor().cloned();
+        let changed = r.routing.notify(candidate.clone());
+        r.reservations.prune(&r.routing, now);
+        r.reservations.release(candidate.id);
+        if changed {
+            r.recount |= r.is_root();
+        }
+        // Our old predecessor should now point at the newcomer: tell it to
+        // stabilize at once rather than at its next round.
+        Ok(old.filter(|o| changed && o.id != candidate.id && o.id != r.routing.me().id))
+    })?;
+    if let Some(old) = poke {
+        n.chord.queue(Job::Poke(old.addr));
+    }
+    n.chord.bump();
+    Ok(Message::new("p2prs.ok", Value::Null))
+}
+
+fn claim(n: &NodeInner, frame: &Frame) -> Result<Message> {
+    let req: ClaimRequest = parse(frame)?;
+    ensure_ring(n)?;
+    let now = n.chord.now_ms();
+    let ttl = (n.transport.cfg.ring_timeout * 4).as_millis() as u64;
+    let reply = with_ring(n, |r| {
+        let granted = alloc::claim(&r.routing, &mut r.reservations, req.id, req.addr, now, ttl);
+        let id = granted.map_err(|e| match e {
+            ClaimError::IdTaken(id) => remote("id_taken", format!("ID {id} is already taken")),
+            ClaimError::WrongOwner => remote("wrong_owner", e.to_string()),
+            ClaimError::RangeFull => remote("range_full", e.to_string()),
+            _ => remote("unsettled", e.to_string()),
+        })?;
+        r.recount |= r.is_root();
+        Ok(ClaimReply {
+            id,
+            owner: r.routing.me().clone(),
+            successors: r.routing.successors().to_vec(),
+            size: r.size,
+        })
+    })?;
+    log::debug!("granted ID {} to {}", reply.id, req.addr);
+    reply_json(&reply)
+}
+
+fn leaving(n: &NodeInner, frame: &Frame) -> Result<Message> {
+    let news: Leaving = parse(frame)?;
+    with_ring(n, |r| {
+        r.routing
+            .peer_left(news.peer.id, news.pred.clone(), news.successors.clone());
+        Ok(())
+    })?;
+    log::info!(
+        "node {} ({}) left the network",
+        news.peer.id,
+        news.peer.addr
+    );
+    n.chord.queue(Job::Recount);
+    n.chord.bump();
+    Ok(Message::new("p2prs.ok", Value::Null))
+}
+
+fn on_broadcast(n: &NodeInner, conn: &Arc<Conn>, frame: Frame) {
+    let env: Envelope = match serde_json::from_value(frame.data) {
+        Ok(e) => e,
+        Err(e) => {
+            log::warn!("{}: malformed broadcast: {e}", conn.peer_addr());
+            return;
+        }
+    };
+    if env.kind == SIZE {
+        match serde_json::from_value::<SizeNews>(env.data.clone()) {
+            Ok(news) => apply_size(n, news),
+            Err(e) => log::warn!("{}: malformed size news: {e}", conn.peer_addr()),
+        }
+    } else if env.kind.starts_with(crate::node::RESERVED_PREFIX) {
+        log::warn!(
+            "{}: broadcast of reserved type {:?}",
+            conn.peer_addr(),
+            env.kind
+        );
+        return;
+    } else {
+        let mut local = Frame::new(Kind::Message, env.kind.clone(), env.data.clone());
+        local.body = frame.body.clone();
+        let from = PeerInfo {
+            addr: env.origin.addr,
+            id: Some(env.origin.id),
+        };
+        n.dispatch_user(conn, local, Some(from));
+    }
+    n.chord.queue(Job::Forward {
+        limit: env.limit,
+        origin: env.origin,
+        kind: env.kind,
+        data: env.data,
+        body: frame.body,
+    });
+}
+
+fn apply_size(n: &NodeInner, news: SizeNews) {
+    let me = {
+        let mut g = n.chord.ring.write();
+        let Some(r) = g.as_mut() else { return };
+        if r.is_root() {
+            return;
+        }
+        r.size = news.size;
+        r.epoch = news.epoch;
+        r.routing.me().id
+    };
+    for p in news.joined.into_iter().filter(|p| p.id != me) {
+        n.emit(crate::node::Event::PeerJoined {
+            id: p.id,
+            addr: p.addr,
+        });
+    }
+    for id in news.left.into_iter().filter(|id| *id != me) {
+        n.emit(crate::node::Event::PeerLeft { id });
+    }
+}

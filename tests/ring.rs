@@ -1,0 +1,325 @@
+//! Real Chord rings of threads in one process, over loopback.
+
+mod support;
+
+use p2prs::{Error, Event, Message, Node, NodeId};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::{node_with, wait_until};
+
+const INTERVAL: Duration = Duration::from_millis(40);
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A small seeded PRNG (splitmix64), so the tests are repeatable.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn ring_node() -> Node {
+    let n = node_with(|c| {
+        c.stabilize_interval = INTERVAL;
+        c.ring_timeout = Duration::from_secs(2);
+        c.successor_list_len = 6;
+        c.handler_threads = 1;
+    });
+    n.add_handler("ECHO", |req| {
+        let m = req.message().clone();
+        req.respond(m)?;
+        Ok(())
+    })
+    .expect("ECHO handler");
+    n
+}
+
+/// `n` nodes; node 0 creates the network, each other joins through a random
+/// earlier member.
+fn spawn_ring(n: usize, rng: &mut Rng) -> Vec<Node> {
+    let nodes: Vec<Node> = (0..n).map(|_| ring_node()).collect();
+    nodes[0].create_network().expect("create");
+    for i in 1..n {
+        let via = nodes[rng.below(i)].local_addr();
+        nodes[i].join_network(&[via]).expect("join");
+    }
+    nodes
+}
+
+fn sizes_are(nodes: &[&Node], n: usize) -> bool {
+    nodes.iter().all(|x| x.network_size() == n)
+}
+
+fn all_reach_all(nodes: &[&Node]) -> bool {
+    let ids: Vec<NodeId> = nodes.iter().filter_map(|n| n.id()).collect();
+    nodes.iter().all(|a| {
+        ids.iter()
+            .all(|id| a.lookup(*id).map(|r| r.owner.id == *id).unwrap_or(false))
+    })
+}
+
+#[test]
+fn ring_of_32_routes_by_id() {
+    let mut rng = Rng(32);
+    let nodes = spawn_ring(32, &mut rng);
+    let ids: BTreeSet<NodeId> = nodes.iter().filter_map(|n| n.id()).collect();
+    assert_eq!(ids, (0..32).map(NodeId).collect(), "IDs are 0..32");
+    let all: Vec<&Node> = nodes.iter().collect();
+    assert!(
+        wait_until(PATIENCE, || sizes_are(&all, 32)),
+        "sizes: {:?}",
+        nodes.iter().map(|n| n.network_size()).collect::<Vec<_>>()
+    );
+
+    // 200 random (sender, receiver) pairs, by send_to_id and by request.
+    let got: Vec<Arc<AtomicUsize>> = nodes
+        .iter()
+        .map(|n| {
+            let c = Arc::new(AtomicUsize::new(0));
+            let c2 = Arc::clone(&c);
+            n.add_handler("COUNT", move |_| {
+                c2.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            })
+            .unwrap();
+            c
+        })
+        .collect();
+    let mut expected = vec![0usize; 32];
+    let mut hops = Vec::new();
+    for _ in 0..200 {
+        let a = rng.below(32);
+        let b = rng.below(32);
+        let target = nodes[b].id().unwrap();
+        nodes[a]
+            .send_to_id(target, Message::new("COUNT", a as u64))
+            .unwrap();
+        expected[b] += 1;
+        let resp = nodes[a]
+            .request(target, Message::new("ECHO", format!("{a}->{b}")))
+            .unwrap();
+        assert_eq!(resp.as_text(), Some(format!("{a}->{b}").as_str()));
+        hops.push(nodes[a].lookup(target).unwrap().hops);
+    }
+    assert!(
+        wait_until(PATIENCE, || got
+            .iter()
+            .zip(&expected)
+            .all(|(g, e)| g.load(Ordering::SeqCst) == *e)),
+        "every send_to_id arrived exactly at its target"
+    );
+    hops.sort_unstable();
+    let mean = hops.iter().sum::<u32>() as f64 / hops.len() as f64;
+    println!(
+        "32-node ring: lookup hops mean {mean:.2}, p99 {}, max {}",
+        hops[hops.len() * 99 / 100],
+        hops[hops.len() - 1]
+    );
+    assert!(
+        f64::from(hops[hops.len() - 1]) <= 5.0 + 2.0,
+        "hops within log2(N)+2"
+    );
+
+    // An ID nobody holds is refused at once.
+    match nodes[3].request(NodeId(1000), Message::new("ECHO", 1)) {
+        Err(Error::NoSuchNode(NodeId(1000))) => {}
+        other => panic!("expected NoSuchNode, got {other:?}"),
+    }
+}
+
+#[test]
+fn ring_heals_after_losing_a_quarter() {
+    let mut rng = Rng(7);
+    let nodes = spawn_ring(32, &mut rng);
+    let all: Vec<&Node> = nodes.iter().collect();
+    assert!(wait_until(PATIENCE, || sizes_are(&all, 32)));
+    assert!(wait_until(PATIENCE, || all_reach_all(&all)));
+
+    // Kill 8 at random (node 0 among the candidates), abruptly: no leave.
+    let mut dead = BTreeSet::new();
+    while dead.len() < 8 {
+        dead.insert(rng.below(32));
+    }
+    for &i in &dead {
+        nodes[i].shutdown();
+    }
+    let live: Vec<&Node> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !dead.contains(i))
+        .map(|(_, n)| n)
+        .collect();
+    let t = Instant::now();
+    assert!(
+        wait_until(PATIENCE, || sizes_are(&live, 24) && all_reach_all(&live)),
+        "sizes: {:?}",
+        live.iter().map(|n| n.network_size()).collect::<Vec<_>>()
+    );
+    println!(
+        "healed after losing 8 of 32 in {:?} (~{} stabilizer rounds of {:?})",
+        t.elapsed(),
+        t.elapsed().as_millis() / INTERVAL.as_millis(),
+        INTERVAL
+    );
+    for a in &live {
+        for b in &live {
+            let id = b.id().unwrap();
+            let r = a.request(id, Message::new("ECHO", id.0)).unwrap();
+            assert_eq!(r.data::<u64>().unwrap(), id.0);
+        }
+    }
+}
+
+#[test]
+fn graceful_leave_links_neighbours_and_frees_the_id() {
+    let mut rng = Rng(3);
+    let nodes = spawn_ring(8, &mut rng);
+    let all: Vec<&Node> = nodes.iter().collect();
+    assert!(wait_until(PATIENCE, || sizes_are(&all, 8)));
+    let events = nodes[0].events();
+    let middle = &nodes[4];
+    let gone = middle.id().unwrap();
+    middle.leave().unwrap();
+    assert_eq!(middle.id(), None);
+    assert!(!middle.joined());
+    let rest: Vec<&Node> = nodes.iter().filter(|n| n.id().is_some()).collect();
+    assert_eq!(rest.len(), 7);
+    assert!(wait_until(PATIENCE, || sizes_are(&rest, 7)));
+    // The neighbours point at each other.
+    let before = rest
+        .iter()
+        .find(|n| n.id() == Some(NodeId(gone.0 - 1)))
+        .unwrap();
+    assert!(
+        wait_until(PATIENCE, || before.peer_book().iter().all(|p| p.id != gone)),
+        "the left node is out of its predecessor's peer book"
+    );
+    assert!(matches!(
+        nodes[0].request(gone, Message::new("ECHO", 1)),
+        Err(Error::NoSuchNode(_))
+    ));
+    assert!(
+        wait_until(PATIENCE, || events
+            .try_iter()
+            .any(|e| matches!(e, Event::PeerLeft { id } if id == gone))),
+        "a PeerLeft event for the node that left"
+    );
+    // Its ID is free: a new node can claim it.
+    let newcomer = Node::builder()
+        .id(gone)
+        .configure(|c| c.stabilize_interval = INTERVAL)
+        .start()
+        .unwrap();
+    assert_eq!(
+        newcomer.join_network(&[nodes[0].local_addr()]).unwrap(),
+        gone
+    );
+    let mut rest = rest;
+    rest.push(&newcomer);
+    assert!(wait_until(PATIENCE, || sizes_are(&rest, 8)));
+}
+
+#[test]
+fn concurrent_joins_get_distinct_ids() {
+    let mut rng = Rng(11);
+    let nodes = spawn_ring(8, &mut rng);
+    let joiners: Vec<Node> = (0..8).map(|_| ring_node()).collect();
+    let ids: Vec<NodeId> = std::thread::scope(|s| {
+        let handles: Vec<_> = joiners
+            .iter()
+            .enumerate()
+            .map(|(i, j)| {
+                let via = nodes[i % nodes.len()].local_addr();
+                s.spawn(move || j.join_network(&[via]).expect("join"))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let distinct: BTreeSet<NodeId> = ids.iter().copied().collect();
+    assert_eq!(distinct.len(), 8, "IDs {ids:?}");
+    assert_eq!(
+        distinct,
+        (8..16).map(NodeId).collect(),
+        "the next free numbers"
+    );
+    let all: Vec<&Node> = nodes.iter().chain(&joiners).collect();
+    assert!(wait_until(PATIENCE, || sizes_are(&all, 16)));
+    assert!(wait_until(PATIENCE, || all_reach_all(&all)));
+}
+
+#[test]
+fn explicit_ids_and_refusals() {
+    let a = Node::builder().id(NodeId(100)).start().unwrap();
+    assert_eq!(a.create_network().unwrap(), NodeId(100));
+    let b = Node::builder().id(NodeId(5000)).start().unwrap();
+    assert_eq!(b.join_network(&[a.local_addr()]).unwrap(), NodeId(5000));
+    let c = Node::builder().id(NodeId(5000)).start().unwrap();
+    match c.join_network(&[a.local_addr()]) {
+        Err(Error::IdTaken(NodeId(5000))) => {}
+        other => panic!("expected IdTaken, got {other:?}"),
+    }
+    assert_eq!(c.id(), None);
+    // Joining twice is refused; so is an unreachable address, with the reason.
+    assert!(matches!(
+        b.join_network(&[a.local_addr()]),
+        Err(Error::InvalidArgument(_))
+    ));
+    let closed = {
+        let x = Node::builder().start().unwrap();
+        x.local_addr()
+    };
+    let d = Node::builder().start().unwrap();
+    match d.join_network(&[closed]) {
+        Err(Error::JoinFailed(why)) => assert!(why.contains(&closed.to_string()), "{why}"),
+        other => panic!("expected JoinFailed, got {other:?}"),
+    }
+    // Not joined: routing by ID says so.
+    assert!(matches!(
+        d.send_to_id(NodeId(100), Message::text("hi")),
+        Err(Error::NotJoined)
+    ));
+}
+
+#[test]
+fn broadcast_reaches_every_node_once() {
+    let mut rng = Rng(5);
+    let nodes = spawn_ring(16, &mut rng);
+    let all: Vec<&Node> = nodes.iter().collect();
+    assert!(wait_until(PATIENCE, || sizes_are(&all, 16)));
+    assert!(wait_until(PATIENCE, || all_reach_all(&all)));
+    // Let the finger tables fill: every node's peer book holds its fingers.
+    let counts: HashMap<usize, Arc<AtomicUsize>> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let c = Arc::new(AtomicUsize::new(0));
+            let c2 = Arc::clone(&c);
+            n.add_handler("NEWS", move |m| {
+                assert_eq!(m.message().as_text(), Some("extra!"));
+                c2.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            })
+            .unwrap();
+            (i, c)
+        })
+        .collect();
+    nodes[9].broadcast(Message::new("NEWS", "extra!")).unwrap();
+    assert!(wait_until(PATIENCE, || counts
+        .iter()
+        .all(|(i, c)| c.load(Ordering::SeqCst) == usize::from(*i != 9))));
+    // Nothing more arrives: wait for a second broadcast, then check the
+    // first was delivered once.
+    nodes[2].broadcast(Message::new("NEWS", "extra!")).unwrap();
+    assert!(wait_until(PATIENCE, || counts.iter().all(|(i, c)| {
+        c.load(Ordering::SeqCst) == usize::from(*i != 9) + usize::from(*i != 2)
+    })));
+}

@@ -124,11 +124,14 @@ impl Connection {
         }
     }
 
-    pub(crate) fn unpinned(conn: Arc<Conn>) -> Connection {
+    /// A handle that does not keep the connection open (a handler's view of
+    /// the connection a message came on). It still knows its node, for the
+    /// node's request timeout.
+    pub(crate) fn unpinned(conn: Arc<Conn>, node: Weak<NodeInner>) -> Connection {
         Connection {
             conn,
             pin: None,
-            node: Weak::new(),
+            node,
         }
     }
 

@@ -111,7 +111,7 @@ impl Incoming {
 
     /// The connection it arrived on (not pinned: it may close when idle).
     pub fn connection(&self) -> Connection {
-        Connection::unpinned(Arc::clone(&self.conn))
+        Connection::unpinned(Arc::clone(&self.conn), Arc::downgrade(self.node.inner()))
     }
 
     /// Whether the sender waits for an answer.

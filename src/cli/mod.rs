@@ -1,0 +1,62 @@
+//! The `p2prs` command line: argument parsing, the `node` and `demo`
+//! subcommands, and what they print.
+
+mod args;
+mod demo;
+mod handlers;
+mod help;
+mod input;
+mod node;
+mod output;
+mod stats;
+mod svg;
+mod watchdog;
+
+use args::{Command, UsageError};
+use std::process::ExitCode;
+
+/// Exit code of a bad command line.
+const USAGE_EXIT: u8 = 2;
+
+/// Parse the command line and run what it asks for.
+pub fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    match args::parse(&argv) {
+        Ok(command) => run(command),
+        Err(UsageError(msg)) => {
+            eprintln!("p2prs: {msg}");
+            ExitCode::from(USAGE_EXIT)
+        }
+    }
+}
+
+fn run(command: Command) -> ExitCode {
+    match command {
+        Command::Help(topic) => {
+            println!("{}", help::text(topic));
+            ExitCode::SUCCESS
+        }
+        Command::Version => {
+            println!("p2prs {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::Node(opts) => {
+            init_logger("info");
+            node::run(opts)
+        }
+        Command::Demo(opts) => {
+            // The demo prints its own story; the library's per-message info
+            // logs would drown it, so they show only with --verbose.
+            init_logger(if opts.verbose { "info" } else { "warn" });
+            demo::run(&opts)
+        }
+    }
+}
+
+/// Log to stderr: p2prs at `level` unless RUST_LOG says otherwise.
+fn init_logger(level: &str) {
+    let default = format!("p2prs={level}");
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
+        .format_timestamp_millis()
+        .init();
+}

@@ -1,5 +1,6 @@
 //! Tunable settings: intervals, timeouts, sizes.
 
+use crate::punch::Traversal;
 use std::time::Duration;
 
 /// Settings of a node. Every field has a sensible default; change what you need.
@@ -32,17 +33,40 @@ pub struct Config {
     /// Stack size of each connection thread (default 256 KiB). Connection
     /// threads only decode frames and do the ring's bookkeeping.
     pub connection_stack_size: usize,
-    /// Period of the ring stabilizer (default 500 ms).
+    /// Period of the ring stabilizer (default 1 s).
     pub stabilize_interval: Duration,
     /// How long one request of the ring's own protocol (a lookup hop, a
     /// stabilize exchange) may take before the peer counts as failed (default 3 s).
     pub ring_timeout: Duration,
-    /// Fingers refreshed per stabilizer round (default 4).
+    /// Finger lookups per stabilizer round (default 2; fingers whose owner is
+    /// known from the successor list are refreshed for free).
     pub fingers_per_round: usize,
     /// Length of the successor list, about log2 of the expected ring size (default 8).
     pub successor_list_len: usize,
     /// Most connections open at once; further inbound ones are refused (default 1024).
     pub max_connections: usize,
+    /// Most temporary connections this node keeps open (default 16): when it
+    /// opens one more, it closes the least recently used one that is quiet.
+    /// Connections to ring neighbours and constant connections do not count.
+    pub max_temporary_connections: usize,
+    /// The rendezvous server to keep a link to, as `host:port` (default none;
+    /// set it with [`NodeBuilder::rendezvous`](crate::NodeBuilder::rendezvous)).
+    /// See `docs/nat-traversal.md`.
+    pub rendezvous: Option<String>,
+    /// How peers registered at the rendezvous are reached (default
+    /// [`Traversal::Auto`]: direct, else punched, else relayed).
+    pub traversal: Traversal,
+    /// How long a hole punch keeps trying before the relay is used (default 10 s).
+    pub punch_timeout: Duration,
+    /// How often a node refreshes its registration at the rendezvous (default
+    /// 10 s); a rendezvous forgets a node silent for three times this.
+    pub rendezvous_keepalive: Duration,
+    /// For a rendezvous: bytes per second its relay forwards in all (default
+    /// 8 MiB/s; 0: unlimited).
+    pub relay_rate_limit: u64,
+    /// For a rendezvous: bytes per second one node may send, and receive,
+    /// through its relay (default 1 MiB/s; 0: unlimited).
+    pub relay_peer_cap: u64,
 }
 
 impl Default for Config {
@@ -56,11 +80,18 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(30),
             handler_threads: 2,
             connection_stack_size: 256 * 1024,
-            stabilize_interval: Duration::from_millis(500),
+            stabilize_interval: Duration::from_secs(1),
             ring_timeout: Duration::from_secs(3),
-            fingers_per_round: 4,
+            fingers_per_round: 2,
             successor_list_len: 8,
             max_connections: 1024,
+            max_temporary_connections: 16,
+            rendezvous: None,
+            traversal: Traversal::Auto,
+            punch_timeout: Duration::from_secs(10),
+            rendezvous_keepalive: Duration::from_secs(10),
+            relay_rate_limit: 8 * 1024 * 1024,
+            relay_peer_cap: 1024 * 1024,
         }
     }
 }

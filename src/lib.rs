@@ -32,6 +32,8 @@ mod error;
 mod id;
 mod message;
 mod node;
+mod punch;
+mod rendezvous;
 pub mod ring;
 mod transport;
 pub mod wire;
@@ -44,6 +46,8 @@ pub use node::{
     Connection, Event, HandlerResult, Incoming, Node, NodeBuilder, Peer, PeerInfo, Route, Target,
     RESERVED_PREFIX,
 };
+pub use punch::{Path, Traversal};
+pub use rendezvous::{NatStatus, Rendezvous, RendezvousStats};
 
 /// The README's examples, compiled as doc tests so they stay true.
 #[cfg(doctest)]

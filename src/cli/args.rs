@@ -46,6 +46,8 @@ pub enum Command {
     Node(NodeOpts),
     /// Run the demo ring.
     Demo(DemoOpts),
+    /// Run a rendezvous server (see `super::rendezvous`).
+    Rendezvous(super::rendezvous::RendezvousOpts),
 }
 
 /// Flags of `p2prs node`.
@@ -61,6 +63,8 @@ pub struct NodeOpts {
     pub id: Option<u64>,
     /// One JSON object per output line.
     pub json: bool,
+    /// The rendezvous server to keep a link to (NAT traversal).
+    pub rendezvous: Option<String>,
 }
 
 impl Default for NodeOpts {
@@ -71,6 +75,7 @@ impl Default for NodeOpts {
             join: Vec::new(),
             id: None,
             json: false,
+            rendezvous: None,
         }
     }
 }
@@ -116,6 +121,7 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
         "-V" | "--version" => Ok(Command::Version),
         "node" => parse_node(rest),
         "demo" => parse_demo(rest),
+        "rendezvous" => super::rendezvous::parse(rest).map(Command::Rendezvous),
         flag if flag.starts_with('-') => {
             usage(format!("unknown option '{flag}' (see 'p2prs --help')"))
         }
@@ -158,6 +164,7 @@ fn parse_node(args: &[String]) -> Result<Command, UsageError> {
                 flags.switch(&flag)?;
                 opts.json = true;
             }
+            "--rendezvous" => opts.rendezvous = Some(address(&flag, flags.value(&flag)?)?),
             _ => return unknown_flag(&flag, "node"),
         }
     }
@@ -309,6 +316,7 @@ mod tests {
             join: vec!["a:1".into(), "b:2".into()],
             id: Some(7),
             json: true,
+            rendezvous: None,
         };
         assert_eq!(cmd, Ok(Command::Node(want)));
     }

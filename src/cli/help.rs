@@ -8,6 +8,7 @@ p2prs: a peer-to-peer node with Chord routing by numeric node ID
 Usage:
   p2prs demo [--nodes N] [--svg FILE]      build a ring in this process and show it working
   p2prs node [--port P] [--join ADDR]...   run one node, driven by commands on stdin
+  p2prs rendezvous [--host H] [--port P]   run a rendezvous server for nodes behind NAT
   p2prs help [node|demo]                   show help for a subcommand
 
 Options:
@@ -32,6 +33,8 @@ Options:
                      starts a network when another node joins through it.
       --id N         ask for node ID N when joining (default: the next free one)
       --json         print each event as one JSON object per line
+      --rendezvous ADDR  keep a link to the rendezvous server at ADDR (host:port)
+                     and reach peers behind NAT by hole punching or its relay
   -h, --help         show this help
 
 The node answers ECHO requests (with the same data) and ADD requests (n -> n+1).

@@ -8,6 +8,7 @@ mod help;
 mod input;
 mod node;
 mod output;
+mod rendezvous;
 mod stats;
 mod svg;
 mod watchdog;
@@ -43,6 +44,10 @@ fn run(command: Command) -> ExitCode {
         Command::Node(opts) => {
             init_logger("info");
             node::run(opts)
+        }
+        Command::Rendezvous(opts) => {
+            init_logger("info");
+            rendezvous::run(&opts)
         }
         Command::Demo(opts) => {
             // The demo prints its own story; the library's per-message info

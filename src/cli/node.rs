@@ -59,6 +59,9 @@ fn start(opts: &NodeOpts, printer: &Arc<Printer>) -> p2prs::Result<Node> {
     if let Some(id) = opts.id {
         builder = builder.id(id);
     }
+    if let Some(rv) = &opts.rendezvous {
+        builder = builder.rendezvous(rv.clone());
+    }
     builder.start()
 }
 

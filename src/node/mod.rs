@@ -136,7 +136,8 @@ impl NodeBuilder {
         let addr = *transport::resolve(&want)?
             .first()
             .ok_or_else(|| Error::InvalidAddress(want.clone()))?;
-        let listener = transport::bind_listener(addr, false)?;
+        // With a rendezvous, punches connect from the listening port too.
+        let listener = transport::bind_listener(addr, cfg.rendezvous.is_some())?;
         let local = listener
             .local_addr()
             .map_err(|e| Error::io("reading the listening address", e))?;
@@ -180,6 +181,7 @@ impl NodeBuilder {
         drop(jobs_rx);
         chord::spawn_stabilizer(&inner, &transport.threads)?;
         transport.start_accept(listener)?;
+        crate::rendezvous::attach(&transport)?;
         log::info!("listening on {local}");
         Ok(node)
     }

@@ -4,13 +4,14 @@
 use crate::error::{Error, Result};
 use crate::id::NodeId;
 use crate::message::Message;
+use crate::punch::Path;
 use crate::wire::{self, Decoder, Frame, Hello, Kind};
-use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
+use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::io::{self, BufWriter, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,42 @@ pub(crate) trait FrameSink: Send + Sync {
     fn on_close(&self, conn: &Arc<Conn>);
 }
 
+/// How a connection's frames travel.
+enum Link {
+    /// Over its own TCP stream.
+    Tcp {
+        /// Both `None` once an abortive connection is closed.
+        writer: Mutex<Option<BufWriter<Shared>>>,
+        raw: Mutex<Option<Arc<TcpStream>>>,
+    },
+    /// Through a rendezvous server: each frame is encoded and sent as the
+    /// body of a relay frame on `via`, addressed to the peer's session `to`.
+    Relay {
+        via: Arc<Conn>,
+        to: u64,
+        /// Dropped on close, which wakes the relay loop.
+        stop: Mutex<Option<Sender<()>>>,
+    },
+}
+
+/// The write side of a stream whose one descriptor the reader shares.
+pub(crate) struct Shared(Arc<TcpStream>);
+
+impl Write for Shared {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&*self.0).write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        (&*self.0).flush()
+    }
+}
+
+/// The relay frame type (see `crate::rendezvous`).
+pub(crate) const RELAY_TYPE: &str = "p2prs.rv.relay";
+/// Room kept in a relayed frame for the relay frame's own header.
+pub(crate) const RELAY_OVERHEAD: usize = 4096;
+
 /// One open, handshaken connection to a peer.
 pub(crate) struct Conn {
     /// Local identifier of this connection.
@@ -43,8 +80,13 @@ pub(crate) struct Conn {
     /// Whether this end opened the connection.
     pub outbound: bool,
     peer_id: Mutex<Option<NodeId>>,
-    writer: Mutex<BufWriter<TcpStream>>,
-    raw: TcpStream,
+    link: Link,
+    path: AtomicU8,
+    /// Close with a reset, never leaving the socket in TIME_WAIT (punched
+    /// connections and the rendezvous link: see `docs/nat-traversal.md`).
+    abortive: AtomicBool,
+    /// The peer closed its side first.
+    eof: AtomicBool,
     closed: AtomicBool,
     pending: Mutex<HashMap<u64, Pending>>,
     next_req: AtomicU64,
@@ -56,7 +98,7 @@ pub(crate) struct Conn {
 impl Conn {
     pub(crate) fn new(
         id: u64,
-        stream: &TcpStream,
+        stream: &Arc<TcpStream>,
         hello: &Hello,
         outbound: bool,
         max_frame: usize,
@@ -78,8 +120,16 @@ impl Conn {
             peer_listen,
             outbound,
             peer_id: Mutex::new(hello.id.map(NodeId)),
-            writer: Mutex::new(BufWriter::with_capacity(64 * 1024, stream.try_clone()?)),
-            raw: stream.try_clone()?,
+            link: Link::Tcp {
+                writer: Mutex::new(Some(BufWriter::with_capacity(
+                    16 * 1024,
+                    Shared(Arc::clone(stream)),
+                ))),
+                raw: Mutex::new(Some(Arc::clone(stream))),
+            },
+            path: AtomicU8::new(Path::Direct as u8),
+            abortive: AtomicBool::new(false),
+            eof: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             pending: Mutex::new(HashMap::new()),
             next_req: AtomicU64::new(1),
@@ -87,6 +137,79 @@ impl Conn {
             last_active: Mutex::new(Instant::now()),
             max_frame,
         })
+    }
+
+    /// A connection whose frames go through the rendezvous connection `via`
+    /// to the peer registered there as session `to`. Returns the receiver
+    /// that [`Conn::relay_loop`] waits on for the close signal.
+    #[allow(clippy::too_many_arguments)] // reason: one plain constructor, called once
+    pub(crate) fn new_relay(
+        id: u64,
+        via: Arc<Conn>,
+        to: u64,
+        remote: SocketAddr,
+        peer_listen: Option<SocketAddr>,
+        peer_id: Option<NodeId>,
+        outbound: bool,
+        max_frame: usize,
+    ) -> (Conn, Receiver<()>) {
+        let (stop_tx, stop_rx) = bounded(0);
+        let conn = Conn {
+            id,
+            remote,
+            peer_listen,
+            outbound,
+            peer_id: Mutex::new(peer_id),
+            link: Link::Relay {
+                via,
+                to,
+                stop: Mutex::new(Some(stop_tx)),
+            },
+            path: AtomicU8::new(Path::Relayed as u8),
+            abortive: AtomicBool::new(false),
+            eof: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            pending: Mutex::new(HashMap::new()),
+            next_req: AtomicU64::new(1),
+            pins: AtomicUsize::new(0),
+            last_active: Mutex::new(Instant::now()),
+            max_frame: max_frame.saturating_sub(RELAY_OVERHEAD).max(1024),
+        };
+        (conn, stop_rx)
+    }
+
+    /// How frames to this peer travel.
+    pub(crate) fn path(&self) -> Path {
+        Path::from_u8(self.path.load(Ordering::Acquire))
+    }
+
+    /// Record that this TCP connection was punched; it then closes
+    /// abortively (see [`Conn::set_abortive`]).
+    pub(crate) fn set_punched(&self) {
+        if matches!(self.link, Link::Tcp { .. }) {
+            self.path.store(Path::Punched as u8, Ordering::Release);
+            self.set_abortive();
+        }
+    }
+
+    /// Close this connection with a reset instead of a FIN handshake, so that
+    /// neither end keeps its four-tuple in TIME_WAIT: a punched connection
+    /// and the rendezvous link must be reopenable from the same port at once.
+    pub(crate) fn set_abortive(&self) {
+        if let Link::Tcp { raw, .. } = &self.link {
+            if let Some(raw) = raw.lock().as_ref() {
+                let _ = socket2::SockRef::from(raw).set_linger(Some(Duration::ZERO));
+            }
+            self.abortive.store(true, Ordering::Release);
+        }
+    }
+
+    /// The relay session this connection's frames go to, for a relayed one.
+    pub(crate) fn relay_target(&self) -> Option<(&Arc<Conn>, u64)> {
+        match &self.link {
+            Link::Relay { via, to, .. } => Some((via, *to)),
+            Link::Tcp { .. } => None,
+        }
     }
 
     /// The peer's node ID, when known.
@@ -134,9 +257,15 @@ impl Conn {
         if self.is_closed() {
             return Err(self.closed_error());
         }
-        let result = {
-            let mut w = self.writer.lock();
-            wire::write_frame(&mut *w, frame, self.max_frame).and_then(|_| w.flush())
+        let result = match &self.link {
+            Link::Tcp { writer, .. } => {
+                let mut g = writer.lock();
+                let Some(w) = g.as_mut() else {
+                    return Err(self.closed_error());
+                };
+                wire::write_frame(&mut *w, frame, self.max_frame).and_then(|_| w.flush())
+            }
+            Link::Relay { via, to, .. } => return self.send_relayed(via, *to, frame),
         };
         match result {
             Ok(()) => {
@@ -165,6 +294,37 @@ impl Conn {
                     Err(self.closed_error())
                 } else {
                     Err(Error::io(format!("writing to {}", self.peer_addr()), e))
+                }
+            }
+        }
+    }
+
+    /// Encode `frame` and send it through the rendezvous as a relay body.
+    fn send_relayed(&self, via: &Conn, to: u64, frame: &Frame) -> Result<()> {
+        let mut body = Vec::new();
+        if let Err(e) = wire::write_frame(&mut body, frame, self.max_frame) {
+            return Err(if e.kind() == io::ErrorKind::InvalidInput {
+                Error::FrameTooLarge {
+                    size: wire::encoded_size(frame).unwrap_or(0),
+                    max: self.max_frame as u64,
+                }
+            } else {
+                Error::io("encoding a relayed frame", e)
+            });
+        }
+        let mut outer = Frame::new(Kind::Message, RELAY_TYPE, serde_json::json!({ "to": to }));
+        outer.body = Some(body);
+        match via.send_frame(&outer) {
+            Ok(()) => {
+                self.touch();
+                Ok(())
+            }
+            Err(e) => {
+                if via.is_closed() {
+                    self.close();
+                    Err(self.closed_error())
+                } else {
+                    Err(e)
                 }
             }
         }
@@ -252,8 +412,41 @@ impl Conn {
 
     /// Close the socket; the read loop ends and fails what is pending.
     pub(crate) fn close(&self) {
-        if !self.closed.swap(true, Ordering::AcqRel) {
-            let _ = self.raw.shutdown(Shutdown::Both);
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        match &self.link {
+            Link::Tcp { raw, writer } => {
+                // An abortive connection whose peer closed first sends no FIN
+                // of its own: the reset at the last close ends it on both sides.
+                let abort = self.abortive.load(Ordering::Acquire);
+                let how = if abort && self.eof.load(Ordering::Acquire) {
+                    Shutdown::Read
+                } else {
+                    Shutdown::Both
+                };
+                if let Some(r) = raw.lock().as_ref() {
+                    let _ = r.shutdown(how);
+                }
+                // Let go of the descriptor now, however long others hold this
+                // `Conn`: once the reader's handle goes too, the socket is
+                // closed (an abortive one with a reset, SO_LINGER 0, which
+                // frees its ports at once).
+                raw.lock().take();
+                writer.lock().take();
+            }
+            Link::Relay { via, to, stop } => {
+                stop.lock().take();
+                // Best effort: tell the peer the relayed connection is gone.
+                let bye = Frame::new(
+                    Kind::Message,
+                    RELAY_TYPE,
+                    serde_json::json!({ "to": to, "close": true }),
+                );
+                if !via.is_closed() {
+                    let _ = via.send_frame(&bye);
+                }
+            }
         }
     }
 
@@ -276,6 +469,19 @@ impl Conn {
         }
     }
 
+    /// When this connection was last used, if the limit on temporary
+    /// connections may close it: opened here, not pinned, nothing
+    /// outstanding, and quiet for at least `quiet`.
+    pub(crate) fn evictable(&self, quiet: Duration) -> Option<Instant> {
+        let last = *self.last_active.lock();
+        (self.outbound
+            && !self.is_closed()
+            && self.pins.load(Ordering::Acquire) == 0
+            && self.pending.lock().is_empty()
+            && last.elapsed() >= quiet)
+            .then_some(last)
+    }
+
     fn idle_expired(&self, idle: Duration) -> bool {
         self.outbound
             && self.pins.load(Ordering::Acquire) == 0
@@ -287,18 +493,19 @@ impl Conn {
     /// connection ends. `decoder` may hold bytes read after the hello.
     pub(crate) fn read_loop(
         self: &Arc<Conn>,
-        mut stream: TcpStream,
+        stream: Arc<TcpStream>,
         mut decoder: Decoder,
         sink: &dyn FrameSink,
         idle: Duration,
     ) {
         let tick = (idle / 2).clamp(Duration::from_millis(50), Duration::from_secs(5));
         let _ = stream.set_read_timeout(Some(tick));
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut buf = vec![0u8; 32 * 1024];
         let mut ok = self.drain(&mut decoder, sink);
         while ok && !self.is_closed() {
-            match stream.read(&mut buf) {
+            match (&*stream).read(&mut buf) {
                 Ok(0) => {
+                    self.eof.store(true, Ordering::Release);
                     if let Err(e) = decoder.finish() {
                         log::warn!("{}: {e}; closing", self.peer_addr());
                     }
@@ -334,17 +541,55 @@ impl Conn {
         sink.on_close(self);
     }
 
+    /// The loop of a relayed connection: frames decoded by the rendezvous
+    /// client arrive on `inbox`; it ends on close, when the rendezvous link
+    /// goes, or when idle, and then fails what is pending.
+    pub(crate) fn relay_loop(
+        self: &Arc<Conn>,
+        inbox: Receiver<Frame>,
+        stop: Receiver<()>,
+        sink: &dyn FrameSink,
+        idle: Duration,
+    ) {
+        let tick = (idle / 2).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        while !self.is_closed() {
+            select! {
+                recv(inbox) -> frame => match frame {
+                    Ok(frame) => {
+                        self.touch();
+                        self.deliver(frame, sink);
+                    }
+                    Err(_) => break,
+                },
+                recv(stop) -> _ => break,
+                default(tick) => {
+                    let via_gone = self.relay_target().is_none_or(|(via, _)| via.is_closed());
+                    if via_gone || self.idle_expired(idle) {
+                        break;
+                    }
+                }
+            }
+        }
+        self.close();
+        self.fail_pending();
+        sink.on_close(self);
+    }
+
+    fn deliver(self: &Arc<Conn>, frame: Frame, sink: &dyn FrameSink) {
+        match frame.kind {
+            Kind::Response | Kind::Error => {
+                if !self.complete(frame) {
+                    log::debug!("{}: answer to an unknown request", self.peer_addr());
+                }
+            }
+            Kind::Message | Kind::Request => sink.on_frame(self, frame),
+        }
+    }
+
     fn drain(self: &Arc<Conn>, decoder: &mut Decoder, sink: &dyn FrameSink) -> bool {
         loop {
             match decoder.next_frame() {
-                Ok(Some(frame)) => match frame.kind {
-                    Kind::Response | Kind::Error => {
-                        if !self.complete(frame) {
-                            log::debug!("{}: answer to an unknown request", self.peer_addr());
-                        }
-                    }
-                    Kind::Message | Kind::Request => sink.on_frame(self, frame),
-                },
+                Ok(Some(frame)) => self.deliver(frame, sink),
                 Ok(None) => return true,
                 Err(e) => {
                     log::warn!("{}: {e}; closing the connection", self.peer_addr());

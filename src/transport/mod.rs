@@ -3,19 +3,35 @@
 mod conn;
 mod threads;
 
-pub(crate) use conn::{handshake, Conn, FrameSink};
+pub(crate) use conn::{handshake, Conn, FrameSink, RELAY_TYPE};
 pub(crate) use threads::Threads;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::id::NodeId;
-use crate::wire::{Decoder, Hello};
+use crate::wire::{Decoder, Frame, Hello};
+use crossbeam_channel::{unbounded, Sender};
 use parking_lot::Mutex;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
+
+/// NAT traversal, plugged in by the rendezvous client (`crate::rendezvous`).
+pub(crate) trait NatHook: Send + Sync {
+    /// Reach the node listening at `addr`, to which no connection is open:
+    /// directly, punched, or relayed.
+    fn connect(&self, t: &Arc<Transport>, addr: SocketAddr) -> Result<Arc<Conn>>;
+    /// A connection was registered (inbound or outbound).
+    fn on_register(&self, conn: &Arc<Conn>);
+    /// This node's ID changed (it joined or left a ring).
+    fn id_changed(&self);
+    /// The transport begins to shut down: stop the traversal's threads.
+    fn stop(&self);
+    /// For downcasting to the implementation.
+    fn as_any(&self) -> &dyn std::any::Any;
+}
 
 /// Open connections and the threads that serve them.
 pub(crate) struct Transport {
@@ -29,6 +45,10 @@ pub(crate) struct Transport {
     stopping: AtomicBool,
     /// Inbound sockets still in their handshake, closed at shutdown.
     greeting: Mutex<HashMap<u64, TcpStream>>,
+    /// The address announced in hellos and the ring, when it is not `local`
+    /// (a public endpoint learnt from a rendezvous).
+    advertised: Mutex<Option<SocketAddr>>,
+    traversal: OnceLock<Arc<dyn NatHook>>,
 }
 
 /// Resolve `host:port` text to socket addresses.
@@ -80,7 +100,39 @@ impl Transport {
             sink: Mutex::new(None),
             stopping: AtomicBool::new(false),
             greeting: Mutex::new(HashMap::new()),
+            advertised: Mutex::new(None),
+            traversal: OnceLock::new(),
         })
+    }
+
+    /// Plug in NAT traversal (once, before the first connection).
+    pub(crate) fn set_traversal(&self, t: Arc<dyn NatHook>) {
+        let _ = self.traversal.set(t);
+    }
+
+    /// The NAT traversal plugged in, if any.
+    pub(crate) fn traversal(&self) -> Option<&Arc<dyn NatHook>> {
+        self.traversal.get()
+    }
+
+    /// The address others should use to reach this node.
+    pub(crate) fn advertised_addr(&self) -> SocketAddr {
+        self.advertised.lock().unwrap_or(self.local)
+    }
+
+    /// Announce `addr` instead of the listening address.
+    pub(crate) fn set_advertised(&self, addr: SocketAddr) {
+        *self.advertised.lock() = Some(addr);
+    }
+
+    /// The node ID this node announces.
+    pub(crate) fn my_id(&self) -> Option<NodeId> {
+        *self.my_id.lock()
+    }
+
+    /// Every connection registered from now on has an ID at least this.
+    pub(crate) fn conn_mark(&self) -> u64 {
+        self.next_conn.load(Ordering::Relaxed)
     }
 
     /// Where frames go. Set once, before the first connection.
@@ -96,11 +148,14 @@ impl Transport {
     /// Set the node ID this node announces in its hello.
     pub(crate) fn set_my_id(&self, id: Option<NodeId>) {
         *self.my_id.lock() = id;
+        if let Some(t) = self.traversal.get() {
+            t.id_changed();
+        }
     }
 
-    fn hello(&self) -> Hello {
+    pub(crate) fn hello(&self) -> Hello {
         Hello {
-            listen: Some(self.local.to_string()),
+            listen: Some(self.advertised_addr().to_string()),
             id: self.my_id.lock().map(|i| i.0),
         }
     }
@@ -186,13 +241,19 @@ impl Transport {
 
     /// Register a handshaken connection and run its read loop on this thread.
     fn run(&self, stream: TcpStream, hello: Hello, decoder: Decoder, outbound: bool) {
+        let stream = Arc::new(stream);
         let Some(conn) = self.register(&stream, &hello, outbound) else {
             return;
         };
         self.read(conn, stream, decoder);
     }
 
-    fn register(&self, stream: &TcpStream, hello: &Hello, outbound: bool) -> Option<Arc<Conn>> {
+    fn register(
+        &self,
+        stream: &Arc<TcpStream>,
+        hello: &Hello,
+        outbound: bool,
+    ) -> Option<Arc<Conn>> {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let conn = match Conn::new(id, stream, hello, outbound, self.cfg.max_frame_size) {
             Ok(c) => Arc::new(c),
@@ -207,11 +268,59 @@ impl Transport {
             return None;
         }
         g.insert(id, Arc::clone(&conn));
+        let evict = if outbound {
+            self.evictable(&g)
+        } else {
+            Vec::new()
+        };
+        drop(g);
+        for c in evict {
+            log::debug!(
+                "closing the least recently used connection to {}",
+                c.peer_addr()
+            );
+            c.close();
+        }
+        if let Some(t) = self.traversal.get() {
+            t.on_register(&conn);
+        }
         Some(conn)
     }
 
-    fn read(&self, conn: Arc<Conn>, stream: TcpStream, decoder: Decoder) {
-        let sink = self.sink.lock().as_ref().and_then(|w| w.upgrade());
+    /// The temporary connections to close so that at most
+    /// `max_temporary_connections` stay open: the least recently used first,
+    /// never a pinned one or one with requests outstanding.
+    fn evictable(&self, conns: &HashMap<u64, Arc<Conn>>) -> Vec<Arc<Conn>> {
+        let quiet = std::time::Duration::from_millis(200);
+        let mut temps: Vec<(std::time::Instant, &Arc<Conn>)> = conns
+            .values()
+            .filter_map(|c| c.evictable(quiet).map(|t| (t, c)))
+            .collect();
+        let cap = self.cfg.max_temporary_connections;
+        if temps.len() <= cap {
+            return Vec::new();
+        }
+        temps.sort_by_key(|(t, _)| *t);
+        let excess = temps.len() - cap;
+        temps
+            .into_iter()
+            .take(excess)
+            .map(|(_, c)| Arc::clone(c))
+            .collect()
+    }
+
+    fn read(&self, conn: Arc<Conn>, stream: Arc<TcpStream>, decoder: Decoder) {
+        self.read_with(conn, stream, decoder, None);
+    }
+
+    fn read_with(
+        &self,
+        conn: Arc<Conn>,
+        stream: Arc<TcpStream>,
+        decoder: Decoder,
+        sink: Option<Arc<dyn FrameSink>>,
+    ) {
+        let sink = sink.or_else(|| self.sink.lock().as_ref().and_then(|w| w.upgrade()));
         if let Some(sink) = sink {
             conn.read_loop(stream, decoder, &*sink, self.cfg.idle_timeout);
         } else {
@@ -241,10 +350,14 @@ impl Transport {
         self.conns.lock().values().cloned().collect()
     }
 
-    /// The open connection to `addr`, or a new one.
+    /// The open connection to `addr`, or a new one (through the NAT
+    /// traversal when one is plugged in).
     pub(crate) fn connect(self: &Arc<Self>, addr: SocketAddr) -> Result<Arc<Conn>> {
         if let Some(c) = self.find(addr) {
             return Ok(c);
+        }
+        if let Some(t) = self.traversal.get() {
+            return t.connect(self, addr);
         }
         self.dial(addr)
     }
@@ -267,25 +380,44 @@ impl Transport {
     ) -> Result<Arc<Conn>> {
         let _ = stream.set_nodelay(true);
         let _ = stream.set_write_timeout(Some(self.cfg.write_timeout));
-        let (mut hello, decoder) = handshake(
+        let (hello, decoder) = handshake(
             stream,
             &self.hello(),
             self.cfg.handshake_timeout,
             self.cfg.max_frame_size,
         )?;
+        self.adopt_greeted(stream, hello, decoder, addr, None)
+    }
+
+    /// Register an outbound stream whose hellos were exchanged already and
+    /// start its reader; `sink` overrides where its frames go.
+    pub(crate) fn adopt_greeted(
+        self: &Arc<Self>,
+        stream: &TcpStream,
+        mut hello: Hello,
+        decoder: Decoder,
+        addr: SocketAddr,
+        sink: Option<Arc<dyn FrameSink>>,
+    ) -> Result<Arc<Conn>> {
         // We reached it at `addr`: that is where it listens, whatever it says.
         hello.listen = Some(addr.to_string());
-        let conn = self.register(stream, &hello, true).ok_or(Error::Shutdown)?;
+        // One descriptor per connection, shared by the reader and the writer;
+        // the caller's handle is closed when it returns.
+        let reader = Arc::new(
+            stream
+                .try_clone()
+                .map_err(|e| Error::io("cloning a socket", e))?,
+        );
+        let conn = self
+            .register(&reader, &hello, true)
+            .ok_or(Error::Shutdown)?;
         let me = Arc::clone(self);
         let c2 = Arc::clone(&conn);
-        let reader = stream
-            .try_clone()
-            .map_err(|e| Error::io("cloning a socket", e))?;
         let name = format!("p2prs-conn-{}", self.local.port());
         let spawned = self
             .threads
             .spawn(name, Some(self.cfg.connection_stack_size), move || {
-                me.read(c2, reader, decoder)
+                me.read_with(c2, reader, decoder, sink)
             });
         if let Err(e) = spawned {
             conn.close();
@@ -293,6 +425,59 @@ impl Transport {
             return Err(Error::io("spawning a connection thread", e));
         }
         Ok(conn)
+    }
+
+    /// Register a connection relayed through `via` to the peer registered
+    /// there as session `to`, and start its loop. Frames for it are pushed
+    /// into the returned sender.
+    pub(crate) fn adopt_relay(
+        self: &Arc<Self>,
+        via: Arc<Conn>,
+        to: u64,
+        peer: &Hello,
+        remote: SocketAddr,
+        outbound: bool,
+    ) -> Result<(Arc<Conn>, Sender<Frame>)> {
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let listen = peer.listen.as_deref().and_then(|s| s.parse().ok());
+        let (conn, stop) = Conn::new_relay(
+            id,
+            via,
+            to,
+            remote,
+            listen,
+            peer.id.map(NodeId),
+            outbound,
+            self.cfg.max_frame_size,
+        );
+        let conn = Arc::new(conn);
+        {
+            let mut g = self.conns.lock();
+            if self.is_stopping() {
+                return Err(Error::Shutdown);
+            }
+            g.insert(id, Arc::clone(&conn));
+        }
+        let (tx, rx) = unbounded();
+        let me = Arc::clone(self);
+        let c2 = Arc::clone(&conn);
+        let name = format!("p2prs-relay-{}", self.local.port());
+        let spawned = self
+            .threads
+            .spawn(name, Some(self.cfg.connection_stack_size), move || {
+                let sink = me.sink.lock().as_ref().and_then(|w| w.upgrade());
+                match sink {
+                    Some(sink) => c2.relay_loop(rx, stop, &*sink, me.cfg.idle_timeout),
+                    None => c2.close(),
+                }
+                me.conns.lock().remove(&c2.id);
+            });
+        if let Err(e) = spawned {
+            conn.close();
+            self.conns.lock().remove(&id);
+            return Err(Error::io("spawning a relay thread", e));
+        }
+        Ok((conn, tx))
     }
 
     /// Close every connection (their threads end by themselves).
@@ -313,6 +498,9 @@ impl Transport {
         if self.stopping.swap(true, Ordering::AcqRel) {
             self.threads.join_all();
             return;
+        }
+        if let Some(t) = self.traversal.get() {
+            t.stop();
         }
         // Wake the accept thread, blocked in accept(), by connecting to it.
         let mut wake = self.local;

@@ -67,6 +67,15 @@ pub(super) fn round(n: &NodeInner) {
     for a in actions {
         execute(n, a);
     }
+    let neighbours = n
+        .chord
+        .ring
+        .read()
+        .as_ref()
+        .map(|r| r.routing.neighbours())
+        .unwrap_or_default();
+    n.chord
+        .pin_neighbours(&neighbours, |addr| n.transport.find(addr));
     n.chord.bump();
     let due = {
         let mut g = n.chord.ring.write();

@@ -20,7 +20,7 @@ use crossbeam_channel::{after, bounded, select, unbounded, Receiver, Sender};
 use parking_lot::{Condvar, Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -46,6 +46,9 @@ pub(crate) const SIZE: &str = "p2prs.size";
 pub(crate) const STABILIZE_NOW: &str = "p2prs.stabilize_now";
 /// Ask the root to count the ring again.
 pub(crate) const RECOUNT: &str = "p2prs.recount";
+/// This node's ID changed (it joined or left): sent on every open
+/// connection, so peers that connected earlier know who is on the other end.
+pub(crate) const ANNOUNCE: &str = "p2prs.announce";
 
 /// The root counts the ring every this many stabilizer rounds, and at once
 /// when it learns of a change.
@@ -203,6 +206,9 @@ pub(crate) struct Chord {
     stop_tx: Mutex<Option<Sender<()>>>,
     stop_rx: Receiver<()>,
     started: Instant,
+    /// Connections to ring neighbours, pinned so that neither the idle
+    /// timeout nor the limit on temporary connections closes them.
+    pinned: Mutex<HashMap<NodeId, Arc<Conn>>>,
 }
 
 impl Chord {
@@ -220,12 +226,14 @@ impl Chord {
             stop_tx: Mutex::new(Some(stop_tx)),
             stop_rx,
             started: Instant::now(),
+            pinned: Mutex::new(HashMap::new()),
         }
     }
 
     /// Stop the stabilizer thread (it is joined with the node's other threads).
     pub(crate) fn stop(&self) {
         self.stop_tx.lock().take();
+        self.pin_neighbours(&[], |_| None);
     }
 
     fn now_ms(&self) -> u64 {
@@ -237,6 +245,27 @@ impl Chord {
         self.changed.notify_all();
     }
 
+    /// Pin the connections to `neighbours` and unpin the others.
+    fn pin_neighbours(&self, neighbours: &[RPeer], find: impl Fn(SocketAddr) -> Option<Arc<Conn>>) {
+        let mut pinned = self.pinned.lock();
+        pinned.retain(|id, c| {
+            let keep = !c.is_closed() && neighbours.iter().any(|p| p.id == *id);
+            if !keep {
+                c.unpin();
+            }
+            keep
+        });
+        for p in neighbours {
+            if pinned.contains_key(&p.id) {
+                continue;
+            }
+            if let Some(c) = find(p.addr) {
+                c.pin();
+                pinned.insert(p.id, c);
+            }
+        }
+    }
+
     fn queue(&self, job: Job) {
         let _ = self.jobs_tx.send(job);
     }
@@ -244,8 +273,17 @@ impl Chord {
 
 // ---- public operations ------------------------------------------------------
 
+/// Tell every open connection this node's new ID (or that it has none).
+fn announce(n: &NodeInner, id: Option<NodeId>) {
+    let msg = Message::new(ANNOUNCE, json!({ "id": id }));
+    for c in n.transport.all() {
+        let _ = super::send_message(&c, msg.clone());
+    }
+}
+
 fn me_peer(n: &NodeInner, id: NodeId) -> RPeer {
-    ring::Peer::new(id, n.transport.local_addr())
+    // Behind NAT: the public endpoint learnt from the rendezvous.
+    ring::Peer::new(id, n.transport.advertised_addr())
 }
 
 fn install(n: &NodeInner, routing: RoutingState<SocketAddr>) -> NodeId {
@@ -253,6 +291,7 @@ fn install(n: &NodeInner, routing: RoutingState<SocketAddr>) -> NodeId {
     *n.chord.ring.write() = Some(Ring::new(routing, n.transport.cfg.fingers_per_round));
     n.chord.left.store(false, Ordering::Release);
     n.transport.set_my_id(Some(id));
+    announce(n, Some(id));
     n.emit(super::Event::Joined { id });
     n.chord.bump();
     id
@@ -296,8 +335,16 @@ fn rpc(n: &NodeInner, addr: SocketAddr, kind: &str, mut data: Value) -> Result<M
     if let (Some(id), Value::Object(map)) = (my_id(n), &mut data) {
         map.insert("from_id".into(), json!(id));
     }
-    let conn = n.transport.connect(addr)?;
-    conn.request(Message::new(kind, data), n.transport.cfg.ring_timeout)
+    let msg = Message::new(kind, data);
+    let timeout = n.transport.cfg.ring_timeout;
+    match n.transport.connect(addr)?.request(msg.clone(), timeout) {
+        // The connection was closed under us (idle or over the limit of
+        // temporary connections); the ring's requests may be repeated.
+        Err(Error::ConnectionClosed { .. }) if !n.transport.is_stopping() => {
+            n.transport.connect(addr)?.request(msg, timeout)
+        }
+        other => other,
+    }
 }
 
 fn rpc_peer(n: &NodeInner, p: &RPeer, kind: &str, data: Value) -> Result<Message> {
@@ -436,7 +483,7 @@ fn join_via(n: &NodeInner, addr: SocketAddr) -> Result<NodeId> {
         let (owner, _, _) = drive(n, lookup)?;
         let claim = ClaimRequest {
             id: n.chord.preferred,
-            addr: n.transport.local_addr(),
+            addr: n.transport.advertised_addr(),
         };
         let answer = rpc(n, owner.addr, CLAIM, serde_json::to_value(&claim)?);
         let granted: ClaimReply = match answer {
@@ -493,6 +540,8 @@ pub(crate) fn leave(n: &NodeInner) -> Result<()> {
         return Err(Error::NotJoined);
     };
     n.chord.left.store(true, Ordering::Release);
+    n.chord.pin_neighbours(&[], |_| None);
+    announce(n, None);
     n.transport.set_my_id(None);
     let me = r.routing.me().clone();
     let news = Leaving {

@@ -54,6 +54,10 @@ pub(crate) fn handle(n: &NodeInner, conn: &Arc<Conn>, frame: Frame) {
     }
     let answer = match frame.msg_type.as_str() {
         PING => Ok(Message::new("p2prs.pong", Value::Null)),
+        ANNOUNCE => {
+            conn.set_peer_id(frame.data.get("id").and_then(Value::as_u64).map(NodeId));
+            return;
+        }
         NEXT_HOP => next_hop(n, &frame),
         NEIGHBOURS => neighbours(n),
         NOTIFY => notify(n, &frame),

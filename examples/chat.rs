@@ -9,13 +9,13 @@
 //!
 //! End with Ctrl-D (end of input): the node leaves the network gracefully.
 
+mod common;
+
+use common::Result;
 use crossbeam_channel::{select, unbounded, Receiver};
 use p2prs::{Event, Message, Node};
 use serde::{Deserialize, Serialize};
-use std::error::Error;
 use std::io::BufRead;
-
-type Result<T> = std::result::Result<T, Box<dyn Error>>;
 
 /// The data of a `CHAT` message.
 #[derive(Serialize, Deserialize)]
@@ -27,13 +27,9 @@ struct ChatLine {
 const USAGE: &str = "usage: chat [--name NAME] [--host H] [--port P] [--join HOST:PORT]";
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("p2prs=warn"))
-        .init();
+    common::init_logger();
     let args = Args::from_command_line();
-    if let Err(e) = run(&args) {
-        eprintln!("chat: {e}");
-        std::process::exit(1);
-    }
+    common::exit_on_error("chat", run(&args));
 }
 
 fn run(args: &Args) -> Result<()> {
@@ -129,34 +125,24 @@ struct Args {
 impl Args {
     /// The arguments of this run; `--help` or a bad one exits here.
     fn from_command_line() -> Args {
-        let argv: Vec<String> = std::env::args().skip(1).collect();
-        if argv.iter().any(|a| a == "-h" || a == "--help") {
-            println!("{USAGE}");
-            std::process::exit(0);
-        }
-        Args::parse(argv.into_iter()).unwrap_or_else(|e| {
-            eprintln!("error: {e}\n{USAGE}");
-            std::process::exit(2);
-        })
-    }
-
-    fn parse(mut it: impl Iterator<Item = String>) -> std::result::Result<Args, String> {
-        let mut args = Args {
-            name: std::env::var("USER").unwrap_or_else(|_| "anonymous".into()),
-            host: "127.0.0.1".into(),
-            port: 0,
-            join: None,
-        };
-        while let Some(flag) = it.next() {
-            let value = it.next().ok_or(format!("{flag} needs a value"))?;
-            match flag.as_str() {
-                "--name" => args.name = value,
-                "--host" => args.host = value,
-                "--port" => args.port = value.parse().map_err(|_| format!("bad port '{value}'"))?,
-                "--join" => args.join = Some(value),
-                _ => return Err(format!("unknown option '{flag}'")),
+        common::command_line(USAGE, |flags| {
+            let mut args = Args {
+                name: std::env::var("USER").unwrap_or_else(|_| "anonymous".into()),
+                host: "127.0.0.1".into(),
+                port: 0,
+                join: None,
+            };
+            for pair in flags {
+                let (flag, value) = pair?;
+                match flag.as_str() {
+                    "--name" => args.name = value,
+                    "--host" => args.host = value,
+                    "--port" => args.port = common::port(&value)?,
+                    "--join" => args.join = Some(value),
+                    _ => return Err(common::unknown_option(&flag)),
+                }
             }
-        }
-        Ok(args)
+            Ok(args)
+        })
     }
 }

@@ -14,28 +14,24 @@
 //! cargo run --example text_message -- --role b --join 127.0.0.1:4444
 //! ```
 
-use p2prs::{Event, Message, Node, NodeId, TEXT};
-use std::error::Error;
-use std::time::Duration;
+mod common;
 
-type Result<T> = std::result::Result<T, Box<dyn Error>>;
+use common::{Result, Role, RoleArgs};
+use p2prs::{Event, Message, Node, NodeId, TEXT};
+use std::time::Duration;
 
 /// Node A is the first node of the network, so it holds ID 0.
 const NODE_A: NodeId = NodeId(0);
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("p2prs=warn"))
-        .init();
-    let args = Args::from_command_line();
+    common::init_logger();
+    let args = RoleArgs::from_command_line("text_message");
     let outcome = match args.role {
         Role::Both => both(),
         Role::A => node_a(&args.host, args.port.unwrap_or(4444)),
         Role::B => node_b(&args.host, args.port.unwrap_or(0), &args.join, "").and_then(leave),
     };
-    if let Err(e) = outcome {
-        eprintln!("text_message: {e}");
-        std::process::exit(1);
-    }
+    common::exit_on_error("text_message", outcome);
 }
 
 /// A and B in one process: B sends, A prints what it got, both stop.
@@ -96,72 +92,4 @@ fn node_b(host: &str, port: u16, join: &[String], tag: &str) -> Result<Node> {
     node.send_to_id(NODE_A, Message::text("Hi!"))?;
     println!("{tag}Sent message to ID {NODE_A}");
     Ok(node)
-}
-
-const USAGE: &str = "usage: text_message [--role a|b|both] [--host H] [--port P] [--join HOST:PORT]
-  --role both   (default) run A and B in this process
-  --role a      run node A only (default port 4444)
-  --role b      run node B only; needs --join with A's address";
-
-#[derive(Debug, PartialEq)]
-enum Role {
-    A,
-    B,
-    Both,
-}
-
-struct Args {
-    role: Role,
-    host: String,
-    port: Option<u16>,
-    join: Vec<String>,
-}
-
-impl Args {
-    /// The arguments of this run; `--help` or a bad one exits here.
-    fn from_command_line() -> Args {
-        let argv: Vec<String> = std::env::args().skip(1).collect();
-        if argv.iter().any(|a| a == "-h" || a == "--help") {
-            println!("{USAGE}");
-            std::process::exit(0);
-        }
-        Args::parse(argv.into_iter()).unwrap_or_else(|e| {
-            eprintln!("error: {e}\n{USAGE}");
-            std::process::exit(2);
-        })
-    }
-
-    fn parse(mut it: impl Iterator<Item = String>) -> std::result::Result<Args, String> {
-        let mut args = Args {
-            role: Role::Both,
-            host: "127.0.0.1".into(),
-            port: None,
-            join: Vec::new(),
-        };
-        while let Some(flag) = it.next() {
-            let value = it.next().ok_or(format!("{flag} needs a value"))?;
-            match flag.as_str() {
-                "--role" => args.role = parse_role(&value)?,
-                "--host" => args.host = value,
-                "--port" => {
-                    args.port = Some(value.parse().map_err(|_| format!("bad port '{value}'"))?)
-                }
-                "--join" => args.join.push(value),
-                _ => return Err(format!("unknown option '{flag}'")),
-            }
-        }
-        if args.role == Role::B && args.join.is_empty() {
-            return Err("--role b needs --join HOST:PORT (node A's address)".into());
-        }
-        Ok(args)
-    }
-}
-
-fn parse_role(value: &str) -> std::result::Result<Role, String> {
-    match value {
-        "a" | "A" => Ok(Role::A),
-        "b" | "B" => Ok(Role::B),
-        "both" => Ok(Role::Both),
-        other => Err(format!("--role must be a, b or both, not '{other}'")),
-    }
 }

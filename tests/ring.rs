@@ -323,3 +323,51 @@ fn broadcast_reaches_every_node_once() {
         c.load(Ordering::SeqCst) == usize::from(*i != 9) + usize::from(*i != 2)
     })));
 }
+
+#[test]
+fn every_node_sees_ring_events() {
+    let a = ring_node();
+    let a_events = a.events();
+    let b = ring_node();
+    let b_events = b.events();
+    assert_eq!(b.join_network(&[a.local_addr()]).unwrap(), NodeId(1));
+    let c = ring_node();
+    assert_eq!(c.join_network(&[b.local_addr()]).unwrap(), NodeId(2));
+    let all = [&a, &b, &c];
+    assert!(wait_until(PATIENCE, || sizes_are(&all, 3)));
+    let mut seen_by_a = BTreeSet::new();
+    let mut a_joined = None;
+    assert!(
+        wait_until(PATIENCE, || {
+            for e in a_events.try_iter() {
+                match e {
+                    Event::PeerJoined { id, .. } => {
+                        seen_by_a.insert(id);
+                    }
+                    Event::Joined { id } => a_joined = Some(id),
+                    _ => {}
+                }
+            }
+            seen_by_a.contains(&NodeId(1)) && seen_by_a.contains(&NodeId(2))
+        }),
+        "the first node hears of both joiners: {seen_by_a:?}"
+    );
+    assert_eq!(
+        a_joined,
+        Some(NodeId(0)),
+        "the first node hears it took ID 0"
+    );
+    assert!(
+        wait_until(PATIENCE, || b_events.try_iter().any(
+            |e| matches!(e, Event::PeerJoined { id, .. } if id == NodeId(2))
+        )),
+        "a node that joined earlier hears of a later one"
+    );
+    c.leave().unwrap();
+    assert!(
+        wait_until(PATIENCE, || a_events
+            .try_iter()
+            .any(|e| matches!(e, Event::PeerLeft { id } if id == NodeId(2)))),
+        "and of a node that left"
+    );
+}

@@ -7,19 +7,31 @@
 //! ```
 //!
 //! Rows:
-//! - `tcp`: blocking ping-pong on one socket pair, TCP_NODELAY, one thread
+//! - `plain TCP ping-pong`: blocking ping-pong on one socket pair, TCP_NODELAY, one thread
 //!   each side; request and response are exactly as long as p2prs's frames.
-//! - `p2prs`: `Connection::request` to a user handler that responds with the
-//!   request's data: the full path, including the hop to a handler thread.
-//! - `p2prs (built-in ping)`: a request of the built-in `p2prs.ping`, which
-//!   is answered on the connection thread (with a shorter, empty response):
-//!   a diagnostic row, its difference to `p2prs` is mostly the cost of the
-//!   hop to a handler thread.
+//! - `p2prs inline handler`: `Connection::request` to a user handler added
+//!   with `Node::add_inline_handler`, which responds with the request's data
+//!   on the connection's own thread. This is the row the goal is about.
+//! - `p2prs pool handler`: the same request to the same handler added with
+//!   `Node::add_handler` (as type `ECHO POOL`: 5 bytes longer each way),
+//!   which runs on a handler-pool thread: one more thread hand-off on the
+//!   server side.
+//! - `p2prs built-in ping`: a request of the built-in `p2prs.ping`, which is
+//!   answered on the connection thread with a shorter, empty response: a
+//!   diagnostic row.
+//! - `inline, wire client`: a diagnostic row. The same request to the inline
+//!   handler, but from a bare socket that speaks the p2prs wire protocol
+//!   (`p2prs::wire`) on the requesting thread: frames are encoded and
+//!   decoded as `Connection::request` does, but the answer is read by the
+//!   thread that waits for it. Its difference to `p2prs inline handler` is
+//!   the client-side hand-off from the connection thread to the requester.
 //!
 //! The rows run interleaved in rounds so that drift in CPU frequency or
-//! load affects them alike.
+//! load affects them alike. See `docs/performance.md`.
 
-use p2prs::wire::{encoded_size, Frame, Kind, FRAME_PREFIX};
+use p2prs::wire::{
+    encode_hello, encoded_size, write_frame, Decoder, Frame, Hello, Kind, FRAME_PREFIX,
+};
 use p2prs::{Connection, Message, Node};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -57,11 +69,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // ---- p2prs -----------------------------------------------------------------
     let server = Node::builder().start()?;
-    server.add_handler("ECHO", |req| {
+    let echo = |req: &mut p2prs::Incoming| -> p2prs::HandlerResult {
         let data = req.message().data_value().clone();
         req.respond(Message::new("ECHO", data))?;
         Ok(())
-    })?;
+    };
+    server.add_inline_handler("ECHO", echo)?;
+    server.add_handler("ECHO POOL", echo)?;
     let client = Node::builder().start()?;
     let conn = client.connect(server.local_addr())?;
 
@@ -73,6 +87,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     resp.req = Some(12_345);
     let req_len = FRAME_PREFIX + encoded_size(&req)? as usize;
     let resp_len = FRAME_PREFIX + encoded_size(&resp)? as usize;
+
+    // ---- p2prs server, wire-level client ------------------------------------------
+    let mut wire = WireClient::connect(server.local_addr())?;
 
     // ---- plain TCP ----------------------------------------------------------------
     let listener = TcpListener::bind("127.0.0.1:0")?;
@@ -110,32 +127,51 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(t.elapsed())
     };
 
+    let mut wire_once = || -> Result<Duration, Box<dyn std::error::Error>> {
+        let t = Instant::now();
+        wire.request("ECHO", payload())?;
+        Ok(t.elapsed())
+    };
+
     // Warm-up.
     for _ in 0..warmup {
         tcp_once()?;
+        wire_once()?;
         p2prs_once(&conn, "ECHO")?;
+        p2prs_once(&conn, "ECHO POOL")?;
         p2prs_once(&conn, "p2prs.ping")?;
     }
     // Check once that the answers are what we think.
-    let r = conn.request(Message::new("ECHO", payload()))?;
-    assert_eq!(r.data_value(), &payload());
+    for kind in ["ECHO", "ECHO POOL"] {
+        let r = conn.request(Message::new(kind, payload()))?;
+        assert_eq!(r.data_value(), &payload());
+    }
     let r = conn.request(Message::new("p2prs.ping", payload()))?;
     assert_eq!(r.kind(), "p2prs.pong");
 
     let mut t_tcp = Vec::with_capacity(per_round * ROUNDS);
-    let mut t_p2p = Vec::with_capacity(per_round * ROUNDS);
+    let mut t_inline = Vec::with_capacity(per_round * ROUNDS);
+    let mut t_pool = Vec::with_capacity(per_round * ROUNDS);
     let mut t_ping = Vec::with_capacity(per_round * ROUNDS);
+    let mut t_wire = Vec::with_capacity(per_round * ROUNDS);
     for _ in 0..ROUNDS {
         for _ in 0..per_round {
             t_tcp.push(tcp_once()?);
         }
         for _ in 0..per_round {
-            t_p2p.push(p2prs_once(&conn, "ECHO")?);
+            t_inline.push(p2prs_once(&conn, "ECHO")?);
+        }
+        for _ in 0..per_round {
+            t_pool.push(p2prs_once(&conn, "ECHO POOL")?);
         }
         for _ in 0..per_round {
             t_ping.push(p2prs_once(&conn, "p2prs.ping")?);
         }
+        for _ in 0..per_round {
+            t_wire.push(wire_once()?);
+        }
     }
+    drop(wire);
     drop(tcp);
     let _ = echo.join();
     conn.close();
@@ -143,8 +179,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     server.shutdown();
 
     let tcp = Stats::of(&mut t_tcp);
-    let p2p = Stats::of(&mut t_p2p);
+    let inline = Stats::of(&mut t_inline);
+    let pool = Stats::of(&mut t_pool);
     let ping = Stats::of(&mut t_ping);
+    let wire = Stats::of(&mut t_wire);
     println!(
         "request round trip over one loopback connection: {} iterations each \
          (after {warmup} warm-up), {ROUNDS} interleaved rounds",
@@ -153,31 +191,92 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("bytes each way: request {req_len}, response {resp_len}");
     println!();
     println!(
-        "{:<24} {:>11} {:>11} {:>11} {:>11}",
-        "", "median µs", "p99 µs", "mean µs", "min µs"
+        "{:<24} {:>10} {:>10} {:>10} {:>10} {:>14} {:>11}",
+        "", "median µs", "p99 µs", "mean µs", "min µs", "median / TCP", "p99 / TCP"
     );
     for (name, s) in [
         ("plain TCP ping-pong", &tcp),
-        ("p2prs request", &p2p),
-        ("p2prs (built-in ping)", &ping),
+        ("p2prs inline handler", &inline),
+        ("p2prs pool handler", &pool),
+        ("p2prs built-in ping", &ping),
+        ("inline, wire client", &wire),
     ] {
         println!(
-            "{name:<24} {:>11.1} {:>11.1} {:>11.1} {:>11.1}",
-            s.median, s.p99, s.mean, s.min
+            "{name:<24} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>13.2}x {:>10.2}x",
+            s.median,
+            s.p99,
+            s.mean,
+            s.min,
+            s.median / tcp.median,
+            s.p99 / tcp.p99
         );
     }
     println!();
-    let ratio = p2p.median / tcp.median;
+    let ratio = inline.median / tcp.median;
     println!(
-        "ratio p2prs / TCP: median {ratio:.2}x, p99 {:.2}x   (goal: median within 1.50x: {})",
-        p2p.p99 / tcp.p99,
+        "goal, p2prs (inline handler) median within 1.50x of plain TCP: {ratio:.2}x, {}",
         if ratio <= 1.5 { "met" } else { "NOT met" }
     );
-    println!(
-        "ratio built-in ping / TCP: median {:.2}x (no handler-thread hop)",
-        ping.median / tcp.median
-    );
     Ok(())
+}
+
+/// A client that speaks the p2prs wire protocol on a bare socket and reads
+/// each answer on the thread that asked (diagnostic row only).
+struct WireClient {
+    stream: TcpStream,
+    decoder: Decoder,
+    buf: Vec<u8>,
+    out: Vec<u8>,
+    next_req: u64,
+}
+
+impl WireClient {
+    const MAX: usize = 1 << 20;
+
+    fn connect(addr: std::net::SocketAddr) -> Result<WireClient, Box<dyn std::error::Error>> {
+        let mut stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        stream.write_all(&encode_hello(&Hello {
+            listen: None,
+            id: None,
+        }))?;
+        let mut c = WireClient {
+            stream,
+            decoder: Decoder::new(Self::MAX),
+            buf: vec![0u8; 32 * 1024],
+            out: Vec::new(),
+            next_req: 1,
+        };
+        while c.decoder.next_hello()?.is_none() {
+            c.fill()?;
+        }
+        Ok(c)
+    }
+
+    fn fill(&mut self) -> Result<(), Box<dyn std::error::Error>> {
+        let n = self.stream.read(&mut self.buf)?;
+        if n == 0 {
+            return Err("the p2prs node closed the connection".into());
+        }
+        self.decoder.push(&self.buf[..n]);
+        Ok(())
+    }
+
+    fn request(&mut self, kind: &str, data: Value) -> Result<Frame, Box<dyn std::error::Error>> {
+        let mut frame = Frame::new(Kind::Request, kind, data);
+        frame.req = Some(self.next_req);
+        self.next_req += 1;
+        self.out.clear();
+        write_frame(&mut self.out, &frame, Self::MAX)?;
+        self.stream.write_all(&self.out)?;
+        loop {
+            match self.decoder.next_frame()? {
+                Some(f) if f.req == frame.req && f.kind == Kind::Response => return Ok(f),
+                Some(f) => return Err(format!("unexpected answer {f:?}").into()),
+                None => self.fill()?,
+            }
+        }
+    }
 }
 
 struct Stats {

@@ -28,10 +28,13 @@ pub struct Config {
     /// A temporary connection this node opened is closed after this long unused (default 30 s).
     pub idle_timeout: Duration,
     /// Threads that run user handlers (default 2). Handlers run off the
-    /// connection threads, so a handler may itself make requests.
+    /// connection threads, so a handler may itself make requests. Inline
+    /// handlers ([`Node::add_inline_handler`](crate::Node::add_inline_handler))
+    /// do not use these threads.
     pub handler_threads: usize,
     /// Stack size of each connection thread (default 256 KiB). Connection
-    /// threads only decode frames and do the ring's bookkeeping.
+    /// threads decode frames, do the ring's bookkeeping and run inline
+    /// handlers ([`Node::add_inline_handler`](crate::Node::add_inline_handler)).
     pub connection_stack_size: usize,
     /// Period of the ring stabilizer (default 1 s).
     pub stabilize_interval: Duration,

@@ -44,7 +44,7 @@ pub use id::NodeId;
 pub use message::{Message, TEXT};
 pub use node::{
     Connection, Event, HandlerResult, Incoming, Node, NodeBuilder, Peer, PeerInfo, Route, Target,
-    RESERVED_PREFIX,
+    MAX_BOUNCES, RESERVED_PREFIX,
 };
 pub use punch::{Path, Traversal};
 pub use rendezvous::{NatStatus, Rendezvous, RendezvousStats};

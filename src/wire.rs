@@ -147,6 +147,12 @@ struct RawHeader {
     error: Option<ErrorBody>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     bin: bool,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    bounces: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// One decoded frame.
@@ -164,6 +170,8 @@ pub struct Frame {
     pub error: Option<ErrorBody>,
     /// The raw binary body, when the sender attached one.
     pub body: Option<Vec<u8>>,
+    /// For a request: how many times it has been bounced on the way here.
+    pub bounces: u32,
 }
 
 impl Frame {
@@ -176,6 +184,7 @@ impl Frame {
             req: None,
             error: None,
             body: None,
+            bounces: 0,
         }
     }
 
@@ -191,6 +200,7 @@ impl Frame {
                 message: message.into(),
             }),
             body: None,
+            bounces: 0,
         }
     }
 }
@@ -234,14 +244,33 @@ pub fn encoded_size(frame: &Frame) -> io::Result<u64> {
     Ok(encode_header(frame)?.len() as u64 + frame.body.as_ref().map_or(0, |b| b.len() as u64))
 }
 
+/// The header as written: borrows from the frame, copies nothing.
+#[derive(Serialize)]
+struct RawHeaderRef<'a> {
+    kind: &'a str,
+    #[serde(rename = "type")]
+    msg_type: &'a str,
+    #[serde(skip_serializing_if = "Value::is_null")]
+    data: &'a Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    req: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a ErrorBody>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    bin: bool,
+    #[serde(skip_serializing_if = "is_zero")]
+    bounces: u32,
+}
+
 fn encode_header(frame: &Frame) -> io::Result<Vec<u8>> {
-    let raw = RawHeader {
-        kind: frame.kind.as_str().to_string(),
-        msg_type: frame.msg_type.clone(),
-        data: frame.data.clone(),
+    let raw = RawHeaderRef {
+        kind: frame.kind.as_str(),
+        msg_type: &frame.msg_type,
+        data: &frame.data,
         req: frame.req,
-        error: frame.error.clone(),
+        error: frame.error.as_ref(),
         bin: frame.body.is_some(),
+        bounces: frame.bounces,
     };
     serde_json::to_vec(&raw).map_err(io::Error::other)
 }
@@ -272,6 +301,7 @@ fn decode_header(bytes: &[u8], body: Option<Vec<u8>>) -> Result<Frame, WireError
         req: raw.req,
         error: raw.error,
         body,
+        bounces: raw.bounces,
     })
 }
 

@@ -622,7 +622,6 @@ fn bounce_to_an_unreachable_node_fails_the_handler() {
 }
 
 #[test]
-#[ignore = "known issue: bounce has no hop limit, a bounce cycle loops until shutdown"]
 fn bounce_cycle_is_refused() {
     // B bounces to C, C to D, D back to B: each over a connection other than
     // the one the request came on.
@@ -861,4 +860,121 @@ fn connecting_to_nothing_is_an_io_error() {
     assert!(matches!(r, Err(Error::Io { .. })), "got {r:?}");
     let r = b.connect("not an address");
     assert!(matches!(r, Err(Error::InvalidAddress(_))), "got {r:?}");
+}
+
+// ---- Inline handlers ------------------------------------------------------
+
+fn thread_name() -> String {
+    thread::current().name().unwrap_or_default().to_string()
+}
+
+#[test]
+fn inline_handler_answers_a_request_on_the_connection_thread() {
+    let a = node();
+    let (tx, rx) = bounded(16);
+    a.add_inline_handler("ADD", move |req| {
+        let _ = tx.send(thread_name());
+        let n: i64 = req.message().data()?;
+        req.respond(Message::new("ADD RESP", n + 1))?;
+        Ok(())
+    })
+    .unwrap();
+    let b = node();
+    let conn = b.connect(a.local_addr()).unwrap();
+    for n in 0..20 {
+        let resp = conn.request(Message::new("ADD", n)).unwrap();
+        assert_eq!(resp.data::<i64>().unwrap(), n + 1);
+        let ran_on = rx.recv_timeout(PATIENCE).unwrap();
+        assert!(ran_on.starts_with("p2prs-conn-"), "ran on {ran_on:?}");
+    }
+}
+
+#[test]
+fn pooled_handler_still_runs_on_a_handler_thread() {
+    let a = node();
+    let (tx, rx) = bounded(1);
+    a.add_handler("WHERE", move |req| {
+        let _ = tx.send(thread_name());
+        req.respond(Message::new("HERE", ()))?;
+        Ok(())
+    })
+    .unwrap();
+    let b = node();
+    b.request(a.local_addr(), Message::new("WHERE", ()))
+        .unwrap();
+    let ran_on = rx.recv_timeout(PATIENCE).unwrap();
+    assert!(ran_on.starts_with("p2prs-handler-"), "ran on {ran_on:?}");
+}
+
+#[test]
+fn builder_registers_an_inline_handler() {
+    let a = Node::builder()
+        .config(test_config())
+        .inline_handler("ADD", |req| {
+            let n: i64 = req.message().data()?;
+            req.respond(Message::new("ADD RESP", n + 1))?;
+            Ok(())
+        })
+        .start()
+        .unwrap();
+    let b = node();
+    let resp = b.request(a.local_addr(), Message::new("ADD", 41)).unwrap();
+    assert_eq!(resp.data::<i64>().unwrap(), 42);
+    // A reserved type is refused, as for pooled handlers.
+    let r = a.add_inline_handler("p2prs.mine", |_| Ok(()));
+    assert!(matches!(r, Err(Error::InvalidArgument(_))), "got {r:?}");
+}
+
+#[test]
+fn panicking_inline_handler_is_answered_and_the_connection_keeps_working() {
+    let a = node();
+    a.add_inline_handler("BOOM", |_req| panic!("inline kaboom"))
+        .unwrap();
+    a.add_inline_handler("QUIET", |_req| Ok(())).unwrap();
+    a.add_inline_handler("FAIL", |_req| Err("no good".into()))
+        .unwrap();
+    a.add_inline_handler("ADD", |req| {
+        let n: i64 = req.message().data()?;
+        req.respond(Message::new("ADD RESP", n + 1))?;
+        Ok(())
+    })
+    .unwrap();
+    let b = node();
+    let conn = b.connect(a.local_addr()).unwrap();
+    for _ in 0..3 {
+        let why = expect_remote(conn.request(Message::new("BOOM", ())), "handler_panicked");
+        assert!(why.contains("inline kaboom"), "{why}");
+        expect_remote(conn.request(Message::new("QUIET", ())), "no_response");
+        expect_remote(conn.request(Message::new("FAIL", ())), "handler_failed");
+        // The same connection, and its thread, still serve.
+        assert!(conn.is_open());
+        let resp = conn.request(Message::new("ADD", 1)).unwrap();
+        assert_eq!(resp.data::<i64>().unwrap(), 2);
+    }
+}
+
+#[test]
+fn inline_handler_requesting_over_its_own_connection_fails_at_once() {
+    let a = node();
+    let (tx, rx) = bounded(1);
+    a.add_inline_handler("CALLBACK", move |req| {
+        // A request back over the connection this handler's thread reads:
+        // its answer could never be read, so it must fail now, not time out.
+        let back = req.connection().request(Message::new("ADD", 1));
+        let _ = tx.send(back);
+        req.respond(Message::new("DONE", ()))?;
+        Ok(())
+    })
+    .unwrap();
+    let b = adder();
+    let conn = b.connect(a.local_addr()).unwrap();
+    let resp = conn.request(Message::new("CALLBACK", ())).unwrap();
+    assert_eq!(resp.kind(), "DONE");
+    match rx.recv_timeout(PATIENCE).unwrap() {
+        Err(Error::InvalidArgument(why)) => assert!(why.contains("inline"), "{why}"),
+        other => panic!("expected InvalidArgument at once, got {other:?}"),
+    }
+    // The connection is unharmed.
+    let resp = conn.request(Message::new("CALLBACK", ())).unwrap();
+    assert_eq!(resp.kind(), "DONE");
 }

@@ -67,8 +67,13 @@ pub struct Incoming {
     node: Node,
     conn: Arc<Conn>,
     req: Option<u64>,
+    bounces: u32,
     answered: bool,
 }
+
+/// A request bounced this many times is not bounced again: it is answered
+/// with an error (a cycle of bounces would otherwise go round for ever).
+pub const MAX_BOUNCES: u32 = 16;
 
 impl Incoming {
     pub(crate) fn new(
@@ -78,12 +83,14 @@ impl Incoming {
         from: Option<PeerInfo>,
     ) -> Incoming {
         let req = (frame.kind == Kind::Request).then_some(frame.req).flatten();
+        let frame_bounces = frame.bounces;
         Incoming {
             msg: Message::from_parts(frame.msg_type, frame.data, frame.body),
             from: from.unwrap_or_else(|| PeerInfo::of(&conn)),
             node,
             conn,
             req,
+            bounces: frame_bounces,
             answered: false,
         }
     }
@@ -149,16 +156,28 @@ impl Incoming {
     }
 
     /// Pass the request on to another node; its answer goes back to the
-    /// original requester as if this node had given it.
+    /// original requester as if this node had given it. A request that has
+    /// been bounced [`MAX_BOUNCES`] times already is refused.
     pub fn bounce(&mut self, target: impl Into<Target>) -> Result<()> {
         let req = self.open_request()?;
+        if self.bounces >= MAX_BOUNCES {
+            return Err(Error::InvalidArgument(format!(
+                "this request has been bounced {} times already (a cycle?)",
+                self.bounces
+            )));
+        }
         let to = self.node.inner().conn_for(target.into())?;
         if to.id == self.conn.id {
             return Err(Error::InvalidArgument(
                 "cannot bounce a request back to its sender".into(),
             ));
         }
-        to.forward(self.msg.clone(), Arc::clone(&self.conn), req)?;
+        to.forward(
+            self.msg.clone(),
+            Arc::clone(&self.conn),
+            req,
+            self.bounces + 1,
+        )?;
         self.answered = true;
         Ok(())
     }

@@ -7,7 +7,7 @@ mod handler;
 pub use chord::{Peer, Route};
 
 pub use connection::{Connection, Target};
-pub use handler::{HandlerResult, Incoming, PeerInfo};
+pub use handler::{HandlerResult, Incoming, PeerInfo, MAX_BOUNCES};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -74,7 +74,7 @@ pub struct NodeBuilder {
     host: String,
     port: u16,
     config: Config,
-    handlers: Vec<(String, Arc<HandlerFn>)>,
+    handlers: Vec<(String, Handler)>,
     id: Option<NodeId>,
 }
 
@@ -117,7 +117,21 @@ impl NodeBuilder {
         kind: impl Into<String>,
         handler: impl Fn(&mut Incoming) -> HandlerResult + Send + Sync + 'static,
     ) -> Self {
-        self.handlers.push((kind.into(), Arc::new(handler)));
+        self.handlers
+            .push((kind.into(), Handler::new(handler, Runs::Pool)));
+        self
+    }
+
+    /// Register an inline handler before the node starts: it runs on the
+    /// connection's own thread. It must be quick and must never block nor
+    /// make a request; see [`Node::add_inline_handler`] for the contract.
+    pub fn inline_handler(
+        mut self,
+        kind: impl Into<String>,
+        handler: impl Fn(&mut Incoming) -> HandlerResult + Send + Sync + 'static,
+    ) -> Self {
+        self.handlers
+            .push((kind.into(), Handler::new(handler, Runs::Inline)));
         self
     }
 
@@ -206,10 +220,38 @@ struct Job {
     incoming: Incoming,
 }
 
+/// Where a handler runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Runs {
+    /// On the node's handler threads (the default).
+    Pool,
+    /// On the thread of the connection the message arrived on.
+    Inline,
+}
+
+/// A registered handler.
+#[derive(Clone)]
+struct Handler {
+    f: Arc<HandlerFn>,
+    runs: Runs,
+}
+
+impl Handler {
+    fn new(
+        f: impl Fn(&mut Incoming) -> HandlerResult + Send + Sync + 'static,
+        runs: Runs,
+    ) -> Handler {
+        Handler {
+            f: Arc::new(f),
+            runs,
+        }
+    }
+}
+
 /// Shared state of a node, owned by its threads.
 pub(crate) struct NodeInner {
     pub(crate) transport: Arc<Transport>,
-    handlers: RwLock<HashMap<String, Arc<HandlerFn>>>,
+    handlers: RwLock<HashMap<String, Handler>>,
     handle: Mutex<Weak<NodeHandle>>,
     events_tx: Sender<Event>,
     events_rx: Receiver<Event>,
@@ -297,18 +339,65 @@ impl Node {
 
     /// Handle messages of type `kind` with `handler`, replacing any handler
     /// it had (the built-in `TEXT` handler included). Handlers run on the
-    /// node's handler threads, so they may send and make requests themselves.
+    /// node's handler threads ([`Config::handler_threads`]), so they may
+    /// block, send and make requests themselves.
     pub fn add_handler(
         &self,
         kind: impl Into<String>,
         handler: impl Fn(&mut Incoming) -> HandlerResult + Send + Sync + 'static,
     ) -> Result<()> {
-        let kind = kind.into();
+        self.insert_handler(kind.into(), Handler::new(handler, Runs::Pool))
+    }
+
+    /// Like [`add_handler`](Self::add_handler), but `handler` runs on the
+    /// thread of the connection the message arrived on, not on a handler
+    /// thread: the hand-off to the pool is saved (about half of a request's
+    /// round trip on loopback; see `docs/performance.md`).
+    ///
+    /// **The contract**: an inline handler must be quick and must never
+    /// block. While it runs, its connection reads nothing else: no other
+    /// message, request or response from that peer. So it
+    /// - must not make a request: one over its own connection could never
+    ///   get its answer (its own thread would have to read it) and fails at
+    ///   once with [`Error::InvalidArgument`]; one over another connection
+    ///   stalls this one until it is answered. Sending or bouncing to a node
+    ///   ID makes requests too (a ring lookup), and to an address with no
+    ///   open connection first connects: leave those to pooled handlers;
+    /// - must not wait on locks, channels, files or sleeps that may take long;
+    /// - should only compute, [`respond`](Incoming::respond), and at most
+    ///   send a few one-way messages over connections that are open.
+    ///
+    /// It runs on a connection thread, whose stack is
+    /// [`Config::connection_stack_size`] (256 KiB by default). Everything else
+    /// is as for [`add_handler`](Self::add_handler): an error or a panic is
+    /// caught and answered (`handler_failed`, `handler_panicked`), a request
+    /// it does not answer gets `no_response`, and the connection keeps
+    /// working. Anything that may block belongs in a pooled handler.
+    ///
+    /// ```
+    /// use p2prs::{Message, Node};
+    /// let a = Node::builder().start()?;
+    /// a.add_inline_handler("ADD", |req| {
+    ///     let n: i64 = req.message().data()?;
+    ///     req.respond(Message::new("ADD RESP", n + 1))?;
+    ///     Ok(())
+    /// })?;
+    /// let b = Node::builder().start()?;
+    /// let resp = b.request(a.local_addr(), Message::new("ADD", 17))?;
+    /// assert_eq!(resp.data::<i64>()?, 18);
+    /// # Ok::<(), p2prs::Error>(())
+    /// ```
+    pub fn add_inline_handler(
+        &self,
+        kind: impl Into<String>,
+        handler: impl Fn(&mut Incoming) -> HandlerResult + Send + Sync + 'static,
+    ) -> Result<()> {
+        self.insert_handler(kind.into(), Handler::new(handler, Runs::Inline))
+    }
+
+    fn insert_handler(&self, kind: String, handler: Handler) -> Result<()> {
         check_kind(&kind)?;
-        self.inner()
-            .handlers
-            .write()
-            .insert(kind, Arc::new(handler));
+        self.inner().handlers.write().insert(kind, handler);
         Ok(())
     }
 
@@ -442,7 +531,9 @@ impl Node {
         chord::leave(self.inner())
     }
 
-    /// Find the node that holds `id` through the ring, in O(log N) hops.
+    /// Find the node responsible for `id` (the first node at or after it)
+    /// through the ring, in O(log N) hops. `route.owner.id == id` tells
+    /// whether a node holds `id` itself.
     pub fn lookup(&self, id: NodeId) -> Result<Route> {
         chord::lookup(self.inner(), id)
     }
@@ -611,12 +702,18 @@ impl NodeInner {
         match handler {
             Some(handler) => {
                 let Some(node) = self.node() else { return };
-                let job = Job {
-                    handler,
-                    incoming: Incoming::new(node, Arc::clone(conn), frame, from),
-                };
-                if let Some(jobs) = self.jobs.lock().as_ref() {
-                    let _ = jobs.send(job);
+                let incoming = Incoming::new(node, Arc::clone(conn), frame, from);
+                match handler.runs {
+                    Runs::Inline => incoming.run(&*handler.f),
+                    Runs::Pool => {
+                        let job = Job {
+                            handler: handler.f,
+                            incoming,
+                        };
+                        if let Some(jobs) = self.jobs.lock().as_ref() {
+                            let _ = jobs.send(job);
+                        }
+                    }
                 }
             }
             None if frame.kind == Kind::Request => {

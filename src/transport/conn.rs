@@ -21,7 +21,11 @@ pub(crate) enum Pending {
     Wait(Sender<Result<Message>>),
     /// The request was bounced here on behalf of a requester on another
     /// connection: relay the answer back to it under its request ID.
-    Forward { back: Arc<Conn>, req: u64 },
+    Forward {
+        back: Arc<Conn>,
+        req: u64,
+        since: Instant,
+    },
 }
 
 /// Receives what a connection reads. Implemented by the node.
@@ -93,6 +97,9 @@ pub(crate) struct Conn {
     pins: AtomicUsize,
     last_active: Mutex<Instant>,
     max_frame: usize,
+    /// The thread that reads this connection: a request made on it would
+    /// wait for an answer only that thread can read.
+    reader: Mutex<Option<std::thread::ThreadId>>,
 }
 
 impl Conn {
@@ -113,6 +120,15 @@ impl Conn {
                     a.set_ip(remote.ip());
                 }
                 a
+            })
+            // A peer may only claim to listen on the address it connects
+            // from: another host cannot take over traffic meant for a third.
+            .filter(|a| {
+                let same = a.ip() == remote.ip();
+                if !same {
+                    log::debug!("{remote} claims to listen on {a}; not believed");
+                }
+                same
             });
         Ok(Conn {
             id,
@@ -136,6 +152,7 @@ impl Conn {
             pins: AtomicUsize::new(0),
             last_active: Mutex::new(Instant::now()),
             max_frame,
+            reader: Mutex::new(None),
         })
     }
 
@@ -174,6 +191,7 @@ impl Conn {
             pins: AtomicUsize::new(0),
             last_active: Mutex::new(Instant::now()),
             max_frame: max_frame.saturating_sub(RELAY_OVERHEAD).max(1024),
+            reader: Mutex::new(None),
         };
         (conn, stop_rx)
     }
@@ -337,11 +355,16 @@ impl Conn {
     }
 
     fn request_frame(&self, msg: Message, pending: Pending) -> Result<u64> {
+        self.request_frame_with(msg, pending, 0)
+    }
+
+    fn request_frame_with(&self, msg: Message, pending: Pending, bounces: u32) -> Result<u64> {
         let req = self.next_req.fetch_add(1, Ordering::Relaxed);
         let (kind, data, body) = msg.into_parts();
         let mut frame = Frame::new(Kind::Request, kind, data);
         frame.req = Some(req);
         frame.body = body;
+        frame.bounces = bounces;
         self.pending.lock().insert(req, pending);
         if self.is_closed() {
             self.pending.lock().remove(&req);
@@ -356,15 +379,22 @@ impl Conn {
 
     /// Send a request and wait up to `timeout` for its answer.
     pub(crate) fn request(&self, msg: Message, timeout: Duration) -> Result<Message> {
-        let what = format!("a response to {:?} from {}", msg.kind(), self.peer_addr());
+        if *self.reader.lock() == Some(std::thread::current().id()) {
+            return Err(Error::InvalidArgument(format!(
+                "a request to {} from the thread that reads its connection (an inline \
+                 handler) could never get its answer; use a pooled handler",
+                self.peer_addr()
+            )));
+        }
         let (tx, rx) = bounded(1);
+        let kind = msg.kind().to_string();
         let req = self.request_frame(msg, Pending::Wait(tx))?;
         match rx.recv_timeout(timeout) {
             Ok(result) => result,
             Err(RecvTimeoutError::Timeout) => {
                 self.pending.lock().remove(&req);
                 Err(Error::Timeout {
-                    what,
+                    what: format!("a response to {kind:?} from {}", self.peer_addr()),
                     after: timeout,
                 })
             }
@@ -373,8 +403,15 @@ impl Conn {
     }
 
     /// Send a request whose answer is relayed to request `req` on `back`.
-    pub(crate) fn forward(&self, msg: Message, back: Arc<Conn>, req: u64) -> Result<()> {
-        self.request_frame(msg, Pending::Forward { back, req })
+    pub(crate) fn forward(
+        &self,
+        msg: Message,
+        back: Arc<Conn>,
+        req: u64,
+        bounces: u32,
+    ) -> Result<()> {
+        let since = Instant::now();
+        self.request_frame_with(msg, Pending::Forward { back, req, since }, bounces)
             .map(|_| ())
     }
 
@@ -396,7 +433,7 @@ impl Conn {
                 };
                 let _ = tx.send(result);
             }
-            Pending::Forward { back, req } => {
+            Pending::Forward { back, req, .. } => {
                 let mut relay = frame;
                 relay.req = Some(req);
                 if let Err(e) = back.send_frame(&relay) {
@@ -458,7 +495,7 @@ impl Conn {
                 Pending::Wait(tx) => {
                     let _ = tx.send(Err(self.closed_error()));
                 }
-                Pending::Forward { back, req } => {
+                Pending::Forward { back, req, .. } => {
                     let msg = format!(
                         "the node the request was bounced to ({}) closed the connection",
                         self.peer_addr()
@@ -482,6 +519,34 @@ impl Conn {
             .then_some(last)
     }
 
+    /// Answer, with an error, bounced requests whose answer has not come
+    /// within `max_age`, so that neither their requester nor this table waits
+    /// for ever.
+    fn expire_forwards(&self, max_age: Duration) {
+        let expired: Vec<(Arc<Conn>, u64)> = {
+            let mut g = self.pending.lock();
+            let old: Vec<u64> = g
+                .iter()
+                .filter(|(_, p)| matches!(p, Pending::Forward { since, .. } if since.elapsed() >= max_age))
+                .map(|(k, _)| *k)
+                .collect();
+            old.into_iter()
+                .filter_map(|k| match g.remove(&k) {
+                    Some(Pending::Forward { back, req, .. }) => Some((back, req)),
+                    _ => None,
+                })
+                .collect()
+        };
+        for (back, req) in expired {
+            let why = format!(
+                "the node the request was bounced to ({}) did not answer within {:.1}s",
+                self.peer_addr(),
+                max_age.as_secs_f64()
+            );
+            let _ = back.send_frame(&Frame::error(req, "bounce_timeout", why));
+        }
+    }
+
     fn idle_expired(&self, idle: Duration) -> bool {
         self.outbound
             && self.pins.load(Ordering::Acquire) == 0
@@ -497,7 +562,9 @@ impl Conn {
         mut decoder: Decoder,
         sink: &dyn FrameSink,
         idle: Duration,
+        forward_timeout: Duration,
     ) {
+        *self.reader.lock() = Some(std::thread::current().id());
         let tick = (idle / 2).clamp(Duration::from_millis(50), Duration::from_secs(5));
         let _ = stream.set_read_timeout(Some(tick));
         let mut buf = vec![0u8; 32 * 1024];
@@ -522,6 +589,7 @@ impl Conn {
                         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                     ) =>
                 {
+                    self.expire_forwards(forward_timeout);
                     if self.idle_expired(idle) {
                         log::debug!("closing idle connection to {}", self.peer_addr());
                         break;
@@ -551,6 +619,7 @@ impl Conn {
         sink: &dyn FrameSink,
         idle: Duration,
     ) {
+        *self.reader.lock() = Some(std::thread::current().id());
         let tick = (idle / 2).clamp(Duration::from_millis(50), Duration::from_secs(5));
         while !self.is_closed() {
             select! {

@@ -322,7 +322,13 @@ impl Transport {
     ) {
         let sink = sink.or_else(|| self.sink.lock().as_ref().and_then(|w| w.upgrade()));
         if let Some(sink) = sink {
-            conn.read_loop(stream, decoder, &*sink, self.cfg.idle_timeout);
+            conn.read_loop(
+                stream,
+                decoder,
+                &*sink,
+                self.cfg.idle_timeout,
+                self.cfg.request_timeout,
+            );
         } else {
             conn.close();
         }

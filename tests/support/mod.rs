@@ -173,7 +173,20 @@ pub struct RawPeer {
 impl RawPeer {
     /// Connect, without saying anything.
     pub fn connect(addr: SocketAddr) -> RawPeer {
-        let stream = TcpStream::connect(addr).expect("raw connect");
+        RawPeer::from_stream(TcpStream::connect(addr).expect("raw connect"))
+    }
+
+    /// Connect from the local IP address `from` (any of 127.0.0.0/8 works
+    /// on loopback), so the peer sees another host.
+    pub fn connect_from(from: std::net::IpAddr, addr: SocketAddr) -> RawPeer {
+        use socket2::{Domain, Socket, Type};
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, None).expect("socket");
+        s.bind(&SocketAddr::new(from, 0).into()).expect("bind");
+        s.connect(&addr.into()).expect("raw connect");
+        RawPeer::from_stream(s.into())
+    }
+
+    fn from_stream(stream: TcpStream) -> RawPeer {
         stream
             .set_read_timeout(Some(Duration::from_millis(50)))
             .expect("read timeout");

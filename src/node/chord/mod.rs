@@ -71,7 +71,9 @@ pub struct Peer {
 /// Where a lookup through the ring led.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Route {
-    /// The node holding the ID looked up.
+    /// The node responsible for the ID looked up: the first node at or
+    /// after it on the ring. Its `id` equals the ID looked up only when a
+    /// node holds that ID.
     pub owner: Peer,
     /// Nodes asked on the way (0 when this node knew the answer).
     pub hops: u32,

@@ -130,20 +130,47 @@ impl Conn {
                 }
                 same
             });
-        Ok(Conn {
+        let link = Link::Tcp {
+            writer: Mutex::new(Some(BufWriter::with_capacity(
+                16 * 1024,
+                Shared(Arc::clone(stream)),
+            ))),
+            raw: Mutex::new(Some(Arc::clone(stream))),
+        };
+        let peer_id = hello.id.map(NodeId);
+        Ok(Conn::with_link(
             id,
             remote,
             peer_listen,
             outbound,
-            peer_id: Mutex::new(hello.id.map(NodeId)),
-            link: Link::Tcp {
-                writer: Mutex::new(Some(BufWriter::with_capacity(
-                    16 * 1024,
-                    Shared(Arc::clone(stream)),
-                ))),
-                raw: Mutex::new(Some(Arc::clone(stream))),
-            },
-            path: AtomicU8::new(Path::Direct as u8),
+            peer_id,
+            link,
+            max_frame,
+        ))
+    }
+
+    /// A connection over `link` with nothing sent or pending yet.
+    fn with_link(
+        id: u64,
+        remote: SocketAddr,
+        peer_listen: Option<SocketAddr>,
+        outbound: bool,
+        peer_id: Option<NodeId>,
+        link: Link,
+        max_frame: usize,
+    ) -> Conn {
+        let path = match link {
+            Link::Tcp { .. } => Path::Direct,
+            Link::Relay { .. } => Path::Relayed,
+        };
+        Conn {
+            id,
+            remote,
+            peer_listen,
+            outbound,
+            peer_id: Mutex::new(peer_id),
+            link,
+            path: AtomicU8::new(path as u8),
             abortive: AtomicBool::new(false),
             eof: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -153,7 +180,7 @@ impl Conn {
             last_active: Mutex::new(Instant::now()),
             max_frame,
             reader: Mutex::new(None),
-        })
+        }
     }
 
     /// A connection whose frames go through the rendezvous connection `via`
@@ -171,28 +198,13 @@ impl Conn {
         max_frame: usize,
     ) -> (Conn, Receiver<()>) {
         let (stop_tx, stop_rx) = bounded(0);
-        let conn = Conn {
-            id,
-            remote,
-            peer_listen,
-            outbound,
-            peer_id: Mutex::new(peer_id),
-            link: Link::Relay {
-                via,
-                to,
-                stop: Mutex::new(Some(stop_tx)),
-            },
-            path: AtomicU8::new(Path::Relayed as u8),
-            abortive: AtomicBool::new(false),
-            eof: AtomicBool::new(false),
-            closed: AtomicBool::new(false),
-            pending: Mutex::new(HashMap::new()),
-            next_req: AtomicU64::new(1),
-            pins: AtomicUsize::new(0),
-            last_active: Mutex::new(Instant::now()),
-            max_frame: max_frame.saturating_sub(RELAY_OVERHEAD).max(1024),
-            reader: Mutex::new(None),
+        let link = Link::Relay {
+            via,
+            to,
+            stop: Mutex::new(Some(stop_tx)),
         };
+        let max_frame = max_frame.saturating_sub(RELAY_OVERHEAD).max(1024);
+        let conn = Conn::with_link(id, remote, peer_listen, outbound, peer_id, link, max_frame);
         (conn, stop_rx)
     }
 

@@ -978,3 +978,29 @@ fn inline_handler_requesting_over_its_own_connection_fails_at_once() {
     let resp = conn.request(Message::new("CALLBACK", ())).unwrap();
     assert_eq!(resp.kind(), "DONE");
 }
+
+#[test]
+fn a_message_without_a_type_is_refused_by_the_sender() {
+    let a = adder();
+    let b = node();
+    let conn = b.connect(a.local_addr()).unwrap();
+    for kind in ["", "  "] {
+        assert!(matches!(
+            conn.request(Message::new(kind, 1)),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            b.send_to_address(a.local_addr(), Message::new(kind, 1)),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+    // The connection was never touched.
+    assert!(conn.is_open());
+    assert_eq!(
+        conn.request(Message::new("ADD", 1))
+            .unwrap()
+            .data::<i64>()
+            .unwrap(),
+        2
+    );
+}

@@ -203,10 +203,17 @@ fn graceful_leave_links_neighbours_and_frees_the_id() {
         wait_until(PATIENCE, || before.peer_book().iter().all(|p| p.id != gone)),
         "the left node is out of its predecessor's peer book"
     );
-    assert!(matches!(
-        nodes[0].request(gone, Message::new("ECHO", 1)),
-        Err(Error::NoSuchNode(_))
-    ));
+    // No node reaches it by ID any more, stale peer books included (the
+    // node that left still runs and answers requests by address).
+    for n in &rest {
+        match n.request(gone, Message::new("ECHO", 1)) {
+            Err(Error::NoSuchNode(id)) => assert_eq!(id, gone),
+            other => panic!("{:?} reached the node that left: {other:?}", n.id()),
+        }
+    }
+    assert!(middle
+        .request(nodes[0].local_addr(), Message::new("ECHO", 1))
+        .is_ok());
     assert!(
         wait_until(PATIENCE, || events
             .try_iter()
@@ -370,4 +377,27 @@ fn every_node_sees_ring_events() {
             .any(|e| matches!(e, Event::PeerLeft { id } if id == NodeId(2)))),
         "and of a node that left"
     );
+}
+
+#[test]
+fn a_node_that_is_shut_down_has_no_id_and_refuses_ring_calls() {
+    let a = ring_node();
+    let b = ring_node();
+    b.join_network(&[a.local_addr()]).unwrap();
+    let events = b.events();
+    b.shutdown();
+    assert_eq!(b.id(), None);
+    assert!(!b.joined());
+    assert!(matches!(
+        b.join_network(&[a.local_addr()]),
+        Err(Error::Shutdown)
+    ));
+    assert!(matches!(b.create_network(), Err(Error::Shutdown)));
+    assert!(matches!(b.leave(), Err(Error::Shutdown)));
+    assert!(matches!(
+        b.add_handler("X", |_| Ok(())),
+        Err(Error::Shutdown)
+    ));
+    // The events iterator ends instead of blocking for ever.
+    assert!(events.iter().all(|e| !matches!(e, Event::Message { .. })));
 }

@@ -162,7 +162,7 @@ impl NodeBuilder {
             transport: Arc::clone(&transport),
             handlers: RwLock::new(self.handlers.into_iter().collect()),
             handle: Mutex::new(Weak::new()),
-            events_tx,
+            events_tx: Mutex::new(Some(events_tx)),
             events_rx,
             watching: AtomicBool::new(false),
             jobs: Mutex::new(Some(jobs_tx)),
@@ -253,7 +253,8 @@ pub(crate) struct NodeInner {
     pub(crate) transport: Arc<Transport>,
     handlers: RwLock<HashMap<String, Handler>>,
     handle: Mutex<Weak<NodeHandle>>,
-    events_tx: Sender<Event>,
+    /// Dropped at shutdown, which ends every `events()` iterator.
+    events_tx: Mutex<Option<Sender<Event>>>,
     events_rx: Receiver<Event>,
     watching: AtomicBool,
     jobs: Mutex<Option<Sender<Job>>>,
@@ -396,6 +397,9 @@ impl Node {
     }
 
     fn insert_handler(&self, kind: String, handler: Handler) -> Result<()> {
+        if self.is_shut_down() {
+            return Err(Error::Shutdown);
+        }
         check_kind(&kind)?;
         self.inner().handlers.write().insert(kind, handler);
         Ok(())
@@ -407,7 +411,16 @@ impl Node {
     }
 
     /// Events: messages without a handler (such as `TEXT`), ring changes.
-    /// Events are kept from the first call on; every receiver shares one queue.
+    /// Events are kept from the first call on (earlier ones are not); every
+    /// receiver shares one queue. Iterating ends when the node shuts down.
+    ///
+    /// ```
+    /// let node = p2prs::Node::builder().start()?;
+    /// let events = node.events();
+    /// node.shutdown();
+    /// assert_eq!(events.iter().count(), 0);
+    /// # Ok::<(), p2prs::Error>(())
+    /// ```
     pub fn events(&self) -> Receiver<Event> {
         self.inner().watching.store(true, Ordering::Release);
         self.inner().events_rx.clone()
@@ -597,7 +610,9 @@ impl NodeInner {
 
     pub(crate) fn emit(&self, e: Event) {
         if self.watching.load(Ordering::Acquire) {
-            let _ = self.events_tx.send(e);
+            if let Some(tx) = self.events_tx.lock().as_ref() {
+                let _ = tx.send(e);
+            }
         }
     }
 
@@ -653,6 +668,7 @@ impl NodeInner {
         self.jobs.lock().take();
         self.chord.stop();
         self.transport.shutdown();
+        self.events_tx.lock().take();
     }
 
     fn deliver_default(&self, conn: &Arc<Conn>, frame: Frame, from: Option<PeerInfo>) {

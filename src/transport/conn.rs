@@ -284,6 +284,11 @@ impl Conn {
 
     /// Write one frame, flushing it. A failed write closes the connection.
     pub(crate) fn send_frame(&self, frame: &Frame) -> Result<()> {
+        if matches!(frame.kind, Kind::Message | Kind::Request) && frame.msg_type.trim().is_empty() {
+            return Err(Error::InvalidArgument(
+                "a message needs a type: it cannot be empty or blank".into(),
+            ));
+        }
         if self.is_closed() {
             return Err(self.closed_error());
         }

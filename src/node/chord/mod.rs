@@ -232,10 +232,12 @@ impl Chord {
         }
     }
 
-    /// Stop the stabilizer thread (it is joined with the node's other threads).
+    /// Stop the stabilizer thread (it is joined with the node's other
+    /// threads) and forget the ring: a node that is shut down has no ID.
     pub(crate) fn stop(&self) {
         self.stop_tx.lock().take();
         self.pin_neighbours(&[], |_| None);
+        self.ring.write().take();
     }
 
     fn now_ms(&self) -> u64 {
@@ -299,7 +301,16 @@ fn install(n: &NodeInner, routing: RoutingState<SocketAddr>) -> NodeId {
     id
 }
 
+fn check_running(n: &NodeInner) -> Result<()> {
+    if n.stopped.load(Ordering::Acquire) {
+        Err(Error::Shutdown)
+    } else {
+        Ok(())
+    }
+}
+
 pub(crate) fn create(n: &NodeInner) -> Result<NodeId> {
+    check_running(n)?;
     let mut g = n.chord.ring.write();
     if let Some(r) = g.as_ref() {
         return Err(Error::InvalidArgument(format!(
@@ -350,8 +361,8 @@ fn rpc(n: &NodeInner, addr: SocketAddr, kind: &str, mut data: Value) -> Result<M
 }
 
 fn rpc_peer(n: &NodeInner, p: &RPeer, kind: &str, data: Value) -> Result<Message> {
-    let conn = n.transport.connect(p.addr)?;
-    conn.set_peer_id(Some(p.id));
+    // Who is on the other end is what the peer itself says (its hello, an
+    // announce, the `from_id` of its requests), never what routing believed.
     rpc(n, p.addr, kind, data)
 }
 
@@ -419,9 +430,12 @@ pub(crate) fn conn_for_id(n: &NodeInner, id: NodeId) -> Result<Arc<Conn>> {
     };
     if let Some(p) = known {
         match n.transport.connect(p.addr) {
-            Ok(c) => {
-                c.set_peer_id(Some(id));
-                return Ok(c);
+            // The peer must still say it holds the ID: one that left the
+            // ring announced so on its connections.
+            Ok(c) if c.peer_id() == Some(id) => return Ok(c),
+            Ok(_) => {
+                log::debug!("peer book entry {id} ({}) no longer holds it", p.addr);
+                forget(n, &[id]);
             }
             Err(e) => {
                 log::debug!("peer book entry {id} ({}) unreachable: {e}", p.addr);
@@ -443,11 +457,14 @@ pub(crate) fn conn_for_id(n: &NodeInner, id: NodeId) -> Result<Arc<Conn>> {
         }
     }
     let c = n.transport.connect(owner.addr)?;
-    c.set_peer_id(Some(id));
-    Ok(c)
+    match c.peer_id() {
+        Some(other) if other != id => Err(Error::NoSuchNode(id)),
+        _ => Ok(c),
+    }
 }
 
 pub(crate) fn join(n: &NodeInner, addrs: &[SocketAddr]) -> Result<NodeId> {
+    check_running(n)?;
     if let Some(id) = my_id(n) {
         return Err(Error::InvalidArgument(format!(
             "this node is in a network already, with ID {id}"
@@ -472,11 +489,13 @@ fn join_via(n: &NodeInner, addr: SocketAddr) -> Result<NodeId> {
     let cfg = &n.transport.cfg;
     let target = alloc::claim_target(n.chord.preferred);
     let mut last = Error::JoinFailed("no attempt".into());
-    for attempt in 0..6 {
+    for attempt in 0..8u32 {
         if attempt > 0 {
             // The ring is settling (a claim reached a node whose range just
             // changed): give the stabilizer a round.
-            std::thread::sleep(cfg.stabilize_interval);
+            // Back off from 25 ms, doubling, at most a stabilizer period.
+            let pause = Duration::from_millis(25 << attempt.min(6));
+            std::thread::sleep(pause.min(cfg.stabilize_interval));
         }
         let first: NextHopReply = rpc(n, addr, NEXT_HOP, json!({ "target": target }))?.data()?;
         let mut lookup = Lookup::via(target, first.from.clone());
@@ -538,6 +557,7 @@ fn wait_for_predecessor(n: &NodeInner, limit: Duration) {
 }
 
 pub(crate) fn leave(n: &NodeInner) -> Result<()> {
+    check_running(n)?;
     let Some(r) = n.chord.ring.write().take() else {
         return Err(Error::NotJoined);
     };

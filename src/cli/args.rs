@@ -126,7 +126,7 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
             usage(format!("unknown option '{flag}' (see 'p2prs --help')"))
         }
         other => usage(format!(
-            "unknown subcommand '{other}': the subcommands are 'node' and 'demo' (see 'p2prs --help')"
+            "unknown subcommand '{other}': the subcommands are 'node', 'demo' and 'rendezvous' (see 'p2prs --help')"
         )),
     }
 }
@@ -136,8 +136,11 @@ fn help_topic(rest: &[String]) -> Result<Command, UsageError> {
         None => Ok(Command::Help(Topic::Main)),
         Some("node") => Ok(Command::Help(Topic::Node)),
         Some("demo") => Ok(Command::Help(Topic::Demo)),
+        Some("rendezvous") => {
+            super::rendezvous::parse(&["--help".to_string()]).map(Command::Rendezvous)
+        }
         Some(other) => usage(format!(
-            "no help for '{other}': try 'p2prs help node' or 'p2prs help demo'"
+            "no help for '{other}': try 'p2prs help node', 'p2prs help demo' or 'p2prs help rendezvous'"
         )),
     }
 }

@@ -29,7 +29,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Run the demo; exit 0 when everything got through.
 pub fn run(opts: &DemoOpts) -> ExitCode {
     let seed = opts.seed.unwrap_or_else(clock_seed);
-    println!(
+    say!(
         "p2prs demo: {} nodes on 127.0.0.1 (seed {seed}; repeat with --seed {seed})",
         opts.nodes
     );
@@ -84,7 +84,7 @@ impl Ring {
     fn build(n: usize, rng: &mut Rng) -> Result<Ring, String> {
         let started = Instant::now();
         let nodes = start_nodes(n)?;
-        println!("started {n} nodes in {} ms", started.elapsed().as_millis());
+        say!("started {n} nodes in {} ms", started.elapsed().as_millis());
         let events: Vec<Receiver<Event>> = nodes.iter().map(Node::events).collect();
         let join_ms = form_ring(&nodes, rng)?;
         let members = nodes
@@ -112,7 +112,7 @@ impl Ring {
         for m in &self.members {
             m.node.shutdown();
         }
-        println!(
+        say!(
             "shut down all {n} nodes in {} ms",
             started.elapsed().as_millis()
         );
@@ -141,7 +141,7 @@ fn form_ring(nodes: &[Node], rng: &mut Rng) -> Result<Vec<f64>, String> {
     let first = nodes[0]
         .create_network()
         .map_err(|e| format!("the first node could not create the network: {e}"))?;
-    println!(
+    say!(
         "node {first} created the network at {}",
         nodes[0].local_addr()
     );
@@ -154,7 +154,7 @@ fn form_ring(nodes: &[Node], rng: &mut Rng) -> Result<Vec<f64>, String> {
             .map_err(|e| format!("node #{i} could not join through {via}: {e}"))?;
         join_ms.push(ms(t.elapsed()));
     }
-    println!(
+    say!(
         "{} nodes joined through randomly chosen members in {} ms",
         nodes.len() - 1,
         started.elapsed().as_millis()
@@ -170,14 +170,14 @@ fn wait_stable(members: &[Member]) -> Option<Duration> {
     loop {
         if members.iter().all(|m| m.node.network_size() == n) {
             let took = started.elapsed();
-            println!(
+            say!(
                 "ring stable after {} ms: every node sees {n} nodes",
                 took.as_millis()
             );
             return Some(took);
         }
         if Instant::now() >= deadline {
-            println!("ring NOT stable after {} s", started.elapsed().as_secs());
+            say!("ring NOT stable after {} s", started.elapsed().as_secs());
             return None;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -231,7 +231,7 @@ fn send_texts(ring: &Ring, count: usize, rng: &mut Rng, problems: &mut Problems)
     if count == 0 {
         return;
     }
-    println!("\nTEXT messages, sent with send_to_id:");
+    say!("\nTEXT messages, sent with send_to_id:");
     let m = &ring.members;
     let mut expected: Vec<Vec<String>> = vec![Vec::new(); m.len()];
     let mut sent = Vec::new();
@@ -260,9 +260,9 @@ fn send_texts(ring: &Ring, count: usize, rng: &mut Rng, problems: &mut Problems)
         let seen = arrived
             .get(text)
             .map_or("LOST".into(), |from| format!("arrived from {from}"));
-        println!("  node {} -> node {}: {text:?} {seen}", m[*s].id, m[*r].id);
+        say!("  node {} -> node {}: {text:?} {seen}", m[*s].id, m[*r].id);
     }
-    println!("  {}/{count} delivered", arrived.len());
+    say!("  {}/{count} delivered", arrived.len());
     if arrived.len() < count {
         problems.add(format!(
             "only {} of {count} TEXT messages arrived",
@@ -298,7 +298,7 @@ fn send_requests(ring: &Ring, count: usize, rng: &mut Rng, problems: &mut Proble
     if count == 0 {
         return Vec::new();
     }
-    println!("\nADD requests, sent with request(NodeId, ..):");
+    say!("\nADD requests, sent with request(NodeId, ..):");
     let m = &ring.members;
     let mut latency = Vec::with_capacity(count);
     for k in 0..count {
@@ -314,9 +314,10 @@ fn send_requests(ring: &Ring, count: usize, rng: &mut Rng, problems: &mut Proble
             Ok(sum) if sum == n + 1 => {
                 latency.push(took);
                 if k < EXAMPLES {
-                    println!(
+                    say!(
                         "  node {} asks node {}: {n} + 1 = {sum} ({took:.2} ms)",
-                        m[s].id, m[r].id
+                        m[s].id,
+                        m[r].id
                     );
                 }
             }
@@ -324,7 +325,7 @@ fn send_requests(ring: &Ring, count: usize, rng: &mut Rng, problems: &mut Proble
             Err(e) => problems.add(format!("ADD node {} -> node {}: {e}", m[s].id, m[r].id)),
         }
     }
-    println!("  {}/{count} answered correctly", latency.len());
+    say!("  {}/{count} answered correctly", latency.len());
     latency
 }
 
@@ -365,7 +366,7 @@ fn broadcast(ring: &Ring, rng: &mut Rng, problems: &mut Problems) {
         .enumerate()
         .filter(|&(i, member)| i != s && receive_texts(member, &want, deadline).len() == 1)
         .count();
-    println!(
+    say!(
         "\nbroadcast from node {}: {reached}/{} other nodes got it",
         m[s].id,
         m.len() - 1
@@ -425,7 +426,7 @@ fn print_table(ring: &Ring, report: &Report) {
             ),
         ),
     ];
-    println!();
+    say!();
     print_rows(&rows);
 }
 
@@ -441,11 +442,11 @@ fn print_rows(rows: &[(&str, String)]) {
     let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
     let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
     let rule = format!("+-{}-+-{}-+", "-".repeat(w0), "-".repeat(w1));
-    println!("{rule}");
+    say!("{rule}");
     for (name, value) in rows {
-        println!("| {name:<w0$} | {value:<w1$} |");
+        say!("| {name:<w0$} | {value:<w1$} |");
     }
-    println!("{rule}");
+    say!("{rule}");
 }
 
 fn write_svg(ring: &Ring, path: &std::path::Path, problems: &mut Problems) {
@@ -459,14 +460,14 @@ fn write_svg(ring: &Ring, path: &std::path::Path, problems: &mut Problems) {
         })
         .collect();
     match std::fs::write(path, svg::render(&nodes)) {
-        Ok(()) => println!("picture of the ring written to {}", path.display()),
+        Ok(()) => say!("picture of the ring written to {}", path.display()),
         Err(e) => problems.add(format!("writing {}: {e}", path.display())),
     }
 }
 
 fn finish(problems: &[String]) -> ExitCode {
     if problems.is_empty() {
-        println!("demo OK");
+        say!("demo OK");
         return ExitCode::SUCCESS;
     }
     eprintln!("p2prs demo: FAILED ({} problems):", problems.len());

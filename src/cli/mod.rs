@@ -1,6 +1,15 @@
 //! The `p2prs` command line: argument parsing, the `node` and `demo`
 //! subcommands, and what they print.
 
+/// `println!` that does not panic when standard output is a closed pipe
+/// (`p2prs demo | head -1`): what cannot be written is dropped.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod args;
 mod demo;
 mod handlers;
@@ -34,11 +43,11 @@ pub fn main() -> ExitCode {
 fn run(command: Command) -> ExitCode {
     match command {
         Command::Help(topic) => {
-            println!("{}", help::text(topic));
+            say!("{}", help::text(topic));
             ExitCode::SUCCESS
         }
         Command::Version => {
-            println!("p2prs {}", env!("CARGO_PKG_VERSION"));
+            say!("p2prs {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
         Command::Node(opts) => {

@@ -110,7 +110,7 @@ pub fn parse(args: &[String]) -> Result<RendezvousOpts, UsageError> {
 /// Run the rendezvous until the process is killed.
 pub fn run(opts: &RendezvousOpts) -> ExitCode {
     if opts.help {
-        println!("{HELP}");
+        say!("{HELP}");
         return ExitCode::SUCCESS;
     }
     let mut cfg = Config::default();
@@ -127,7 +127,7 @@ pub fn run(opts: &RendezvousOpts) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("rendezvous listening on {}", rv.local_addr());
+    say!("rendezvous listening on {}", rv.local_addr());
     let mut last = rv.stats();
     loop {
         std::thread::sleep(Duration::from_secs(60));

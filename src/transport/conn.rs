@@ -316,6 +316,7 @@ impl Conn {
                 })
             }
             Err(e) => {
+                let after = self.write_timeout();
                 self.close();
                 if matches!(
                     e.kind(),
@@ -323,7 +324,7 @@ impl Conn {
                 ) {
                     Err(Error::Timeout {
                         what: format!("a write to {}", self.peer_addr()),
-                        after: Duration::ZERO,
+                        after,
                     })
                 } else if self.is_closed() {
                     Err(self.closed_error())
@@ -362,6 +363,18 @@ impl Conn {
                     Err(e)
                 }
             }
+        }
+    }
+
+    /// The write timeout set on the socket (zero if none or relayed).
+    fn write_timeout(&self) -> Duration {
+        match &self.link {
+            Link::Tcp { raw, .. } => raw
+                .lock()
+                .as_ref()
+                .and_then(|r| r.write_timeout().ok().flatten())
+                .unwrap_or_default(),
+            Link::Relay { .. } => Duration::ZERO,
         }
     }
 

@@ -77,12 +77,27 @@ pub(super) fn round(n: &NodeInner) {
     n.chord
         .pin_neighbours(&neighbours, |addr| n.transport.find(addr));
     n.chord.bump();
+    let periodic = n
+        .chord
+        .ring
+        .read()
+        .as_ref()
+        .is_some_and(|r| r.stabilizer.rounds() % WALK_EVERY == 0);
+    walk_if_due(n, periodic);
+}
+
+/// At the root: count the ring now if it is time (`periodic`) or a change
+/// was reported, but not more often than four times a stabilizer period.
+fn walk_if_due(n: &NodeInner, periodic: bool) {
+    let spacing = n.transport.cfg.stabilize_interval / 4;
     let due = {
         let mut g = n.chord.ring.write();
         let Some(r) = g.as_mut() else { return };
-        let due = r.is_root() && (r.recount || r.stabilizer.rounds() % WALK_EVERY == 0);
+        let rested = r.last_walk.is_none_or(|t| t.elapsed() >= spacing);
+        let due = r.is_root() && (periodic || (r.recount && rested));
         if due {
             r.recount = false;
+            r.last_walk = Some(Instant::now());
         }
         due
     };
@@ -159,6 +174,7 @@ fn tell_root(n: &NodeInner) {
         me
     };
     if root_is_me {
+        walk_if_due(n, false);
         return;
     }
     let result = lookup(n, alloc::FIRST_ID).and_then(|route| {
@@ -224,7 +240,19 @@ fn walk(n: &NodeInner) {
             break;
         }
     }
-    publish(n, &me, members);
+    // The walk must end at our predecessor; if it does not, a node has just
+    // joined or left and the ring is settling: count again next round.
+    let settled = {
+        let mut g = n.chord.ring.write();
+        let Some(r) = g.as_mut() else { return };
+        let last = members.last().map(|p| p.id);
+        let ok = r.routing.predecessor().is_none_or(|p| Some(p.id) == last);
+        r.recount |= !ok;
+        ok
+    };
+    if settled {
+        publish(n, &me, members);
+    }
 }
 
 fn publish(n: &NodeInner, me: &RPeer, members: Vec<RPeer>) {

@@ -157,6 +157,8 @@ struct Ring {
     epoch: u64,
     /// The root should count again at its next round.
     recount: bool,
+    /// When the root last counted the ring.
+    last_walk: Option<Instant>,
 }
 
 impl Ring {
@@ -170,6 +172,7 @@ impl Ring {
             members: BTreeMap::from([(me.id, me.addr)]),
             epoch: 0,
             recount: true,
+            last_walk: None,
         }
     }
 

@@ -72,6 +72,7 @@ pub(crate) fn handle(n: &NodeInner, conn: &Arc<Conn>, frame: Frame) {
                 r.recount = true;
                 Ok(())
             });
+            n.chord.queue(Job::Recount);
             Ok(Message::new("p2prs.ok", Value::Null))
         }
         BROADCAST => {
@@ -121,8 +122,9 @@ fn notify(n: &NodeInner, frame: &Frame) -> Result<Message> {
         let changed = r.routing.notify(candidate.clone());
         r.reservations.prune(&r.routing, now);
         r.reservations.release(candidate.id);
-        if changed {
-            r.recount |= r.is_root();
+        if changed && r.is_root() {
+            r.recount = true;
+            n.chord.queue(Job::Recount);
         }
         // Our old predecessor should now point at the newcomer: tell it to
         // stabilize at once rather than at its next round.

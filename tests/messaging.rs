@@ -1004,3 +1004,29 @@ fn a_message_without_a_type_is_refused_by_the_sender() {
         2
     );
 }
+
+#[test]
+fn a_closed_handle_refuses_to_send_even_if_the_connection_stays_for_others() {
+    let a = adder();
+    let b = node();
+    let first = b.connect(a.local_addr()).unwrap();
+    let second = b.connect(a.local_addr()).unwrap();
+    first.close();
+    assert!(!first.is_open());
+    assert!(matches!(
+        first.request(Message::new("ADD", 1)),
+        Err(Error::ConnectionClosed { .. })
+    ));
+    // The other hold keeps the connection itself open and usable.
+    assert!(second.is_open());
+    assert_eq!(
+        second
+            .request(Message::new("ADD", 1))
+            .unwrap()
+            .data::<i64>()
+            .unwrap(),
+        2
+    );
+    second.close();
+    assert!(wait_until(PATIENCE, || b.connection_count() == 0));
+}

@@ -151,12 +151,28 @@ impl Connection {
 
     /// Whether the connection is still open.
     pub fn is_open(&self) -> bool {
-        !self.conn.is_closed()
+        !self.conn.is_closed() && !self.released()
+    }
+
+    /// Whether [`close`](Self::close) was called on this handle (or a clone).
+    fn released(&self) -> bool {
+        self.pin
+            .as_ref()
+            .is_some_and(|p| p.released.load(Ordering::Acquire))
+    }
+
+    /// The connection, unless this handle was closed.
+    fn open(&self) -> Result<&Arc<Conn>> {
+        if self.released() {
+            Err(self.conn.closed_error())
+        } else {
+            Ok(&self.conn)
+        }
     }
 
     /// Send a one-way message.
     pub fn send(&self, msg: Message) -> Result<()> {
-        super::send_message(&self.conn, msg)
+        super::send_message(self.open()?, msg)
     }
 
     /// Send a request and wait for its answer, up to the node's request timeout.
@@ -166,17 +182,20 @@ impl Connection {
             .upgrade()
             .map(|n| n.transport.cfg.request_timeout)
             .unwrap_or(Duration::from_secs(10));
-        self.conn.request(msg, timeout)
+        self.open()?.request(msg, timeout)
     }
 
     /// Send a request and wait up to `timeout` for its answer.
     pub fn request_timeout(&self, msg: Message, timeout: Duration) -> Result<Message> {
-        self.conn.request(msg, timeout)
+        self.open()?.request(msg, timeout)
     }
 
     /// Close the connection (requests still in flight on it fail at once
     /// with [`Error::ConnectionClosed`](crate::Error::ConnectionClosed)).
-    /// If other handles still hold it constant, only this hold is released.
+    /// If something else still holds the connection open (another
+    /// `Connection` from [`Node::connect`](crate::Node::connect), or the ring,
+    /// for a connection to a ring neighbour), only this handle is closed: it
+    /// then reports closed and refuses to send, while the others go on.
     pub fn close(&self) {
         match &self.pin {
             Some(pin) => {

@@ -624,7 +624,7 @@ impl NodeInner {
         match target {
             Target::Conn(c) => {
                 let conn = c.inner();
-                if conn.is_closed() {
+                if !c.is_open() {
                     Err(conn.closed_error())
                 } else {
                     Ok(Arc::clone(conn))

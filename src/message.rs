@@ -1,6 +1,7 @@
 //! Messages: a type string, JSON data, and an optional raw binary body.
 
 use crate::error::{Error, Result};
+use crate::wire::{Frame, Kind};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -113,7 +114,20 @@ impl Message {
         (self.kind, self.data, self.body)
     }
 
-    pub(crate) fn from_parts(kind: String, data: Value, body: Option<Vec<u8>>) -> Message {
-        Message { kind, data, body }
+    /// The frame of kind `kind` (and request ID `req`) that carries this message.
+    pub(crate) fn into_frame(self, kind: Kind, req: Option<u64>) -> Frame {
+        let mut frame = Frame::new(kind, self.kind, self.data);
+        frame.req = req;
+        frame.body = self.body;
+        frame
+    }
+
+    /// The message a frame carries (its type, data and body).
+    pub(crate) fn from_frame(frame: Frame) -> Message {
+        Message {
+            kind: frame.msg_type,
+            data: frame.data,
+            body: frame.body,
+        }
     }
 }

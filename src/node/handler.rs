@@ -85,7 +85,7 @@ impl Incoming {
         let req = (frame.kind == Kind::Request).then_some(frame.req).flatten();
         let frame_bounces = frame.bounces;
         Incoming {
-            msg: Message::from_parts(frame.msg_type, frame.data, frame.body),
+            msg: Message::from_frame(frame),
             from: from.unwrap_or_else(|| PeerInfo::of(&conn)),
             node,
             conn,
@@ -146,11 +146,8 @@ impl Incoming {
     /// Answer the request with `response`.
     pub fn respond(&mut self, response: Message) -> Result<()> {
         let req = self.open_request()?;
-        let (kind, data, body) = response.into_parts();
-        let mut frame = Frame::new(Kind::Response, kind, data);
-        frame.req = Some(req);
-        frame.body = body;
-        self.conn.send_frame(&frame)?;
+        self.conn
+            .send_frame(&response.into_frame(Kind::Response, Some(req)))?;
         self.answered = true;
         Ok(())
     }

@@ -306,10 +306,7 @@ impl std::fmt::Debug for Node {
 }
 
 pub(crate) fn send_message(conn: &Conn, msg: Message) -> Result<()> {
-    let (kind, data, body) = msg.into_parts();
-    let mut frame = Frame::new(Kind::Message, kind, data);
-    frame.body = body;
-    conn.send_frame(&frame)
+    conn.send_frame(&msg.into_frame(Kind::Message, None))
 }
 
 impl Node {
@@ -673,7 +670,7 @@ impl NodeInner {
 
     fn deliver_default(&self, conn: &Arc<Conn>, frame: Frame, from: Option<PeerInfo>) {
         let from = from.unwrap_or_else(|| PeerInfo::of(conn));
-        let message = Message::from_parts(frame.msg_type, frame.data, frame.body);
+        let message = Message::from_frame(frame);
         if message.kind() == TEXT {
             log::info!("({from}) -> {:?}", message.as_text().unwrap_or_default());
         } else if !self.watching.load(Ordering::Acquire) {
@@ -695,13 +692,7 @@ pub(crate) fn reply(conn: &Conn, frame: &Frame, answer: Result<Message>) {
         return;
     };
     let out = match answer {
-        Ok(msg) => {
-            let (kind, data, body) = msg.into_parts();
-            let mut f = Frame::new(Kind::Response, kind, data);
-            f.req = Some(req);
-            f.body = body;
-            f
-        }
+        Ok(msg) => msg.into_frame(Kind::Response, Some(req)),
         Err(Error::Remote { code, message }) => Frame::error(req, &code, message),
         Err(e) => Frame::error(req, e.wire_code(), e.to_string()),
     };

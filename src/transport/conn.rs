@@ -390,10 +390,7 @@ impl Conn {
 
     fn request_frame_with(&self, msg: Message, pending: Pending, bounces: u32) -> Result<u64> {
         let req = self.next_req.fetch_add(1, Ordering::Relaxed);
-        let (kind, data, body) = msg.into_parts();
-        let mut frame = Frame::new(Kind::Request, kind, data);
-        frame.req = Some(req);
-        frame.body = body;
+        let mut frame = msg.into_frame(Kind::Request, Some(req));
         frame.bounces = bounces;
         self.pending.lock().insert(req, pending);
         if self.is_closed() {
@@ -459,7 +456,7 @@ impl Conn {
                         code: e.code,
                         message: e.message,
                     }),
-                    None => Ok(Message::from_parts(frame.msg_type, frame.data, frame.body)),
+                    None => Ok(Message::from_frame(frame)),
                 };
                 let _ = tx.send(result);
             }

@@ -108,23 +108,19 @@ fn walk_if_due(n: &NodeInner, periodic: bool) {
 
 fn execute(n: &NodeInner, action: Action<SocketAddr>) {
     match action {
-        Action::AskPredecessor(s) => {
-            let answer =
-                rpc_peer(n, &s, NEIGHBOURS, json!({})).and_then(|m| m.data::<NeighboursReply>());
-            match answer {
-                Ok(reply) => {
-                    let notify = {
-                        let mut g = n.chord.ring.write();
-                        let Some(r) = g.as_mut() else { return };
-                        on_stabilize_reply(&mut r.routing, &s, reply.pred, reply.successors)
-                    };
-                    if let Some(a) = notify {
-                        execute(n, a);
-                    }
+        Action::AskPredecessor(s) => match neighbours_of(n, s.addr) {
+            Ok(reply) => {
+                let notify = {
+                    let mut g = n.chord.ring.write();
+                    let Some(r) = g.as_mut() else { return };
+                    on_stabilize_reply(&mut r.routing, &s, reply.pred, reply.successors)
+                };
+                if let Some(a) = notify {
+                    execute(n, a);
                 }
-                Err(e) => failed(n, &s, &e),
             }
-        }
+            Err(e) => failed(n, &s, &e),
+        },
         Action::Notify { to, me } => {
             if let Err(e) = rpc_peer(n, &to, NOTIFY, json!({ "peer": me })) {
                 failed(n, &to, &e);
@@ -210,9 +206,7 @@ fn walk(n: &NodeInner) {
     }
     while members.len() > 1 && members.len() < MAX_WALK {
         let cursor = members[members.len() - 1].clone();
-        let reply = match rpc_peer(n, &cursor, NEIGHBOURS, json!({}))
-            .and_then(|m| m.data::<NeighboursReply>())
-        {
+        let reply = match neighbours_of(n, cursor.addr) {
             Ok(r) => r,
             Err(e) => {
                 log::debug!("counting the ring: {} did not answer: {e}", cursor.id);

@@ -369,6 +369,11 @@ fn rpc_peer(n: &NodeInner, p: &RPeer, kind: &str, data: Value) -> Result<Message
     rpc(n, p.addr, kind, data)
 }
 
+/// Ask the node at `addr` for its predecessor and successor list.
+fn neighbours_of(n: &NodeInner, addr: SocketAddr) -> Result<NeighboursReply> {
+    rpc(n, addr, NEIGHBOURS, json!({}))?.data()
+}
+
 /// Run a lookup to the end, querying peers over the network.
 fn drive(n: &NodeInner, mut lookup: Lookup<SocketAddr>) -> Result<(RPeer, u32, Vec<NodeId>)> {
     let target = lookup.target();
@@ -451,9 +456,7 @@ pub(crate) fn conn_for_id(n: &NodeInner, id: NodeId) -> Result<Arc<Conn>> {
     if owner.id != id {
         // A node that joined moments ago may not be known to its predecessor
         // yet: the owner the lookup found knows it as its predecessor.
-        let reply = rpc(n, owner.addr, NEIGHBOURS, json!({}))
-            .and_then(|m| m.data::<NeighboursReply>())
-            .ok();
+        let reply = neighbours_of(n, owner.addr).ok();
         match reply.and_then(|r| r.pred).filter(|p| p.id == id) {
             Some(p) => owner = to_pub(&p),
             None => return Err(Error::NoSuchNode(id)),

@@ -1,5 +1,7 @@
 //! Tunable settings: intervals, timeouts, sizes.
 
+use crate::identity::NetworkKey;
+use crate::noise::Cipher;
 use crate::punch::Traversal;
 use std::time::Duration;
 
@@ -70,6 +72,19 @@ pub struct Config {
     /// For a rendezvous: bytes per second one node may send, and receive,
     /// through its relay (default 1 MiB/s; 0: unlimited).
     pub relay_peer_cap: u64,
+    /// The secret of a closed network (default none: an open network, still
+    /// encrypted). Peers without the same key fail the handshake before any
+    /// frame is read. Set it with
+    /// [`NodeBuilder::network_key`](crate::NodeBuilder::network_key).
+    pub network_key: Option<NetworkKey>,
+    /// The cipher of every connection (default [`Cipher::AesGcm`]); all
+    /// nodes of a network must use the same.
+    pub cipher: Cipher,
+    /// Turn encryption and authentication off (default false). For
+    /// benchmarks only: a plaintext node cannot talk to an encrypted one, and
+    /// its peers' identities are not proven. See
+    /// [`NodeBuilder::insecure_plaintext`](crate::NodeBuilder::insecure_plaintext).
+    pub insecure_plaintext: bool,
 }
 
 impl Default for Config {
@@ -95,6 +110,9 @@ impl Default for Config {
             rendezvous_keepalive: Duration::from_secs(10),
             relay_rate_limit: 8 * 1024 * 1024,
             relay_peer_cap: 1024 * 1024,
+            network_key: None,
+            cipher: Cipher::default(),
+            insecure_plaintext: false,
         }
     }
 }

@@ -74,6 +74,24 @@ pub enum Error {
     Routing(String),
     /// The node has been shut down.
     Shutdown,
+    /// The secure handshake with a peer failed: a different network key, a
+    /// peer that is not p2prs, an invalid identity proof...
+    Handshake {
+        /// The peer's address.
+        peer: String,
+        /// What went wrong.
+        error: crate::noise::HandshakeError,
+    },
+    /// The node reached at an address proved another identity than the one
+    /// the ring binds to the node wanted there.
+    WrongPeer {
+        /// The address dialled.
+        addr: String,
+        /// The key expected there.
+        expected: crate::identity::PublicKey,
+        /// The key the peer proved (none in plaintext mode).
+        found: Option<crate::identity::PublicKey>,
+    },
 }
 
 impl fmt::Display for Error {
@@ -105,6 +123,24 @@ impl fmt::Display for Error {
             Error::JoinFailed(why) => write!(f, "could not join the network: {why}"),
             Error::Routing(why) => write!(f, "routing failed: {why}"),
             Error::Shutdown => write!(f, "the node has been shut down"),
+            Error::Handshake { peer, error } => write!(f, "handshake with {peer}: {error}"),
+            Error::WrongPeer {
+                addr,
+                expected,
+                found,
+            } => match found {
+                Some(k) => write!(
+                    f,
+                    "the node at {addr} proved key {} instead of {}",
+                    k.short(),
+                    expected.short()
+                ),
+                None => write!(
+                    f,
+                    "the node at {addr} proved no key (expected {})",
+                    expected.short()
+                ),
+            },
         }
     }
 }
@@ -115,6 +151,7 @@ impl std::error::Error for Error {
             Error::Io { source, .. } => Some(source),
             Error::Protocol(e) => Some(e),
             Error::Json(e) => Some(e),
+            Error::Handshake { error, .. } => Some(error),
             _ => None,
         }
     }
@@ -138,6 +175,25 @@ impl From<crate::wire::WireError> for Error {
 }
 
 impl Error {
+    /// Whether this error says that a peer's network key differs from this
+    /// node's (or that one of the two has none).
+    ///
+    /// ```
+    /// let e = p2prs::Error::NotJoined;
+    /// assert!(!e.is_network_key_mismatch());
+    /// ```
+    pub fn is_network_key_mismatch(&self) -> bool {
+        use crate::noise::HandshakeError as H;
+        match self {
+            Error::Handshake { error, .. } => matches!(
+                error,
+                H::NetworkKeyMismatch | H::NetworkKeyPresence { .. } | H::Refused
+            ),
+            Error::JoinFailed(why) => why.contains("network key mismatch"),
+            _ => false,
+        }
+    }
+
     /// Wrap an I/O error with what was being done.
     pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
         Error::Io {

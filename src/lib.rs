@@ -30,22 +30,29 @@
 mod config;
 mod error;
 mod id;
+mod identity;
 mod message;
 mod node;
+mod noise;
 mod punch;
 mod rendezvous;
 pub mod ring;
+#[cfg(feature = "unstable-testing")]
+#[doc(hidden)]
+pub mod testing;
 mod transport;
 pub mod wire;
 
 pub use config::Config;
 pub use error::{Error, Result};
 pub use id::NodeId;
+pub use identity::{Identity, NetworkKey, PublicKey};
 pub use message::{Message, TEXT};
 pub use node::{
     Connection, Event, HandlerResult, Incoming, Node, NodeBuilder, Peer, PeerInfo, Route, Target,
     MAX_BOUNCES, RESERVED_PREFIX,
 };
+pub use noise::{Cipher, HandshakeError};
 pub use punch::{Path, Traversal};
 pub use rendezvous::{NatStatus, Rendezvous, RendezvousStats};
 

@@ -427,23 +427,18 @@ fn adopt(
     timing: PunchTiming,
 ) -> bool {
     let _ = stream.set_nodelay(true);
-    let greeted = handshake(
-        &mut stream,
-        &t.hello(),
-        timing.handshake,
-        t.cfg.max_frame_size,
-    );
-    let (hello, decoder) = match greeted {
+    let greeted = handshake(&mut stream, &t.secure, &t.hello(), timing.handshake);
+    let greeted = match greeted {
         Ok(x) => x,
         Err(e) => {
             log::debug!("punched stream to {ep}: handshake failed: {e}");
             return false;
         }
     };
-    if !s.expect.accepts(&hello, ep, t.my_id()) {
+    if !s.expect.accepts(&greeted.proof.hello, ep, t.my_id()) {
         log::warn!(
             "punch to {ep}: the node that answered (ID {:?}) is not the one expected ({:?}); closed",
-            hello.id,
+            greeted.proof.hello.id,
             s.expect.id
         );
         let _ = stream.shutdown(std::net::Shutdown::Both);
@@ -454,7 +449,7 @@ fn adopt(
         let _ = stream.shutdown(std::net::Shutdown::Both);
         return true;
     }
-    match t.adopt_greeted(&stream, hello, decoder, s.expect.listen, None) {
+    match t.adopt_greeted(&stream, greeted, s.expect.listen, None) {
         Ok(conn) => {
             conn.set_punched();
             true

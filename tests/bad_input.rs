@@ -108,7 +108,7 @@ fn garbage_after_the_hello() {
 fn wrong_magic() {
     let f = fixture();
     let mut bad = RawPeer::connect(f.addr());
-    bad.send(&hello_bytes(b"P2PX", 1, b"{}")).ok();
+    bad.send(&preamble_bytes(b"P2PX", 2, DEFAULT_FLAGS)).ok();
     f.assert_only_bad_peer_dropped(&mut bad, "not a p2prs peer");
 }
 
@@ -116,27 +116,28 @@ fn wrong_magic() {
 fn wrong_version() {
     let f = fixture();
     let mut bad = RawPeer::connect(f.addr());
-    bad.send(&hello_bytes(b"P2PR", 2, b"{}")).ok();
-    f.assert_only_bad_peer_dropped(&mut bad, "protocol version 2");
+    bad.send(&preamble_bytes(b"P2PR", 3, DEFAULT_FLAGS)).ok();
+    f.assert_only_bad_peer_dropped(&mut bad, "protocol version 3");
 }
 
 #[test]
 fn invalid_json_hello() {
     let f = fixture();
     let mut bad = RawPeer::connect(f.addr());
-    bad.send(&hello_bytes(b"P2PR", 1, b"{\"listen\": ")).ok();
-    f.assert_only_bad_peer_dropped(&mut bad, "malformed header");
+    // The hello travels inside the encrypted handshake.
+    bad.secure(b"{\"listen\": ").ok();
+    f.assert_only_bad_peer_dropped(&mut bad, "invalid hello");
 }
 
 #[test]
 fn hello_over_the_maximum() {
     let f = fixture();
     let mut bad = RawPeer::connect(f.addr());
-    let mut prefix = b"P2PR".to_vec();
-    prefix.extend_from_slice(&1u16.to_be_bytes());
-    prefix.extend_from_slice(&u32::MAX.to_be_bytes());
-    bad.send(&prefix).ok();
-    f.assert_only_bad_peer_dropped(&mut bad, "exceeds the maximum");
+    let mut hello = b"{\"pad\": \"".to_vec();
+    hello.extend_from_slice(&[b'x'; 20_000]);
+    hello.extend_from_slice(b"\"}");
+    bad.secure(&hello).ok();
+    f.assert_only_bad_peer_dropped(&mut bad, "invalid hello");
 }
 
 #[test]
@@ -251,9 +252,9 @@ fn response_to_an_unknown_request_is_ignored() {
 fn silent_peer_is_closed_after_the_handshake_timeout() {
     let f = fixture();
     let mut silent = RawPeer::connect(f.addr());
-    // The node greets first; the silent peer never answers.
-    let hello = silent.read_hello();
-    assert_eq!(hello["listen"], f.addr().to_string());
+    // The node sends its preamble first; the silent peer never answers.
+    let preamble = silent.read_preamble();
+    assert_eq!(&preamble[..6], b"P2PR\x00\x02");
     // While the silent peer waits, others are served.
     f.assert_serving();
     assert!(
@@ -274,9 +275,10 @@ fn many_bad_peers_at_once() {
     for (i, p) in bad.iter_mut().enumerate() {
         let bytes = match i % 4 {
             0 => b"garbage!garbage!".to_vec(),
-            1 => hello_bytes(b"P2PR", 9, b"{}"),
-            2 => hello_bytes(b"XXXX", 1, b"{}"),
-            _ => hello_bytes(b"P2PR", 1, b"not json"),
+            1 => preamble_bytes(b"P2PR", 9, DEFAULT_FLAGS),
+            2 => preamble_bytes(b"XXXX", 2, DEFAULT_FLAGS),
+            // A peer in plaintext mode.
+            _ => preamble_bytes(b"P2PR", 2, 2),
         };
         p.send(&bytes).ok();
     }
@@ -299,25 +301,13 @@ fn peer_from_another_host_claiming_a_nodes_address_does_not_receive_its_requests
     // listens where X (127.0.0.1) does.
     let mut impostor = RawPeer::connect_from([127, 0, 0, 2].into(), n.local_addr());
     let hello = json!({ "listen": x.local_addr().to_string() }).to_string();
-    impostor
-        .send(&hello_bytes(b"P2PR", 1, hello.as_bytes()))
-        .unwrap();
-    impostor.read_hello();
+    impostor.secure(hello.as_bytes()).unwrap();
     assert!(wait_until(PATIENCE, || n.connection_count() == 1));
     // N's request to X must reach X, not the impostor (who would answer 666).
     let n2 = n.clone();
     let x_addr = x.local_addr();
     let asking = std::thread::spawn(move || n2.request(x_addr, Message::new("ADD", 17)));
-    impostor
-        .stream
-        .set_read_timeout(Some(std::time::Duration::from_millis(500)))
-        .unwrap();
-    let mut prefix = [0u8; 8];
-    if std::io::Read::read_exact(&mut impostor.stream, &mut prefix).is_ok() {
-        let h = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
-        let mut header = vec![0u8; h];
-        std::io::Read::read_exact(&mut impostor.stream, &mut header).unwrap();
-        let header: serde_json::Value = serde_json::from_slice(&header).unwrap();
+    if let Some((header, _)) = impostor.try_read_frame(std::time::Duration::from_millis(500)) {
         impostor
             .send_frame(
                 &json!({"kind": "response", "type": "ADD RESP", "data": 666, "req": header["req"]}),

@@ -86,7 +86,7 @@ fn shutdown_joins_every_thread_and_closes_every_socket() {
     assert_eq!(r.data::<i64>().unwrap(), 6);
     // A peer stuck in its handshake when the node stops.
     let mut silent = RawPeer::connect(b.local_addr());
-    silent.read_hello();
+    silent.read_preamble();
     assert!(thread_count() > baseline);
 
     // ---- Shutdown, twice; then every operation says so --------------------

@@ -149,6 +149,12 @@ impl Connection {
         self.conn.peer_id()
     }
 
+    /// The peer's public key, proven in the handshake (`None` only for a
+    /// node in insecure plaintext mode).
+    pub fn peer_key(&self) -> Option<crate::identity::PublicKey> {
+        self.conn.peer_key()
+    }
+
     /// Whether the connection is still open.
     pub fn is_open(&self) -> bool {
         !self.conn.is_closed() && !self.released()

@@ -12,6 +12,7 @@ pub use handler::{HandlerResult, Incoming, PeerInfo, MAX_BOUNCES};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::id::NodeId;
+use crate::identity::{Identity, NetworkKey, PublicKey};
 use crate::message::{Message, TEXT};
 use crate::transport::{self, Conn, FrameSink, Transport};
 use crate::wire::{Frame, Kind};
@@ -76,6 +77,13 @@ pub struct NodeBuilder {
     config: Config,
     handlers: Vec<(String, Handler)>,
     id: Option<NodeId>,
+    identity: Option<Ident>,
+}
+
+/// Where a node's identity comes from.
+enum Ident {
+    Given(Identity),
+    File(std::path::PathBuf),
 }
 
 impl NodeBuilder {
@@ -96,6 +104,52 @@ impl NodeBuilder {
     /// The port to listen on (default 0: any free port; see [`Node::local_addr`]).
     pub fn port(mut self, port: u16) -> Self {
         self.port = port;
+        self
+    }
+
+    /// The node's long-term identity (default: a new random one each start).
+    /// A node restarted with the same identity is the same peer.
+    ///
+    /// ```
+    /// let id = p2prs::Identity::generate()?;
+    /// let node = p2prs::Node::builder().identity(id.clone()).start()?;
+    /// assert_eq!(node.public_key(), id.public_key());
+    /// # Ok::<(), p2prs::Error>(())
+    /// ```
+    pub fn identity(mut self, identity: Identity) -> Self {
+        self.identity = Some(Ident::Given(identity));
+        self
+    }
+
+    /// Load the node's identity from `path`, or create it there (mode 0600)
+    /// on the first start; see [`Identity::load_or_generate`].
+    pub fn identity_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.identity = Some(Ident::File(path.into()));
+        self
+    }
+
+    /// Join only networks whose members have this key, and admit only such
+    /// peers: a peer without it fails the handshake, before any frame is
+    /// read or any ring state changes. Without a key the network is open
+    /// (anyone may join), but still encrypted. See [`NetworkKey`].
+    ///
+    /// ```
+    /// let a = p2prs::Node::builder().network_key("k3y").start()?;
+    /// let b = p2prs::Node::builder().network_key("other").start()?;
+    /// let err = b.join_network(&[a.local_addr()]).unwrap_err();
+    /// assert!(err.is_network_key_mismatch(), "{err}");
+    /// # Ok::<(), p2prs::Error>(())
+    /// ```
+    pub fn network_key(mut self, key: impl AsRef<[u8]>) -> Self {
+        self.config.network_key = Some(NetworkKey::new(key));
+        self
+    }
+
+    /// Turn encryption and authentication off, for benchmarks. Such a node
+    /// talks only to other plaintext nodes, and cannot prove or check who
+    /// anyone is. Never use it on a network you do not control.
+    pub fn insecure_plaintext(mut self) -> Self {
+        self.config.insecure_plaintext = true;
         self
     }
 
@@ -155,7 +209,13 @@ impl NodeBuilder {
         let local = listener
             .local_addr()
             .map_err(|e| Error::io("reading the listening address", e))?;
-        let transport = Transport::new(cfg, local);
+        let identity = match self.identity {
+            Some(Ident::Given(id)) => id,
+            Some(Ident::File(path)) => Identity::load_or_generate(path)?,
+            None => Identity::generate()?,
+        };
+        let secure = crate::noise::Local::for_config(identity, &cfg)?;
+        let transport = Transport::new(cfg, local, secure);
         let (events_tx, events_rx) = unbounded();
         let (jobs_tx, jobs_rx) = unbounded::<Job>();
         let inner = Arc::new(NodeInner {
@@ -318,11 +378,17 @@ impl Node {
             config: Config::default(),
             handlers: Vec::new(),
             id: None,
+            identity: None,
         }
     }
 
     pub(crate) fn inner(&self) -> &Arc<NodeInner> {
         &self.handle.inner
+    }
+
+    /// This node's public key: its identity, which the ring binds to its ID.
+    pub fn public_key(&self) -> PublicKey {
+        self.inner().transport.public_key()
     }
 
     /// The address the node listens on.

@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::message::Message;
 use crate::punch::{bound_socket, punch, Expect, PunchTiming, Sessions, Traversal};
-use crate::transport::{self, handshake, Conn, FrameSink, NatHook, Transport};
+use crate::transport::{self, Conn, FrameSink, NatHook, Transport};
 use crate::wire::{Decoder, Frame, Hello, Kind};
 use crossbeam_channel::{after, bounded, select, unbounded, Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
@@ -276,15 +276,10 @@ impl Client {
         let private = stream
             .local_addr()
             .map_err(|e| Error::io("reading the link's local address", e))?;
-        let (hello, decoder) = handshake(
-            &mut stream,
-            &t.hello(),
-            self.cfg.handshake_timeout,
-            self.cfg.max_frame_size,
-        )?;
+        let greeted = t.handshake(&mut stream)?;
         let me = self.me.upgrade().ok_or(Error::Shutdown)?;
         let sink: Arc<dyn FrameSink> = me;
-        let conn = t.adopt_greeted(&stream, hello, decoder, rv, Some(sink))?;
+        let conn = t.adopt_greeted(&stream, greeted, rv, Some(sink))?;
         conn.set_abortive();
         conn.pin();
         {

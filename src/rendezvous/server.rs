@@ -92,7 +92,9 @@ impl Rendezvous {
             .map_err(|e| Error::io("reading the listening address", e))?;
         let started = Instant::now();
         let total = Bucket::new(config.relay_rate_limit, Duration::ZERO);
-        let transport = Transport::new(config, local);
+        let secure =
+            crate::noise::Local::for_config(crate::identity::Identity::generate()?, &config)?;
+        let transport = Transport::new(config, local, secure);
         let (stop_tx, stop_rx) = bounded(0);
         let server = Arc::new(Server {
             transport: Arc::clone(&transport),

@@ -3,13 +3,15 @@
 
 use crate::error::{Error, Result};
 use crate::id::NodeId;
+use crate::identity::PublicKey;
 use crate::message::Message;
+use crate::noise::{Handshaker, Local, Opener, PeerProof, Sealer, Session};
 use crate::punch::Path;
 use crate::wire::{self, Decoder, Frame, Hello, Kind};
 use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -41,7 +43,7 @@ enum Link {
     /// Over its own TCP stream.
     Tcp {
         /// Both `None` once an abortive connection is closed.
-        writer: Mutex<Option<BufWriter<Shared>>>,
+        writer: Mutex<Option<SecureWriter>>,
         raw: Mutex<Option<Arc<TcpStream>>>,
     },
     /// Through a rendezvous server: each frame is encoded and sent as the
@@ -67,6 +69,114 @@ impl Write for Shared {
     }
 }
 
+/// The write side of a connection: frames are buffered as plaintext, then
+/// sealed into records (or passed through in plaintext mode) and written.
+pub(crate) struct SecureWriter {
+    stream: Shared,
+    sealer: Sealer,
+    plain: Vec<u8>,
+    out: Vec<u8>,
+}
+
+/// Plaintext buffered before it is sealed and written.
+const WRITE_CHUNK: usize = crate::noise::MAX_PLAIN;
+
+impl SecureWriter {
+    fn new(stream: Shared, sealer: Sealer) -> SecureWriter {
+        SecureWriter {
+            stream,
+            sealer,
+            plain: Vec::with_capacity(4096),
+            out: Vec::with_capacity(4096),
+        }
+    }
+
+    fn seal_plain(&mut self) -> io::Result<()> {
+        self.sealer
+            .seal(&self.plain, &mut self.out)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        self.plain.clear();
+        Ok(())
+    }
+}
+
+impl Write for SecureWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let room = WRITE_CHUNK - self.plain.len();
+        let n = buf.len().min(room);
+        self.plain.extend_from_slice(&buf[..n]);
+        if self.plain.len() >= WRITE_CHUNK {
+            self.seal_plain()?;
+            if self.out.len() >= 4 * WRITE_CHUNK {
+                self.stream.write_all(&self.out)?;
+                self.out.clear();
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.plain.is_empty() {
+            self.seal_plain()?;
+        }
+        if !self.out.is_empty() {
+            let r = self.stream.write_all(&self.out);
+            self.out.clear();
+            r?;
+        }
+        // Keep big buffers from a large frame from pinning memory.
+        if self.plain.capacity() > 64 * 1024 {
+            self.plain = Vec::with_capacity(4096);
+        }
+        if self.out.capacity() > 64 * 1024 {
+            self.out = Vec::with_capacity(4096);
+        }
+        Ok(())
+    }
+}
+
+/// What a handshake yields: who the peer is, the keys, and the bytes it sent
+/// after its handshake.
+pub(crate) struct Greeted {
+    /// The peer's hello and authenticated key.
+    pub proof: PeerProof,
+    /// The connection's keys.
+    pub session: Session,
+    /// Bytes read past the handshake (already records).
+    pub rest: Vec<u8>,
+}
+
+/// The read side's decoding: records to plaintext, plaintext to frames.
+pub(crate) struct Inbound {
+    opener: Opener,
+    decoder: Decoder,
+    plain: Vec<u8>,
+}
+
+impl Inbound {
+    /// Decoding for a connection with `session`, frames up to `max_frame`.
+    pub(crate) fn new(session: &Session, max_frame: usize) -> Inbound {
+        Inbound {
+            opener: session.opener(),
+            decoder: Decoder::new(max_frame),
+            plain: Vec::new(),
+        }
+    }
+
+    /// Feed bytes read from the peer.
+    pub(crate) fn push(&mut self, bytes: &[u8]) -> std::result::Result<(), String> {
+        self.plain.clear();
+        self.opener
+            .open(bytes, &mut self.plain)
+            .map_err(|e| e.to_string())?;
+        self.decoder.push(&self.plain);
+        if self.plain.capacity() > 256 * 1024 {
+            self.plain = Vec::new();
+        }
+        Ok(())
+    }
+}
+
 /// The relay frame type (see `crate::rendezvous`).
 pub(crate) const RELAY_TYPE: &str = "p2prs.rv.relay";
 /// Room kept in a relayed frame for the relay frame's own header.
@@ -84,6 +194,8 @@ pub(crate) struct Conn {
     /// Whether this end opened the connection.
     pub outbound: bool,
     peer_id: Mutex<Option<NodeId>>,
+    /// The peer's authenticated identity (`None` only in plaintext mode).
+    peer_key: Option<PublicKey>,
     link: Link,
     path: AtomicU8,
     /// Close with a reset, never leaving the socket in TIME_WAIT (punched
@@ -106,10 +218,12 @@ impl Conn {
     pub(crate) fn new(
         id: u64,
         stream: &Arc<TcpStream>,
-        hello: &Hello,
+        proof: &PeerProof,
+        session: &Session,
         outbound: bool,
         max_frame: usize,
     ) -> io::Result<Conn> {
+        let hello = &proof.hello;
         let remote = stream.peer_addr()?;
         let peer_listen = hello
             .listen
@@ -131,22 +245,16 @@ impl Conn {
                 same
             });
         let link = Link::Tcp {
-            writer: Mutex::new(Some(BufWriter::with_capacity(
-                16 * 1024,
+            writer: Mutex::new(Some(SecureWriter::new(
                 Shared(Arc::clone(stream)),
+                session.sealer(),
             ))),
             raw: Mutex::new(Some(Arc::clone(stream))),
         };
         let peer_id = hello.id.map(NodeId);
-        Ok(Conn::with_link(
-            id,
-            remote,
-            peer_listen,
-            outbound,
-            peer_id,
-            link,
-            max_frame,
-        ))
+        let mut c = Conn::with_link(id, remote, peer_listen, outbound, peer_id, link, max_frame);
+        c.peer_key = proof.key;
+        Ok(c)
     }
 
     /// A connection over `link` with nothing sent or pending yet.
@@ -169,6 +277,7 @@ impl Conn {
             peer_listen,
             outbound,
             peer_id: Mutex::new(peer_id),
+            peer_key: None,
             link,
             path: AtomicU8::new(path as u8),
             abortive: AtomicBool::new(false),
@@ -240,6 +349,12 @@ impl Conn {
             Link::Relay { via, to, .. } => Some((via, *to)),
             Link::Tcp { .. } => None,
         }
+    }
+
+    /// The peer's authenticated public key (`None` in plaintext mode and on
+    /// relayed connections not yet secured).
+    pub(crate) fn peer_key(&self) -> Option<PublicKey> {
+        self.peer_key
     }
 
     /// The peer's node ID, when known.
@@ -586,7 +701,7 @@ impl Conn {
     pub(crate) fn read_loop(
         self: &Arc<Conn>,
         stream: Arc<TcpStream>,
-        mut decoder: Decoder,
+        mut inbound: Inbound,
         sink: &dyn FrameSink,
         idle: Duration,
         forward_timeout: Duration,
@@ -595,20 +710,23 @@ impl Conn {
         let tick = (idle / 2).clamp(Duration::from_millis(50), Duration::from_secs(5));
         let _ = stream.set_read_timeout(Some(tick));
         let mut buf = vec![0u8; 32 * 1024];
-        let mut ok = self.drain(&mut decoder, sink);
+        let mut ok = self.drain(&mut inbound.decoder, sink);
         while ok && !self.is_closed() {
             match (&*stream).read(&mut buf) {
                 Ok(0) => {
                     self.eof.store(true, Ordering::Release);
-                    if let Err(e) = decoder.finish() {
+                    if let Err(e) = inbound.decoder.finish() {
                         log::warn!("{}: {e}; closing", self.peer_addr());
                     }
                     break;
                 }
                 Ok(n) => {
                     self.touch();
-                    decoder.push(&buf[..n]);
-                    ok = self.drain(&mut decoder, sink);
+                    if let Err(e) = inbound.push(&buf[..n]) {
+                        log::warn!("{}: {e}; closing the connection", self.peer_addr());
+                        break;
+                    }
+                    ok = self.drain(&mut inbound.decoder, sink);
                 }
                 Err(e)
                     if matches!(
@@ -696,32 +814,39 @@ impl Conn {
     }
 }
 
-/// Exchange hellos on a fresh connection: send ours, read theirs within `timeout`.
-/// Returns the peer's hello and a decoder holding any bytes that followed it.
+/// Run the secure handshake on a fresh connection within `timeout`: send
+/// our preamble, prove our identity and say our hello; learn and check the
+/// peer's. See `docs/protocol.md`.
 pub(crate) fn handshake(
     stream: &mut TcpStream,
+    local: &Arc<Local>,
     ours: &Hello,
     timeout: Duration,
-    max_frame: usize,
-) -> Result<(Hello, Decoder)> {
+) -> Result<Greeted> {
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "peer".into());
-    stream
-        .write_all(&wire::encode_hello(ours))
-        .map_err(|e| Error::io(format!("sending hello to {peer}"), e))?;
+    let mut nonce = [0u8; 8];
+    getrandom::fill(&mut nonce)
+        .map_err(|e| Error::io("reading random bytes", io::Error::other(e.to_string())))?;
+    let mut hs = Handshaker::new(Arc::clone(local), ours, nonce);
     let deadline = Instant::now() + timeout;
-    let mut decoder = Decoder::new(max_frame);
     let mut buf = [0u8; 4096];
     loop {
-        if let Some(hello) = decoder.next_hello()? {
-            return Ok((hello, decoder));
+        let out = hs.take_output();
+        if !out.is_empty() {
+            stream
+                .write_all(&out)
+                .map_err(|e| Error::io(format!("sending the handshake to {peer}"), e))?;
+        }
+        if hs.is_done() {
+            break;
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(Error::Timeout {
-                what: format!("the hello of {peer}"),
+                what: format!("the handshake of {peer}"),
                 after: timeout,
             });
         }
@@ -730,14 +855,28 @@ pub(crate) fn handshake(
             Ok(0) => {
                 return Err(Error::ConnectionClosed { peer });
             }
-            Ok(n) => decoder.push(&buf[..n]),
+            Ok(n) => {
+                if let Err(e) = hs.push(&buf[..n]) {
+                    // A refusal, if any, tells the peer why.
+                    let _ = stream.write_all(&hs.take_output());
+                    return Err(Error::Handshake { peer, error: e });
+                }
+            }
             Err(e)
                 if matches!(
                     e.kind(),
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io(format!("reading the hello of {peer}"), e)),
+            Err(e) => return Err(Error::io(format!("reading the handshake of {peer}"), e)),
         }
     }
+    let (proof, session, rest) = hs
+        .finish()
+        .ok_or_else(|| Error::io("finishing a handshake", io::Error::other("incomplete")))?;
+    Ok(Greeted {
+        proof,
+        session,
+        rest,
+    })
 }

@@ -3,13 +3,15 @@
 mod conn;
 mod threads;
 
-pub(crate) use conn::{handshake, Conn, FrameSink, RELAY_TYPE};
+pub(crate) use conn::{handshake, Conn, FrameSink, Greeted, Inbound, RELAY_TYPE};
 pub(crate) use threads::Threads;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::id::NodeId;
-use crate::wire::{Decoder, Frame, Hello};
+use crate::identity::PublicKey;
+use crate::noise::Local;
+use crate::wire::{Frame, Hello};
 use crossbeam_channel::{unbounded, Sender};
 use parking_lot::Mutex;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -36,6 +38,8 @@ pub(crate) trait NatHook: Send + Sync {
 /// Open connections and the threads that serve them.
 pub(crate) struct Transport {
     pub(crate) cfg: Config,
+    /// This node's identity, network key and handshake material.
+    pub(crate) secure: Arc<Local>,
     local: SocketAddr,
     pub(crate) threads: Arc<Threads>,
     conns: Mutex<HashMap<u64, Arc<Conn>>>,
@@ -89,9 +93,10 @@ pub(crate) fn bind_listener(addr: SocketAddr, reuse_port: bool) -> Result<TcpLis
 
 impl Transport {
     /// A transport for a node listening on `local`.
-    pub(crate) fn new(cfg: Config, local: SocketAddr) -> Arc<Transport> {
+    pub(crate) fn new(cfg: Config, local: SocketAddr, secure: Arc<Local>) -> Arc<Transport> {
         Arc::new(Transport {
             cfg,
+            secure,
             local,
             threads: Arc::new(Threads::default()),
             conns: Mutex::new(HashMap::new()),
@@ -222,40 +227,57 @@ impl Transport {
             self.greeting.lock().remove(&key);
             return;
         }
-        let greeted = handshake(
-            &mut stream,
-            &self.hello(),
-            self.cfg.handshake_timeout,
-            self.cfg.max_frame_size,
-        );
+        let greeted = self.handshake(&mut stream);
         self.greeting.lock().remove(&key);
-        let (hello, decoder) = match greeted {
+        let greeted = match greeted {
             Ok(x) => x,
             Err(e) => {
-                log::warn!("handshake with {from} failed: {e}; closing");
+                log::warn!("{e}; closing the connection from {from}");
                 return;
             }
         };
-        self.run(stream, hello, decoder, false);
+        self.run(stream, greeted, false);
+    }
+
+    /// The secure handshake on a fresh stream, with this node's hello.
+    pub(crate) fn handshake(&self, stream: &mut TcpStream) -> Result<Greeted> {
+        handshake(
+            stream,
+            &self.secure,
+            &self.hello(),
+            self.cfg.handshake_timeout,
+        )
+    }
+
+    /// This node's public key.
+    pub(crate) fn public_key(&self) -> PublicKey {
+        self.secure.identity().public_key()
     }
 
     /// Register a handshaken connection and run its read loop on this thread.
-    fn run(&self, stream: TcpStream, hello: Hello, decoder: Decoder, outbound: bool) {
+    fn run(&self, stream: TcpStream, greeted: Greeted, outbound: bool) {
         let stream = Arc::new(stream);
-        let Some(conn) = self.register(&stream, &hello, outbound) else {
+        let Some(conn) = self.register(&stream, &greeted, outbound) else {
             return;
         };
-        self.read(conn, stream, decoder);
+        self.read(conn, stream, greeted);
     }
 
     fn register(
         &self,
         stream: &Arc<TcpStream>,
-        hello: &Hello,
+        greeted: &Greeted,
         outbound: bool,
     ) -> Option<Arc<Conn>> {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let conn = match Conn::new(id, stream, hello, outbound, self.cfg.max_frame_size) {
+        let conn = match Conn::new(
+            id,
+            stream,
+            &greeted.proof,
+            &greeted.session,
+            outbound,
+            self.cfg.max_frame_size,
+        ) {
             Ok(c) => Arc::new(c),
             Err(e) => {
                 log::warn!("setting up a connection: {e}");
@@ -309,22 +331,29 @@ impl Transport {
             .collect()
     }
 
-    fn read(&self, conn: Arc<Conn>, stream: Arc<TcpStream>, decoder: Decoder) {
-        self.read_with(conn, stream, decoder, None);
+    fn read(&self, conn: Arc<Conn>, stream: Arc<TcpStream>, greeted: Greeted) {
+        self.read_with(conn, stream, greeted, None);
     }
 
     fn read_with(
         &self,
         conn: Arc<Conn>,
         stream: Arc<TcpStream>,
-        decoder: Decoder,
+        greeted: Greeted,
         sink: Option<Arc<dyn FrameSink>>,
     ) {
         let sink = sink.or_else(|| self.sink.lock().as_ref().and_then(|w| w.upgrade()));
+        let mut inbound = Inbound::new(&greeted.session, self.cfg.max_frame_size);
+        if let Err(e) = inbound.push(&greeted.rest) {
+            log::warn!("{}: {e}; closing the connection", conn.peer_addr());
+            conn.close();
+            self.conns.lock().remove(&conn.id);
+            return;
+        }
         if let Some(sink) = sink {
             conn.read_loop(
                 stream,
-                decoder,
+                inbound,
                 &*sink,
                 self.cfg.idle_timeout,
                 self.cfg.request_timeout,
@@ -386,13 +415,8 @@ impl Transport {
     ) -> Result<Arc<Conn>> {
         let _ = stream.set_nodelay(true);
         let _ = stream.set_write_timeout(Some(self.cfg.write_timeout));
-        let (hello, decoder) = handshake(
-            stream,
-            &self.hello(),
-            self.cfg.handshake_timeout,
-            self.cfg.max_frame_size,
-        )?;
-        self.adopt_greeted(stream, hello, decoder, addr, None)
+        let greeted = self.handshake(stream)?;
+        self.adopt_greeted(stream, greeted, addr, None)
     }
 
     /// Register an outbound stream whose hellos were exchanged already and
@@ -400,13 +424,12 @@ impl Transport {
     pub(crate) fn adopt_greeted(
         self: &Arc<Self>,
         stream: &TcpStream,
-        mut hello: Hello,
-        decoder: Decoder,
+        mut greeted: Greeted,
         addr: SocketAddr,
         sink: Option<Arc<dyn FrameSink>>,
     ) -> Result<Arc<Conn>> {
         // We reached it at `addr`: that is where it listens, whatever it says.
-        hello.listen = Some(addr.to_string());
+        greeted.proof.hello.listen = Some(addr.to_string());
         // One descriptor per connection, shared by the reader and the writer;
         // the caller's handle is closed when it returns.
         let reader = Arc::new(
@@ -415,7 +438,7 @@ impl Transport {
                 .map_err(|e| Error::io("cloning a socket", e))?,
         );
         let conn = self
-            .register(&reader, &hello, true)
+            .register(&reader, &greeted, true)
             .ok_or(Error::Shutdown)?;
         let me = Arc::clone(self);
         let c2 = Arc::clone(&conn);
@@ -423,7 +446,7 @@ impl Transport {
         let spawned = self
             .threads
             .spawn(name, Some(self.cfg.connection_stack_size), move || {
-                me.read_with(c2, reader, decoder, sink)
+                me.read_with(c2, reader, greeted, sink)
             });
         if let Err(e) = spawned {
             conn.close();

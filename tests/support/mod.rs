@@ -146,15 +146,6 @@ pub fn warned(needles: &[&str]) -> bool {
 
 // ---- A peer that speaks the wire format by hand ---------------------------
 
-/// The hello bytes: magic, version (u16 BE), JSON length (u32 BE), JSON.
-pub fn hello_bytes(magic: &[u8; 4], version: u16, json: &[u8]) -> Vec<u8> {
-    let mut v = magic.to_vec();
-    v.extend_from_slice(&version.to_be_bytes());
-    v.extend_from_slice(&(json.len() as u32).to_be_bytes());
-    v.extend_from_slice(json);
-    v
-}
-
 /// A frame: header length (u32 BE), body length (u32 BE), header, body.
 pub fn frame_bytes(header: &[u8], body: &[u8]) -> Vec<u8> {
     let mut v = (header.len() as u32).to_be_bytes().to_vec();
@@ -164,11 +155,27 @@ pub fn frame_bytes(header: &[u8], body: &[u8]) -> Vec<u8> {
     v
 }
 
-/// A raw TCP peer for bad-input tests: it sends exactly the bytes it is told.
+/// A raw TCP peer for bad-input tests: it sends exactly the bytes it is
+/// told, in the clear before a handshake, and inside the encrypted channel
+/// after [`RawPeer::handshaken`] (a misbehaving member).
 pub struct RawPeer {
     pub stream: TcpStream,
+    secure: Option<p2prs::testing::SecureStream>,
     buf: Vec<u8>,
 }
+
+/// The preamble of the secure handshake: `P2PR`, version, flags, tie-break.
+pub fn preamble_bytes(magic: &[u8; 4], version: u16, flags: u8) -> Vec<u8> {
+    let mut v = magic.to_vec();
+    v.extend_from_slice(&version.to_be_bytes());
+    v.push(flags);
+    v.push(0);
+    v.extend_from_slice(&[7u8; 8]);
+    v
+}
+
+/// The flags byte of a default node's preamble (AES-GCM, no network key).
+pub const DEFAULT_FLAGS: u8 = 4;
 
 impl RawPeer {
     /// Connect, without saying anything.
@@ -193,19 +200,67 @@ impl RawPeer {
         stream.set_nodelay(true).expect("nodelay");
         RawPeer {
             stream,
+            secure: None,
             buf: Vec::new(),
         }
     }
 
-    /// Connect, exchange hellos (ours names no listening address), and
-    /// return the peer ready for frames.
+    /// Run the secure handshake with a new identity, saying `hello` (raw JSON).
+    pub fn secure(&mut self, hello: &[u8]) -> p2prs::Result<()> {
+        let stream = self.stream.try_clone().expect("clone");
+        let s = p2prs::testing::SecureStream::handshake(
+            stream,
+            p2prs::Identity::generate()?,
+            None,
+            hello,
+        )?;
+        let _ = self
+            .stream
+            .set_read_timeout(Some(Duration::from_millis(50)));
+        self.secure = Some(s);
+        Ok(())
+    }
+
+    /// Connect, run the secure handshake (our hello names no listening
+    /// address), and return the peer ready for frames.
     pub fn handshaken(addr: SocketAddr) -> RawPeer {
         let mut p = RawPeer::connect(addr);
-        p.send(&hello_bytes(b"P2PR", 1, b"{}"))
-            .expect("sending the hello");
-        let hello = p.read_hello();
-        assert!(hello.is_object(), "hello JSON is an object: {hello}");
+        p.secure(b"{}").expect("handshake");
         p
+    }
+
+    /// A frame, if one arrives within `within` (none if the connection closes).
+    pub fn try_read_frame(&mut self, within: Duration) -> Option<(Value, Vec<u8>)> {
+        let deadline = Instant::now() + within;
+        let mut chunk = [0u8; 64 * 1024];
+        loop {
+            if self.buf.len() >= 8 {
+                let h = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])
+                    as usize;
+                let b = u32::from_be_bytes([self.buf[4], self.buf[5], self.buf[6], self.buf[7]])
+                    as usize;
+                if self.buf.len() >= 8 + h + b {
+                    return Some(self.read_frame());
+                }
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            match self.recv(&mut chunk) {
+                Ok(0) => return None,
+                Ok(k) => self.buf.extend_from_slice(&chunk[..k]),
+                Err(e) if is_timeout(&e) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// The node's hello, once handshaken.
+    pub fn peer_hello(&self) -> Value {
+        self.secure
+            .as_ref()
+            .map(|s| s.peer_hello.clone())
+            .unwrap_or_default()
     }
 
     /// How the node sees this peer (it announced no listening address).
@@ -213,10 +268,22 @@ impl RawPeer {
         self.stream.local_addr().expect("local addr").to_string()
     }
 
-    /// Write raw bytes.
+    /// Write bytes: raw before the handshake, encrypted after it.
     pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.stream.write_all(bytes)?;
-        self.stream.flush()
+        match &mut self.secure {
+            Some(s) => s.write_plain(bytes),
+            None => {
+                self.stream.write_all(bytes)?;
+                self.stream.flush()
+            }
+        }
+    }
+
+    fn recv(&mut self, chunk: &mut [u8]) -> io::Result<usize> {
+        match &mut self.secure {
+            Some(s) => s.read_plain(chunk),
+            None => self.stream.read(chunk),
+        }
     }
 
     /// Send one frame with a JSON header and a body.
@@ -231,7 +298,7 @@ impl RawPeer {
         let mut chunk = [0u8; 64 * 1024];
         while self.buf.len() < n {
             assert!(Instant::now() < deadline, "nothing from the node in time");
-            match self.stream.read(&mut chunk) {
+            match self.recv(&mut chunk) {
                 Ok(0) => panic!("the node closed the connection unexpectedly"),
                 Ok(k) => self.buf.extend_from_slice(&chunk[..k]),
                 Err(e) if is_timeout(&e) => {}
@@ -245,14 +312,9 @@ impl RawPeer {
         self.buf.drain(..n).collect()
     }
 
-    /// Read the node's hello, check its magic and version, return its JSON.
-    pub fn read_hello(&mut self) -> Value {
-        let prefix = self.take(10);
-        assert_eq!(&prefix[..4], b"P2PR", "magic");
-        assert_eq!(u16::from_be_bytes([prefix[4], prefix[5]]), 1, "version");
-        let len = u32::from_be_bytes([prefix[6], prefix[7], prefix[8], prefix[9]]) as usize;
-        let json = self.take(len);
-        serde_json::from_slice(&json).expect("hello JSON")
+    /// Read the node's preamble (sent at once, before any handshake).
+    pub fn read_preamble(&mut self) -> Vec<u8> {
+        self.take(16)
     }
 
     /// Read one frame: its JSON header and its body.
@@ -279,7 +341,7 @@ impl RawPeer {
         let deadline = Instant::now() + within;
         let mut chunk = [0u8; 4096];
         while Instant::now() < deadline {
-            match self.stream.read(&mut chunk) {
+            match self.recv(&mut chunk) {
                 Ok(0) => return true,
                 Ok(_) => {}
                 Err(e) if is_timeout(&e) => {}

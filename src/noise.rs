@@ -1,0 +1,913 @@
+//! The secure handshake and the encrypted record layer, as pure code over
+//! bytes: no sockets, no clock. See `docs/protocol.md`.
+//!
+//! Each side first sends a 16-byte preamble (`P2PR`, version, flags, a random
+//! tie-break). The side with the larger tie-break is the Noise initiator.
+//! Then a Noise `XX` handshake (`XXpsk2` with a network key) runs, each
+//! message prefixed by its length (u16). The last two handshake messages
+//! carry each side's identity (an Ed25519 key that signs the Noise static
+//! key) and its hello. After it, each direction is a stream of records:
+//! `length (u16) | ciphertext`, each holding up to [`MAX_PLAIN`] bytes of the
+//! frame stream. The Noise cryptography is the `snow` crate's.
+
+use crate::identity::{Identity, NetworkKey, PublicKey};
+use crate::wire::{Hello, MAGIC};
+use snow::params::NoiseParams;
+use snow::{HandshakeState, StatelessTransportState};
+use std::fmt;
+use std::sync::Arc;
+
+/// The protocol version this build speaks (1 was plaintext).
+pub const VERSION: u16 = 2;
+/// Bytes in a preamble.
+pub const PREAMBLE_LEN: usize = 16;
+/// Largest Noise message.
+const MAX_MSG: usize = 65535;
+/// AEAD tag length.
+const TAG: usize = 16;
+/// Most plaintext bytes in one record.
+pub const MAX_PLAIN: usize = MAX_MSG - TAG;
+/// Context of the signature binding a Noise static key to an identity.
+const SIG_CONTEXT: &[u8] = b"p2prs-noise-static-key:";
+/// Largest hello inside a handshake payload.
+const MAX_HELLO: usize = 16 * 1024;
+
+const FLAG_NETWORK_KEY: u8 = 1;
+const FLAG_PLAINTEXT: u8 = 2;
+const FLAG_AES: u8 = 4;
+
+/// The AEAD cipher of the Noise handshake and records. Both ends must use
+/// the same one; a mismatch fails the handshake with a clear error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Cipher {
+    /// ChaCha20-Poly1305 (`Noise_XX_25519_ChaChaPoly_BLAKE2s`).
+    ChaChaPoly,
+    /// AES-256-GCM (`Noise_XX_25519_AESGCM_BLAKE2s`), the default: faster
+    /// on processors with AES instructions (see `docs/performance.md`).
+    #[default]
+    AesGcm,
+}
+
+impl Cipher {
+    fn noise_name(self) -> &'static str {
+        match self {
+            Cipher::ChaChaPoly => "ChaChaPoly",
+            Cipher::AesGcm => "AESGCM",
+        }
+    }
+}
+
+/// Why a handshake failed. Holds no I/O error, so it compares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HandshakeError {
+    /// The peer's first bytes are not `P2PR`.
+    NotP2prs(Vec<u8>),
+    /// The peer speaks another protocol version.
+    Version {
+        /// Its version.
+        theirs: u16,
+        /// Ours.
+        ours: u16,
+    },
+    /// One side has a network key and the other has none.
+    NetworkKeyPresence {
+        /// Whether this node has one.
+        ours: bool,
+    },
+    /// The handshake did not verify: the network keys differ (or the bytes
+    /// were altered in transit).
+    NetworkKeyMismatch,
+    /// One side is in insecure plaintext mode and the other is not.
+    PlaintextMismatch {
+        /// Whether this node is in plaintext mode.
+        ours: bool,
+    },
+    /// The two sides use different ciphers.
+    CipherMismatch {
+        /// Ours.
+        ours: Cipher,
+    },
+    /// The peer's identity proof is invalid.
+    BadIdentity(String),
+    /// The peer's hello is not valid.
+    BadHello(String),
+    /// A handshake message was malformed or did not decrypt.
+    Noise(String),
+    /// The peer's handshake did not verify on its side: it refused ours.
+    Refused,
+}
+
+impl fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HandshakeError::NotP2prs(b) => {
+                write!(f, "not a p2prs peer: it began with {}", shown(b))
+            }
+            HandshakeError::Version { theirs, ours } => write!(
+                f,
+                "peer speaks protocol version {theirs}, this node speaks {ours}"
+            ),
+            HandshakeError::NetworkKeyPresence { ours: true } => write!(
+                f,
+                "network key mismatch: this node has a network key and the peer has none"
+            ),
+            HandshakeError::NetworkKeyPresence { ours: false } => write!(
+                f,
+                "network key mismatch: the peer requires a network key and this node has none"
+            ),
+            HandshakeError::NetworkKeyMismatch => write!(
+                f,
+                "network key mismatch: the peer's handshake does not verify with this node's \
+                 network key (or it was altered in transit)"
+            ),
+            HandshakeError::PlaintextMismatch { ours } => write!(
+                f,
+                "{} is in insecure plaintext mode and the other side is not",
+                if *ours { "this node" } else { "the peer" }
+            ),
+            HandshakeError::CipherMismatch { ours } => {
+                write!(f, "the peer uses another cipher than this node's {ours:?}")
+            }
+            HandshakeError::BadIdentity(e) => write!(f, "invalid identity proof: {e}"),
+            HandshakeError::BadHello(e) => write!(f, "invalid hello: {e}"),
+            HandshakeError::Noise(e) => write!(f, "handshake failed: {e}"),
+            HandshakeError::Refused => write!(
+                f,
+                "network key mismatch: the peer could not verify this node's handshake"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for HandshakeError {}
+
+/// The first bytes of a peer, as text when they are printable, else hex.
+fn shown(b: &[u8]) -> String {
+    if !b.is_empty() && b.iter().all(|c| c.is_ascii_graphic() || *c == b' ') {
+        format!("{:?}", String::from_utf8_lossy(b))
+    } else {
+        let hex: Vec<String> = b.iter().map(|c| format!("{c:02x}")).collect();
+        format!("bytes {}", hex.join(" "))
+    }
+}
+
+/// What this node brings to every handshake. Built once per node.
+pub(crate) struct Local {
+    identity: Identity,
+    psk: Option<NetworkKey>,
+    plaintext: bool,
+    cipher: Cipher,
+    /// X25519 static key for Noise (fresh per process), and the identity
+    /// proof: Ed25519 public key + its signature of the static public key.
+    static_private: Vec<u8>,
+    proof: Vec<u8>,
+}
+
+impl fmt::Debug for Local {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Local")
+            .field("identity", &self.identity)
+            .field("network_key", &self.psk.is_some())
+            .field("plaintext", &self.plaintext)
+            .finish()
+    }
+}
+
+impl Local {
+    /// Handshake material for `identity`, with an optional network key.
+    pub(crate) fn new(
+        identity: Identity,
+        psk: Option<NetworkKey>,
+        plaintext: bool,
+        cipher: Cipher,
+    ) -> Result<Local, HandshakeError> {
+        let params = params(psk.is_some(), cipher)?;
+        let kp = snow::Builder::new(params)
+            .generate_keypair()
+            .map_err(|e| HandshakeError::Noise(format!("generating a static key: {e:?}")))?;
+        let mut signed = SIG_CONTEXT.to_vec();
+        signed.extend_from_slice(&kp.public);
+        let mut proof = identity.public_key().as_bytes().to_vec();
+        proof.extend_from_slice(&identity.sign(&signed));
+        Ok(Local {
+            identity,
+            psk,
+            plaintext,
+            cipher,
+            static_private: kp.private,
+            proof,
+        })
+    }
+
+    /// Handshake material for a node with `identity` and the security
+    /// settings of `cfg`.
+    pub(crate) fn for_config(
+        identity: Identity,
+        cfg: &crate::config::Config,
+    ) -> crate::error::Result<Arc<Local>> {
+        Local::new(
+            identity,
+            cfg.network_key.clone(),
+            cfg.insecure_plaintext,
+            cfg.cipher,
+        )
+        .map(Arc::new)
+        .map_err(|error| crate::error::Error::Handshake {
+            peer: "(none: setting up this node's keys)".into(),
+            error,
+        })
+    }
+
+    /// This node's identity.
+    pub(crate) fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Whether this node has a network key.
+    pub(crate) fn keyed(&self) -> bool {
+        self.psk.is_some()
+    }
+
+    fn flags(&self) -> u8 {
+        let mut f = 0;
+        if self.psk.is_some() {
+            f |= FLAG_NETWORK_KEY;
+        }
+        if self.plaintext {
+            f |= FLAG_PLAINTEXT;
+        }
+        if self.cipher == Cipher::AesGcm {
+            f |= FLAG_AES;
+        }
+        f
+    }
+}
+
+fn params(keyed: bool, cipher: Cipher) -> Result<NoiseParams, HandshakeError> {
+    let pattern = if keyed { "XXpsk2" } else { "XX" };
+    format!("Noise_{pattern}_25519_{}_BLAKE2s", cipher.noise_name())
+        .parse()
+        .map_err(|e| HandshakeError::Noise(format!("protocol name: {e:?}")))
+}
+
+/// What the handshake learnt of the peer.
+#[derive(Debug, Clone)]
+pub(crate) struct PeerProof {
+    /// Its hello (listen address, claimed ID).
+    pub hello: Hello,
+    /// Its authenticated identity; `None` only in plaintext mode.
+    pub key: Option<PublicKey>,
+}
+
+enum Phase {
+    /// Waiting for the peer's preamble.
+    Preamble,
+    /// Plaintext mode: waiting for the peer's hello (u32 length + JSON).
+    PlainHello,
+    /// The Noise messages.
+    Noise(Box<HandshakeState>),
+    /// Finished.
+    Done,
+    /// Failed; nothing more is read.
+    Failed,
+}
+
+/// A handshake in progress, fed with the bytes the peer sends.
+pub(crate) struct Handshaker {
+    local: Arc<Local>,
+    hello: Vec<u8>,
+    nonce: [u8; 8],
+    ours: [u8; PREAMBLE_LEN],
+    theirs: Option<[u8; PREAMBLE_LEN]>,
+    phase: Phase,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    peer: Option<PeerProof>,
+    session: Option<Session>,
+}
+
+impl Handshaker {
+    /// Start a handshake that announces `hello`; `nonce` is the random
+    /// tie-break that picks the initiator.
+    pub(crate) fn new(local: Arc<Local>, hello: &Hello, nonce: [u8; 8]) -> Handshaker {
+        let hello = serde_json::to_vec(hello).unwrap_or_default();
+        Handshaker::with_raw_hello(local, hello, nonce)
+    }
+
+    /// As [`Handshaker::new`], with the hello as raw bytes (tests send bad ones).
+    pub(crate) fn with_raw_hello(local: Arc<Local>, hello: Vec<u8>, nonce: [u8; 8]) -> Handshaker {
+        let mut ours = [0u8; PREAMBLE_LEN];
+        ours[..4].copy_from_slice(&MAGIC);
+        ours[4..6].copy_from_slice(&VERSION.to_be_bytes());
+        ours[6] = local.flags();
+        ours[8..16].copy_from_slice(&nonce);
+        Handshaker {
+            local,
+            hello,
+            nonce,
+            ours,
+            theirs: None,
+            phase: Phase::Preamble,
+            input: Vec::new(),
+            output: ours.to_vec(),
+            peer: None,
+            session: None,
+        }
+    }
+
+    /// Bytes to send to the peer now.
+    pub(crate) fn take_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.output)
+    }
+
+    /// Whether the handshake is complete.
+    pub(crate) fn is_done(&self) -> bool {
+        matches!(self.phase, Phase::Done)
+    }
+
+    /// The outcome, once [`Handshaker::is_done`]: the peer, the session, and
+    /// the bytes the peer sent after its handshake.
+    pub(crate) fn finish(mut self) -> Option<(PeerProof, Session, Vec<u8>)> {
+        let rest = std::mem::take(&mut self.input);
+        Some((self.peer?, self.session?, rest))
+    }
+
+    /// Feed bytes from the peer. On error, [`Handshaker::take_output`] may
+    /// hold a refusal to send before closing.
+    pub(crate) fn push(&mut self, bytes: &[u8]) -> Result<(), HandshakeError> {
+        if matches!(self.phase, Phase::Failed | Phase::Done) {
+            self.input.extend_from_slice(bytes);
+            return Ok(());
+        }
+        self.input.extend_from_slice(bytes);
+        let r = self.advance();
+        if r.is_err() {
+            self.phase = Phase::Failed;
+        }
+        r
+    }
+
+    fn advance(&mut self) -> Result<(), HandshakeError> {
+        loop {
+            match &mut self.phase {
+                Phase::Preamble => {
+                    // Refuse a peer that is not p2prs at its first wrong byte.
+                    let n = self.input.len().min(4);
+                    if self.input[..n] != MAGIC[..n] {
+                        let shown = self.input[..self.input.len().min(16)].to_vec();
+                        return Err(HandshakeError::NotP2prs(shown));
+                    }
+                    if self.input.len() < PREAMBLE_LEN {
+                        return Ok(());
+                    }
+                    let mut p = [0u8; PREAMBLE_LEN];
+                    p.copy_from_slice(&self.input[..PREAMBLE_LEN]);
+                    self.input.drain(..PREAMBLE_LEN);
+                    self.theirs = Some(p);
+                    self.on_preamble(p)?;
+                }
+                Phase::PlainHello => {
+                    if self.input.len() < 4 {
+                        return Ok(());
+                    }
+                    let len = u32::from_be_bytes([
+                        self.input[0],
+                        self.input[1],
+                        self.input[2],
+                        self.input[3],
+                    ]) as usize;
+                    if len > MAX_HELLO {
+                        return Err(HandshakeError::BadHello(format!(
+                            "{len} bytes, more than {MAX_HELLO}"
+                        )));
+                    }
+                    if self.input.len() < 4 + len {
+                        return Ok(());
+                    }
+                    let hello = parse_hello(&self.input[4..4 + len])?;
+                    self.input.drain(..4 + len);
+                    self.peer = Some(PeerProof { hello, key: None });
+                    self.session = Some(Session { noise: None });
+                    self.phase = Phase::Done;
+                    return Ok(());
+                }
+                Phase::Noise(_) => {
+                    if self.input.len() < 2 {
+                        return Ok(());
+                    }
+                    let len = u16::from_be_bytes([self.input[0], self.input[1]]) as usize;
+                    if len == 0 {
+                        return Err(HandshakeError::Refused);
+                    }
+                    if self.input.len() < 2 + len {
+                        return Ok(());
+                    }
+                    let msg: Vec<u8> = self.input.drain(..2 + len).skip(2).collect();
+                    self.on_noise_message(&msg)?;
+                }
+                Phase::Done | Phase::Failed => return Ok(()),
+            }
+        }
+    }
+
+    fn on_preamble(&mut self, p: [u8; PREAMBLE_LEN]) -> Result<(), HandshakeError> {
+        let version = u16::from_be_bytes([p[4], p[5]]);
+        if version != VERSION {
+            return Err(HandshakeError::Version {
+                theirs: version,
+                ours: VERSION,
+            });
+        }
+        let (mine, theirs) = (self.local.flags(), p[6]);
+        if (mine ^ theirs) & FLAG_PLAINTEXT != 0 {
+            return Err(HandshakeError::PlaintextMismatch {
+                ours: self.local.plaintext,
+            });
+        }
+        if self.local.plaintext {
+            let mut out = (self.hello.len() as u32).to_be_bytes().to_vec();
+            out.extend_from_slice(&self.hello);
+            self.output.extend_from_slice(&out);
+            self.phase = Phase::PlainHello;
+            return Ok(());
+        }
+        if (mine ^ theirs) & FLAG_NETWORK_KEY != 0 {
+            return Err(HandshakeError::NetworkKeyPresence {
+                ours: self.local.keyed(),
+            });
+        }
+        if (mine ^ theirs) & FLAG_AES != 0 {
+            return Err(HandshakeError::CipherMismatch {
+                ours: self.local.cipher,
+            });
+        }
+        let their_nonce = &p[8..16];
+        let initiator = match self.nonce.as_slice().cmp(their_nonce) {
+            std::cmp::Ordering::Greater => true,
+            std::cmp::Ordering::Less => false,
+            std::cmp::Ordering::Equal => {
+                return Err(HandshakeError::Noise(
+                    "both sides chose the same tie-break".into(),
+                ))
+            }
+        };
+        // The prologue binds both preambles: neither flags nor roles can be
+        // changed in transit without the handshake failing.
+        let mut prologue = b"p2prs/2".to_vec();
+        if initiator {
+            prologue.extend_from_slice(&self.ours);
+            prologue.extend_from_slice(&p);
+        } else {
+            prologue.extend_from_slice(&p);
+            prologue.extend_from_slice(&self.ours);
+        }
+        let noise_err = |e: snow::Error| HandshakeError::Noise(format!("{e:?}"));
+        let mut b = snow::Builder::new(params(self.local.keyed(), self.local.cipher)?)
+            .local_private_key(&self.local.static_private)
+            .map_err(noise_err)?
+            .prologue(&prologue)
+            .map_err(noise_err)?;
+        if let Some(k) = &self.local.psk {
+            b = b.psk(2, k.psk()).map_err(noise_err)?;
+        }
+        let hs = if initiator {
+            b.build_initiator()
+        } else {
+            b.build_responder()
+        }
+        .map_err(noise_err)?;
+        self.phase = Phase::Noise(Box::new(hs));
+        if initiator {
+            self.write_noise(false)?;
+        }
+        Ok(())
+    }
+
+    /// Write the next Noise message; `with_proof` adds our identity and hello.
+    fn write_noise(&mut self, with_proof: bool) -> Result<(), HandshakeError> {
+        let Phase::Noise(hs) = &mut self.phase else {
+            return Ok(());
+        };
+        let payload = if with_proof {
+            let mut p = self.local.proof.clone();
+            p.extend_from_slice(&self.hello);
+            p
+        } else {
+            Vec::new()
+        };
+        let mut buf = vec![0u8; MAX_MSG];
+        let n = hs
+            .write_message(&payload, &mut buf)
+            .map_err(|e| HandshakeError::Noise(format!("writing: {e:?}")))?;
+        self.output.extend_from_slice(&(n as u16).to_be_bytes());
+        self.output.extend_from_slice(&buf[..n]);
+        self.check_done()
+    }
+
+    fn on_noise_message(&mut self, msg: &[u8]) -> Result<(), HandshakeError> {
+        let Phase::Noise(hs) = &mut self.phase else {
+            return Ok(());
+        };
+        let mut payload = vec![0u8; MAX_MSG];
+        let n = match hs.read_message(msg, &mut payload) {
+            Ok(n) => n,
+            Err(snow::Error::Decrypt) => {
+                // Tell the peer why before closing: a zero length.
+                self.output.extend_from_slice(&[0, 0]);
+                return Err(HandshakeError::NetworkKeyMismatch);
+            }
+            Err(e) => return Err(HandshakeError::Noise(format!("{e:?}"))),
+        };
+        if n > 0 {
+            let rs = hs.get_remote_static().map(<[u8]>::to_vec);
+            self.peer = Some(verify_proof(&payload[..n], rs.as_deref())?);
+        }
+        if !hs.is_handshake_finished() {
+            // XX: the responder's reply (message 2) and the initiator's
+            // last message (3) both carry the proof.
+            self.write_noise(true)?;
+        }
+        self.check_done()
+    }
+
+    fn check_done(&mut self) -> Result<(), HandshakeError> {
+        let finished = matches!(&self.phase, Phase::Noise(hs) if hs.is_handshake_finished());
+        if !finished {
+            return Ok(());
+        }
+        if self.peer.is_none() {
+            return Err(HandshakeError::BadIdentity(
+                "the peer sent no identity".into(),
+            ));
+        }
+        let Phase::Noise(hs) = std::mem::replace(&mut self.phase, Phase::Done) else {
+            return Ok(());
+        };
+        let t = hs
+            .into_stateless_transport_mode()
+            .map_err(|e| HandshakeError::Noise(format!("{e:?}")))?;
+        self.session = Some(Session {
+            noise: Some(Arc::new(t)),
+        });
+        Ok(())
+    }
+}
+
+fn parse_hello(bytes: &[u8]) -> Result<Hello, HandshakeError> {
+    serde_json::from_slice(bytes).map_err(|e| HandshakeError::BadHello(e.to_string()))
+}
+
+fn verify_proof(payload: &[u8], remote_static: Option<&[u8]>) -> Result<PeerProof, HandshakeError> {
+    if payload.len() < 96 {
+        return Err(HandshakeError::BadIdentity(format!(
+            "{} bytes, fewer than 96",
+            payload.len()
+        )));
+    }
+    let rs = remote_static.ok_or_else(|| HandshakeError::BadIdentity("no static key".into()))?;
+    let mut key = [0u8; 32];
+    key.copy_from_slice(&payload[..32]);
+    let key = PublicKey::from_bytes(key)
+        .map_err(|_| HandshakeError::BadIdentity("not an Ed25519 key".into()))?;
+    let mut signed = SIG_CONTEXT.to_vec();
+    signed.extend_from_slice(rs);
+    if !key.verify(&signed, &payload[32..96]) {
+        return Err(HandshakeError::BadIdentity(
+            "the signature of the static key does not verify".into(),
+        ));
+    }
+    let hello_bytes = &payload[96..];
+    if hello_bytes.len() > MAX_HELLO {
+        return Err(HandshakeError::BadHello("too long".into()));
+    }
+    Ok(PeerProof {
+        hello: parse_hello(hello_bytes)?,
+        key: Some(key),
+    })
+}
+
+/// The keys of an established connection, shared by its two directions.
+#[derive(Clone)]
+pub(crate) struct Session {
+    noise: Option<Arc<StatelessTransportState>>,
+}
+
+impl Session {
+    /// The encrypting half (or a pass-through in plaintext mode).
+    pub(crate) fn sealer(&self) -> Sealer {
+        Sealer {
+            noise: self.noise.clone(),
+            nonce: 0,
+        }
+    }
+
+    /// The decrypting half (or a pass-through in plaintext mode).
+    pub(crate) fn opener(&self) -> Opener {
+        Opener {
+            noise: self.noise.clone(),
+            nonce: 0,
+            pending: Vec::new(),
+        }
+    }
+}
+
+/// Why received records were refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RecordError {
+    /// A record's length is zero.
+    Empty,
+    /// A record did not decrypt: altered in transit or not from the peer.
+    Decrypt,
+}
+
+impl fmt::Display for RecordError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecordError::Empty => write!(f, "an empty encrypted record"),
+            RecordError::Decrypt => write!(
+                f,
+                "an encrypted record failed authentication (altered in transit?)"
+            ),
+        }
+    }
+}
+
+/// Encrypts a direction's byte stream into records.
+pub(crate) struct Sealer {
+    noise: Option<Arc<StatelessTransportState>>,
+    nonce: u64,
+}
+
+impl Sealer {
+    /// Append `plain`, encrypted as records, to `out`.
+    pub(crate) fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
+        let Some(noise) = &self.noise else {
+            out.extend_from_slice(plain);
+            return Ok(());
+        };
+        for chunk in plain.chunks(MAX_PLAIN) {
+            let start = out.len();
+            out.extend_from_slice(&[0, 0]);
+            out.resize(start + 2 + chunk.len() + TAG, 0);
+            let n = noise
+                .write_message(self.nonce, chunk, &mut out[start + 2..])
+                .map_err(|_| RecordError::Decrypt)?;
+            self.nonce += 1;
+            out.truncate(start + 2 + n);
+            out[start..start + 2].copy_from_slice(&(n as u16).to_be_bytes());
+        }
+        Ok(())
+    }
+}
+
+/// The length of the record that starts `b` (at least two bytes long).
+fn record_len(b: &[u8]) -> Result<usize, RecordError> {
+    match u16::from_be_bytes([b[0], b[1]]) as usize {
+        0 => Err(RecordError::Empty),
+        n => Ok(n),
+    }
+}
+
+/// Decrypts a direction's records back into the byte stream.
+pub(crate) struct Opener {
+    noise: Option<Arc<StatelessTransportState>>,
+    nonce: u64,
+    /// Bytes of an incomplete record (at most one record: 64 KiB).
+    pending: Vec<u8>,
+}
+
+impl Opener {
+    /// Feed received bytes; decrypted bytes are appended to `plain`.
+    pub(crate) fn open(&mut self, input: &[u8], plain: &mut Vec<u8>) -> Result<(), RecordError> {
+        let Some(noise) = &self.noise else {
+            plain.extend_from_slice(input);
+            return Ok(());
+        };
+        let mut input = input;
+        loop {
+            if !self.pending.is_empty() {
+                // Complete the record begun in an earlier read.
+                if self.pending.len() < 2 {
+                    let take = (2 - self.pending.len()).min(input.len());
+                    self.pending.extend_from_slice(&input[..take]);
+                    input = &input[take..];
+                    if self.pending.len() < 2 {
+                        return Ok(());
+                    }
+                }
+                let len = record_len(&self.pending)?;
+                let take = (2 + len - self.pending.len()).min(input.len());
+                self.pending.extend_from_slice(&input[..take]);
+                input = &input[take..];
+                if self.pending.len() < 2 + len {
+                    return Ok(());
+                }
+                Self::decrypt(noise, &mut self.nonce, &self.pending[2..], plain)?;
+                self.pending.clear();
+                continue;
+            }
+            if input.len() < 2 {
+                self.pending.extend_from_slice(input);
+                return Ok(());
+            }
+            let len = record_len(input)?;
+            if input.len() < 2 + len {
+                self.pending.extend_from_slice(input);
+                return Ok(());
+            }
+            Self::decrypt(noise, &mut self.nonce, &input[2..2 + len], plain)?;
+            input = &input[2 + len..];
+        }
+    }
+
+    fn decrypt(
+        noise: &StatelessTransportState,
+        nonce: &mut u64,
+        record: &[u8],
+        plain: &mut Vec<u8>,
+    ) -> Result<(), RecordError> {
+        if record.len() < TAG {
+            return Err(RecordError::Decrypt);
+        }
+        let start = plain.len();
+        plain.resize(start + record.len(), 0);
+        match noise.read_message(*nonce, record, &mut plain[start..]) {
+            Ok(n) => {
+                *nonce += 1;
+                plain.truncate(start + n);
+                Ok(())
+            }
+            Err(_) => {
+                plain.truncate(start);
+                Err(RecordError::Decrypt)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local(seed: u8, key: Option<&str>) -> Arc<Local> {
+        let id = Identity::from_secret_bytes([seed; 32]);
+        Arc::new(Local::new(id, key.map(NetworkKey::new), false, Cipher::default()).expect("local"))
+    }
+
+    fn hello(port: u16) -> Hello {
+        Hello {
+            listen: Some(format!("127.0.0.1:{port}")),
+            id: None,
+        }
+    }
+
+    /// Run two handshakers against each other in memory, delivering output
+    /// in chunks of `chunk` bytes.
+    fn pair(
+        a: Arc<Local>,
+        b: Arc<Local>,
+        chunk: usize,
+    ) -> (
+        Result<Handshaker, HandshakeError>,
+        Result<Handshaker, HandshakeError>,
+    ) {
+        let mut x = Handshaker::new(a, &hello(1), [9; 8]);
+        let mut y = Handshaker::new(b, &hello(2), [3; 8]);
+        let (mut ex, mut ey) = (None, None);
+        for _ in 0..100 {
+            let to_y = x.take_output();
+            let to_x = y.take_output();
+            if to_y.is_empty() && to_x.is_empty() {
+                break;
+            }
+            for c in to_y.chunks(chunk) {
+                if ey.is_none() {
+                    ey = y.push(c).err();
+                }
+            }
+            for c in to_x.chunks(chunk) {
+                if ex.is_none() {
+                    ex = x.push(c).err();
+                }
+            }
+        }
+        (ex.map_or(Ok(x), Err), ey.map_or(Ok(y), Err))
+    }
+
+    #[test]
+    fn handshake_authenticates_both_sides_at_any_split() {
+        for chunk in [1, 2, 7, 1000] {
+            let (a, b) = (local(1, None), local(2, None));
+            let (ka, kb) = (a.identity.public_key(), b.identity.public_key());
+            let (x, y) = pair(a, b, chunk);
+            let (x, y) = (x.expect("x"), y.expect("y"));
+            assert!(x.is_done() && y.is_done());
+            let (px, sx, _) = x.finish().expect("x done");
+            let (py, sy, _) = y.finish().expect("y done");
+            assert_eq!(px.key, Some(kb));
+            assert_eq!(py.key, Some(ka));
+            assert_eq!(px.hello, hello(2));
+            assert_eq!(py.hello, hello(1));
+            // Records both ways, at every split.
+            let mut out = Vec::new();
+            let data: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+            sx.sealer().seal(&data, &mut out).expect("seal");
+            assert!(!out.windows(64).any(|w| w == &data[1000..1064]));
+            let mut opener = sy.opener();
+            let mut plain = Vec::new();
+            for c in out.chunks(chunk.max(3)) {
+                opener.open(c, &mut plain).expect("open");
+            }
+            assert_eq!(plain, data);
+            let mut back = Vec::new();
+            sy.sealer().seal(b"pong", &mut back).expect("seal");
+            let mut plain = Vec::new();
+            sx.opener().open(&back, &mut plain).expect("open");
+            assert_eq!(plain, b"pong");
+        }
+    }
+
+    #[test]
+    fn a_flipped_byte_fails_the_record() {
+        let (x, y) = pair(local(1, None), local(2, None), 1000);
+        let (_, sx, _) = x.expect("x").finish().expect("x");
+        let (_, sy, _) = y.expect("y").finish().expect("y");
+        let mut out = Vec::new();
+        sx.sealer().seal(b"secret canary", &mut out).expect("seal");
+        out[5] ^= 1;
+        let mut plain = Vec::new();
+        assert_eq!(
+            sy.opener().open(&out, &mut plain),
+            Err(RecordError::Decrypt)
+        );
+        assert!(plain.is_empty());
+    }
+
+    #[test]
+    fn network_keys_must_match() {
+        let (x, y) = pair(local(1, Some("k1")), local(2, Some("k1")), 1000);
+        assert!(x.is_ok() && y.is_ok());
+        let (x, y) = pair(local(1, Some("k1")), local(2, Some("k2")), 1000);
+        // The initiator (larger tie-break) cannot verify message 2; the
+        // responder then reads its refusal.
+        assert_eq!(x.err(), Some(HandshakeError::NetworkKeyMismatch));
+        assert_eq!(y.err(), Some(HandshakeError::Refused));
+        let (x, y) = pair(local(1, Some("k1")), local(2, None), 1000);
+        assert_eq!(
+            x.err(),
+            Some(HandshakeError::NetworkKeyPresence { ours: true })
+        );
+        assert_eq!(
+            y.err(),
+            Some(HandshakeError::NetworkKeyPresence { ours: false })
+        );
+    }
+
+    #[test]
+    fn not_p2prs_is_named_at_the_first_wrong_byte() {
+        let mut x = Handshaker::new(local(1, None), &hello(1), [1; 8]);
+        let e = x.push(b"HTTP/1.1 200 OK").err();
+        assert_eq!(
+            e,
+            Some(HandshakeError::NotP2prs(b"HTTP/1.1 200 OK".to_vec()))
+        );
+        assert!(e
+            .map(|e| e.to_string())
+            .is_some_and(|s| s.contains("\"HTTP/1.1 200 OK\"")));
+        let mut x = Handshaker::new(local(1, None), &hello(1), [1; 8]);
+        assert!(x.push(b"P").is_ok());
+        assert!(x.push(&[0xff]).is_err());
+    }
+
+    #[test]
+    fn plaintext_does_not_mix_with_encrypted() {
+        let id = Identity::from_secret_bytes([5; 32]);
+        let plain = Arc::new(Local::new(id, None, true, Cipher::default()).expect("local"));
+        let (x, y) = pair(plain, local(2, None), 1000);
+        assert_eq!(
+            x.err(),
+            Some(HandshakeError::PlaintextMismatch { ours: true })
+        );
+        assert_eq!(
+            y.err(),
+            Some(HandshakeError::PlaintextMismatch { ours: false })
+        );
+    }
+
+    #[test]
+    fn ciphers_must_match() {
+        let id = Identity::from_secret_bytes([5; 32]);
+        let chacha = Arc::new(Local::new(id, None, false, Cipher::ChaChaPoly).expect("local"));
+        let (x, _) = pair(chacha.clone(), local(2, None), 1000);
+        assert!(matches!(
+            x.err(),
+            Some(HandshakeError::CipherMismatch { .. })
+        ));
+        let id = Identity::from_secret_bytes([6; 32]);
+        let chacha2 = Arc::new(Local::new(id, None, false, Cipher::ChaChaPoly).expect("local"));
+        let (x, y) = pair(chacha, chacha2, 5);
+        assert!(x.is_ok() && y.is_ok());
+    }
+}

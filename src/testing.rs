@@ -1,0 +1,151 @@
+//! Unstable helpers for this crate's own tests and fuzzing: a raw secure
+//! session to a node, through which a test can send any bytes (malformed
+//! frames, forged ring messages) as a misbehaving member would. Enabled by
+//! the `unstable-testing` feature; not covered by semver.
+
+use crate::error::{Error, Result};
+use crate::identity::{Identity, NetworkKey, PublicKey};
+use crate::noise::{Cipher, Handshaker, Local, Opener, Sealer};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A handshaken connection to a node that sends and receives the plaintext
+/// frame stream, encrypted on the wire like a node's.
+pub struct SecureStream {
+    stream: TcpStream,
+    sealer: Sealer,
+    opener: Opener,
+    plain: Vec<u8>,
+    /// The node's hello, as JSON.
+    pub peer_hello: serde_json::Value,
+    /// The node's authenticated key (none in plaintext mode).
+    pub peer_key: Option<PublicKey>,
+}
+
+impl SecureStream {
+    /// Connect to `addr` as `identity`, with an optional network key, saying
+    /// `hello` (raw JSON bytes, which may be malformed on purpose).
+    pub fn connect(
+        addr: SocketAddr,
+        identity: Identity,
+        network_key: Option<&str>,
+        hello: &[u8],
+    ) -> Result<SecureStream> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .map_err(|e| Error::io(format!("connecting to {addr}"), e))?;
+        SecureStream::handshake(stream, identity, network_key, hello)
+    }
+
+    /// Run the handshake on a connected stream.
+    pub fn handshake(
+        mut stream: TcpStream,
+        identity: Identity,
+        network_key: Option<&str>,
+        hello: &[u8],
+    ) -> Result<SecureStream> {
+        let local = Local::new(
+            identity,
+            network_key.map(NetworkKey::new),
+            false,
+            Cipher::default(),
+        )
+        .map_err(|error| Error::Handshake {
+            peer: "local".into(),
+            error,
+        })?;
+        let mut nonce = [0u8; 8];
+        getrandom::fill(&mut nonce)
+            .map_err(|e| Error::io("random", io::Error::other(e.to_string())))?;
+        let mut hs = Handshaker::with_raw_hello(Arc::new(local), hello.to_vec(), nonce);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut buf = [0u8; 4096];
+        let peer = stream
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        loop {
+            let out = hs.take_output();
+            stream
+                .write_all(&out)
+                .map_err(|e| Error::io("sending the handshake", e))?;
+            if hs.is_done() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    what: "the handshake".into(),
+                    after: Duration::from_secs(5),
+                });
+            }
+            let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+            match stream.read(&mut buf) {
+                Ok(0) => return Err(Error::ConnectionClosed { peer }),
+                Ok(n) => hs.push(&buf[..n]).map_err(|error| {
+                    let _ = stream.write_all(&hs.take_output());
+                    Error::Handshake {
+                        peer: peer.clone(),
+                        error,
+                    }
+                })?,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => return Err(Error::io("reading the handshake", e)),
+            }
+        }
+        let (proof, session, rest) = hs
+            .finish()
+            .ok_or_else(|| Error::io("handshake", io::Error::other("unfinished")))?;
+        let mut opener = session.opener();
+        let mut plain = Vec::new();
+        opener
+            .open(&rest, &mut plain)
+            .map_err(|e| Error::io("decrypting", io::Error::other(e.to_string())))?;
+        Ok(SecureStream {
+            stream,
+            sealer: session.sealer(),
+            opener,
+            plain,
+            peer_hello: serde_json::to_value(&proof.hello).unwrap_or_default(),
+            peer_key: proof.key,
+        })
+    }
+
+    /// The underlying socket (to set timeouts, read its addresses, or write
+    /// raw ciphertext).
+    pub fn socket(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// Encrypt and send `bytes` of the frame stream.
+    pub fn write_plain(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let mut out = Vec::new();
+        self.sealer
+            .seal(bytes, &mut out)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        self.stream.write_all(&out)
+    }
+
+    /// Read decrypted bytes of the frame stream into `buf`: `Ok(0)` at end
+    /// of stream; an `InvalidData` error when a record fails to decrypt.
+    pub fn read_plain(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut chunk = [0u8; 64 * 1024];
+        while self.plain.is_empty() {
+            let n = self.stream.read(&mut chunk)?;
+            if n == 0 {
+                return Ok(0);
+            }
+            self.opener
+                .open(&chunk[..n], &mut self.plain)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        }
+        let n = buf.len().min(self.plain.len());
+        buf[..n].copy_from_slice(&self.plain[..n]);
+        self.plain.drain(..n);
+        Ok(n)
+    }
+}

@@ -348,6 +348,7 @@ mod tests {
         let peers = vec![Peer {
             id: NodeId(2),
             addr: addr(7000),
+            key: None,
         }];
         let v = Out::Peers(peers).json();
         assert_eq!(v["peers"][0]["id"], 2);

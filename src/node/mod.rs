@@ -671,6 +671,11 @@ impl NodeInner {
         self.handle.lock().upgrade().map(|handle| Node { handle })
     }
 
+    /// This node's key as the ring binds it (none in plaintext mode).
+    pub(crate) fn key(&self) -> Option<PublicKey> {
+        (!self.transport.cfg.insecure_plaintext).then(|| self.transport.public_key())
+    }
+
     pub(crate) fn emit(&self, e: Event) {
         if self.watching.load(Ordering::Acquire) {
             if let Some(tx) = self.events_tx.lock().as_ref() {
@@ -821,5 +826,9 @@ impl FrameSink for NodeInner {
 
     fn on_close(&self, conn: &Arc<Conn>) {
         log::debug!("connection to {} closed", conn.peer_addr());
+    }
+
+    fn on_open(&self, conn: &Arc<Conn>) {
+        chord::vet_hello_id(self, conn);
     }
 }

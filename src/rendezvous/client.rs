@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::message::Message;
 use crate::punch::{bound_socket, punch, Expect, PunchTiming, Sessions, Traversal};
 use crate::transport::{self, Conn, FrameSink, NatHook, Transport};
-use crate::wire::{Decoder, Frame, Hello, Kind};
+use crate::wire::{Frame, Kind};
 use crossbeam_channel::{after, bounded, select, unbounded, Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
 use std::collections::{HashMap, HashSet};
@@ -65,7 +65,7 @@ impl NatStatus {
 
 struct Relay {
     conn: Arc<Conn>,
-    inbox: Sender<Frame>,
+    inbox: Sender<Vec<u8>>,
 }
 
 #[derive(Default)]
@@ -479,7 +479,22 @@ impl Client {
                 self.cfg.traversal
             );
         }
-        self.relay_to(t, link, &peer, true).map(|r| r.conn)
+        let conn = self.relay_to(t, link, &peer, true)?.conn;
+        // The handshake runs end to end through the relay on the
+        // connection's own thread.
+        if conn.wait_ready(self.cfg.handshake_timeout) {
+            return Ok(conn);
+        }
+        let failed = if conn.is_closed() {
+            conn.closed_error()
+        } else {
+            conn.close();
+            Error::Timeout {
+                what: format!("the relayed handshake of {}", who(&peer)),
+                after: self.cfg.handshake_timeout,
+            }
+        };
+        Err(failed)
     }
 
     /// The relayed connection to `peer`, opened if need be.
@@ -504,15 +519,11 @@ impl Client {
                 relays.len()
             )));
         }
-        let hello = Hello {
-            listen: Some(peer.listen.to_string()),
-            id: peer.id.map(|i| i.0),
-        };
         let (conn, inbox) = t.adopt_relay(
             Arc::clone(link),
             peer.session,
-            &hello,
             peer.public,
+            peer.listen,
             outbound,
         )?;
         if outbound {
@@ -604,24 +615,17 @@ impl Client {
                 return;
             }
         };
-        let mut d = Decoder::new(self.cfg.max_frame_size);
-        d.push(frame.body.as_deref().unwrap_or(&[]));
-        loop {
-            match d.next_frame() {
-                Ok(Some(f)) => {
-                    let _ = relay.inbox.send(f);
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    log::warn!("relayed frame from {}: {e}; closing", who(&head.from));
-                    relay.conn.close();
-                    break;
-                }
-            }
-        }
-        if d.buffered() > 0 {
-            log::warn!("relayed frame from {} cut short; closing", who(&head.from));
+        // The body is ciphertext for the relayed connection's own thread;
+        // this link's reader never decodes it nor waits for it.
+        let body = frame.body.unwrap_or_default();
+        if relay.inbox.try_send(body).is_err() {
+            log::warn!(
+                "relayed connection from {}: {} bodies queued unread; closing",
+                who(&head.from),
+                relay.inbox.len()
+            );
             relay.conn.close();
+            self.relays.lock().remove(&head.from.session);
         }
     }
 

@@ -9,7 +9,7 @@ use crate::noise::{Handshaker, Local, Opener, PeerProof, Sealer, Session};
 use crate::punch::Path;
 use crate::wire::{self, Decoder, Frame, Hello, Kind};
 use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError, Sender};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -36,6 +36,8 @@ pub(crate) trait FrameSink: Send + Sync {
     fn on_frame(&self, conn: &Arc<Conn>, frame: Frame);
     /// The connection is gone (after its pending requests were failed).
     fn on_close(&self, conn: &Arc<Conn>);
+    /// A connection was registered (before its first frame is read).
+    fn on_open(&self, _conn: &Arc<Conn>) {}
 }
 
 /// How a connection's frames travel.
@@ -53,6 +55,12 @@ enum Link {
         to: u64,
         /// Dropped on close, which wakes the relay loop.
         stop: Mutex<Option<Sender<()>>>,
+        /// End-to-end encryption with the peer, once the handshake through
+        /// the relay is done; held while a frame is sent, so records leave
+        /// in the order of their nonces.
+        sealer: Mutex<Option<Sealer>>,
+        /// Signalled when the handshake ends (done or failed).
+        ready: Condvar,
     },
 }
 
@@ -194,8 +202,9 @@ pub(crate) struct Conn {
     /// Whether this end opened the connection.
     pub outbound: bool,
     peer_id: Mutex<Option<NodeId>>,
-    /// The peer's authenticated identity (`None` only in plaintext mode).
-    peer_key: Option<PublicKey>,
+    /// The peer's authenticated identity (unset only in plaintext mode, and
+    /// on a relayed connection until its handshake is done).
+    peer_key: std::sync::OnceLock<PublicKey>,
     link: Link,
     path: AtomicU8,
     /// Close with a reset, never leaving the socket in TIME_WAIT (punched
@@ -252,8 +261,10 @@ impl Conn {
             raw: Mutex::new(Some(Arc::clone(stream))),
         };
         let peer_id = hello.id.map(NodeId);
-        let mut c = Conn::with_link(id, remote, peer_listen, outbound, peer_id, link, max_frame);
-        c.peer_key = proof.key;
+        let c = Conn::with_link(id, remote, peer_listen, outbound, peer_id, link, max_frame);
+        if let Some(k) = proof.key {
+            let _ = c.peer_key.set(k);
+        }
         Ok(c)
     }
 
@@ -277,7 +288,7 @@ impl Conn {
             peer_listen,
             outbound,
             peer_id: Mutex::new(peer_id),
-            peer_key: None,
+            peer_key: std::sync::OnceLock::new(),
             link,
             path: AtomicU8::new(path as u8),
             abortive: AtomicBool::new(false),
@@ -302,7 +313,6 @@ impl Conn {
         to: u64,
         remote: SocketAddr,
         peer_listen: Option<SocketAddr>,
-        peer_id: Option<NodeId>,
         outbound: bool,
         max_frame: usize,
     ) -> (Conn, Receiver<()>) {
@@ -311,10 +321,66 @@ impl Conn {
             via,
             to,
             stop: Mutex::new(Some(stop_tx)),
+            sealer: Mutex::new(None),
+            ready: Condvar::new(),
         };
-        let max_frame = max_frame.saturating_sub(RELAY_OVERHEAD).max(1024);
-        let conn = Conn::with_link(id, remote, peer_listen, outbound, peer_id, link, max_frame);
+        // Room for the relay frame's header and the records' overhead
+        // (18 bytes per 64 KiB record).
+        let inner = max_frame.saturating_sub(RELAY_OVERHEAD);
+        let inner = inner - inner / 2048;
+        let conn = Conn::with_link(
+            id,
+            remote,
+            peer_listen,
+            outbound,
+            None,
+            link,
+            inner.max(1024),
+        );
         (conn, stop_rx)
+    }
+
+    /// Send raw bytes (handshake messages) to the peer of a relayed connection.
+    pub(crate) fn send_relay_bytes(&self, bytes: Vec<u8>) -> Result<()> {
+        let Link::Relay { via, to, .. } = &self.link else {
+            return Err(Error::InvalidArgument("not a relayed connection".into()));
+        };
+        let mut outer = Frame::new(Kind::Message, RELAY_TYPE, serde_json::json!({ "to": to }));
+        outer.body = Some(bytes);
+        via.send_frame(&outer)
+    }
+
+    /// The handshake through the relay is done: frames may flow.
+    pub(crate) fn secure_relay(&self, proof: &PeerProof, session: &Session) {
+        if let Link::Relay { sealer, ready, .. } = &self.link {
+            if let Some(k) = proof.key {
+                let _ = self.peer_key.set(k);
+            }
+            *self.peer_id.lock() = proof.hello.id.map(NodeId);
+            *sealer.lock() = Some(session.sealer());
+            ready.notify_all();
+        }
+    }
+
+    /// Wait until a relayed connection is secured (true), or closed or out
+    /// of time (false). Other connections are always ready.
+    pub(crate) fn wait_ready(&self, timeout: Duration) -> bool {
+        let Link::Relay { sealer, ready, .. } = &self.link else {
+            return !self.is_closed();
+        };
+        let deadline = Instant::now() + timeout;
+        let mut g = sealer.lock();
+        while g.is_none() && !self.is_closed() {
+            if ready.wait_until(&mut g, deadline).timed_out() {
+                break;
+            }
+        }
+        g.is_some() && !self.is_closed()
+    }
+
+    /// The largest frame this connection sends or accepts.
+    pub(crate) fn max_frame(&self) -> usize {
+        self.max_frame
     }
 
     /// How frames to this peer travel.
@@ -354,7 +420,7 @@ impl Conn {
     /// The peer's authenticated public key (`None` in plaintext mode and on
     /// relayed connections not yet secured).
     pub(crate) fn peer_key(&self) -> Option<PublicKey> {
-        self.peer_key
+        self.peer_key.get().copied()
     }
 
     /// The peer's node ID, when known.
@@ -415,7 +481,9 @@ impl Conn {
                 };
                 wire::write_frame(&mut *w, frame, self.max_frame).and_then(|_| w.flush())
             }
-            Link::Relay { via, to, .. } => return self.send_relayed(via, *to, frame),
+            Link::Relay {
+                via, to, sealer, ..
+            } => return self.send_relayed(via, *to, sealer, frame),
         };
         match result {
             Ok(()) => {
@@ -450,10 +518,17 @@ impl Conn {
         }
     }
 
-    /// Encode `frame` and send it through the rendezvous as a relay body.
-    fn send_relayed(&self, via: &Conn, to: u64, frame: &Frame) -> Result<()> {
-        let mut body = Vec::new();
-        if let Err(e) = wire::write_frame(&mut body, frame, self.max_frame) {
+    /// Encode `frame`, encrypt it for the peer, and send it through the
+    /// rendezvous as a relay body.
+    fn send_relayed(
+        &self,
+        via: &Conn,
+        to: u64,
+        sealer: &Mutex<Option<Sealer>>,
+        frame: &Frame,
+    ) -> Result<()> {
+        let mut plain = Vec::new();
+        if let Err(e) = wire::write_frame(&mut plain, frame, self.max_frame) {
             return Err(if e.kind() == io::ErrorKind::InvalidInput {
                 Error::FrameTooLarge {
                     size: wire::encoded_size(frame).unwrap_or(0),
@@ -463,9 +538,25 @@ impl Conn {
                 Error::io("encoding a relayed frame", e)
             });
         }
+        let mut g = sealer.lock();
+        let Some(sealer) = g.as_mut() else {
+            return Err(Error::InvalidArgument(format!(
+                "the relayed connection to {} is not secured yet",
+                self.peer_addr()
+            )));
+        };
+        let mut body = Vec::with_capacity(plain.len() + 64);
+        sealer.seal(&plain, &mut body).map_err(|e| {
+            Error::io(
+                "encrypting a relayed frame",
+                io::Error::other(e.to_string()),
+            )
+        })?;
         let mut outer = Frame::new(Kind::Message, RELAY_TYPE, serde_json::json!({ "to": to }));
         outer.body = Some(body);
-        match via.send_frame(&outer) {
+        let sent = via.send_frame(&outer);
+        drop(g);
+        match sent {
             Ok(()) => {
                 self.touch();
                 Ok(())
@@ -614,8 +705,15 @@ impl Conn {
                 raw.lock().take();
                 writer.lock().take();
             }
-            Link::Relay { via, to, stop } => {
+            Link::Relay {
+                via,
+                to,
+                stop,
+                ready,
+                ..
+            } => {
                 stop.lock().take();
+                ready.notify_all();
                 // Best effort: tell the peer the relayed connection is gone.
                 let bye = Frame::new(
                     Kind::Message,
@@ -759,19 +857,25 @@ impl Conn {
     /// goes, or when idle, and then fails what is pending.
     pub(crate) fn relay_loop(
         self: &Arc<Conn>,
-        inbox: Receiver<Frame>,
+        inbox: Receiver<Vec<u8>>,
         stop: Receiver<()>,
+        mut inbound: Inbound,
         sink: &dyn FrameSink,
         idle: Duration,
     ) {
         *self.reader.lock() = Some(std::thread::current().id());
         let tick = (idle / 2).clamp(Duration::from_millis(50), Duration::from_secs(5));
-        while !self.is_closed() {
+        let mut ok = self.drain(&mut inbound.decoder, sink);
+        while ok && !self.is_closed() {
             select! {
-                recv(inbox) -> frame => match frame {
-                    Ok(frame) => {
+                recv(inbox) -> bytes => match bytes {
+                    Ok(bytes) => {
                         self.touch();
-                        self.deliver(frame, sink);
+                        if let Err(e) = inbound.push(&bytes) {
+                            log::warn!("{} (relayed): {e}; closing the connection", self.peer_addr());
+                            break;
+                        }
+                        ok = self.drain(&mut inbound.decoder, sink);
                     }
                     Err(_) => break,
                 },

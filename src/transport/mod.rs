@@ -10,9 +10,9 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::id::NodeId;
 use crate::identity::PublicKey;
-use crate::noise::Local;
-use crate::wire::{Frame, Hello};
-use crossbeam_channel::{unbounded, Sender};
+use crate::noise::{Handshaker, Local};
+use crate::wire::Hello;
+use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::Mutex;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::collections::HashMap;
@@ -54,6 +54,9 @@ pub(crate) struct Transport {
     advertised: Mutex<Option<SocketAddr>>,
     traversal: OnceLock<Arc<dyn NatHook>>,
 }
+
+/// Relay bodies queued for one relayed connection's thread.
+const RELAY_INBOX: usize = 256;
 
 /// Resolve `host:port` text to socket addresses.
 pub(crate) fn resolve(addr: &str) -> Result<Vec<SocketAddr>> {
@@ -303,6 +306,9 @@ impl Transport {
             );
             c.close();
         }
+        if let Some(sink) = self.sink.lock().as_ref().and_then(|w| w.upgrade()) {
+            sink.on_open(&conn);
+        }
         if let Some(t) = self.traversal.get() {
             t.on_register(&conn);
         }
@@ -397,6 +403,49 @@ impl Transport {
         self.dial(addr)
     }
 
+    /// As [`Transport::connect`], for the node that the ring binds to `key`
+    /// at `addr`: a connection whose peer proved another key is refused, and
+    /// one opened for the purpose is closed at once.
+    pub(crate) fn connect_to(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        key: Option<PublicKey>,
+    ) -> Result<Arc<Conn>> {
+        let Some(key) = key.filter(|_| !self.cfg.insecure_plaintext) else {
+            return self.connect(addr);
+        };
+        if let Some(c) = self.find_keyed(addr, key) {
+            return Ok(c);
+        }
+        let mark = self.conn_mark();
+        let c = self.connect(addr)?;
+        if c.peer_key() == Some(key) {
+            return Ok(c);
+        }
+        if c.id >= mark && c.outbound {
+            log::warn!(
+                "{addr} proved key {} where the ring expects {}; closing",
+                c.peer_key().map(|k| k.short()).unwrap_or_default(),
+                key.short()
+            );
+            c.close();
+        }
+        Err(Error::WrongPeer {
+            addr: addr.to_string(),
+            expected: key,
+            found: c.peer_key(),
+        })
+    }
+
+    /// An open connection to `addr` whose peer proved `key`.
+    fn find_keyed(&self, addr: SocketAddr, key: PublicKey) -> Option<Arc<Conn>> {
+        let g = self.conns.lock();
+        g.values()
+            .filter(|c| !c.is_closed() && c.peer_listen == Some(addr) && c.peer_key() == Some(key))
+            .max_by_key(|c| c.outbound)
+            .cloned()
+    }
+
     /// Open a new connection to `addr`, handshake, and start its thread.
     pub(crate) fn dial(self: &Arc<Self>, addr: SocketAddr) -> Result<Arc<Conn>> {
         if self.is_stopping() {
@@ -456,57 +505,138 @@ impl Transport {
         Ok(conn)
     }
 
-    /// Register a connection relayed through `via` to the peer registered
-    /// there as session `to`, and start its loop. Frames for it are pushed
-    /// into the returned sender.
+    /// A connection relayed through `via` to the peer registered there as
+    /// session `to`: its thread runs the secure handshake end to end through
+    /// the relay (the rendezvous sees only ciphertext), registers the
+    /// connection, then reads it. Bytes from the peer are pushed into the
+    /// returned sender (bounded: a peer that floods it is disconnected).
+    /// Callers that need the connection at once wait with [`Conn::wait_ready`].
     pub(crate) fn adopt_relay(
         self: &Arc<Self>,
         via: Arc<Conn>,
         to: u64,
-        peer: &Hello,
         remote: SocketAddr,
+        listen: SocketAddr,
         outbound: bool,
-    ) -> Result<(Arc<Conn>, Sender<Frame>)> {
+    ) -> Result<(Arc<Conn>, Sender<Vec<u8>>)> {
+        if self.is_stopping() {
+            return Err(Error::Shutdown);
+        }
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let listen = peer.listen.as_deref().and_then(|s| s.parse().ok());
         let (conn, stop) = Conn::new_relay(
             id,
             via,
             to,
             remote,
-            listen,
-            peer.id.map(NodeId),
+            Some(listen),
             outbound,
             self.cfg.max_frame_size,
         );
         let conn = Arc::new(conn);
-        {
-            let mut g = self.conns.lock();
-            if self.is_stopping() {
-                return Err(Error::Shutdown);
-            }
-            g.insert(id, Arc::clone(&conn));
-        }
-        let (tx, rx) = unbounded();
+        let (tx, rx) = bounded(RELAY_INBOX);
         let me = Arc::clone(self);
         let c2 = Arc::clone(&conn);
         let name = format!("p2prs-relay-{}", self.local.port());
         let spawned = self
             .threads
             .spawn(name, Some(self.cfg.connection_stack_size), move || {
-                let sink = me.sink.lock().as_ref().and_then(|w| w.upgrade());
-                match sink {
-                    Some(sink) => c2.relay_loop(rx, stop, &*sink, me.cfg.idle_timeout),
-                    None => c2.close(),
-                }
-                me.conns.lock().remove(&c2.id);
+                me.serve_relay(c2, rx, stop)
             });
         if let Err(e) = spawned {
             conn.close();
-            self.conns.lock().remove(&id);
             return Err(Error::io("spawning a relay thread", e));
         }
         Ok((conn, tx))
+    }
+
+    fn serve_relay(self: Arc<Self>, conn: Arc<Conn>, inbox: Receiver<Vec<u8>>, stop: Receiver<()>) {
+        let greeted = match self.relay_handshake(&conn, &inbox, &stop) {
+            Ok(g) => g,
+            Err(e) => {
+                log::warn!("relayed connection to {}: {e}; closing", conn.peer_addr());
+                conn.close();
+                return;
+            }
+        };
+        conn.secure_relay(&greeted.proof, &greeted.session);
+        {
+            let mut g = self.conns.lock();
+            if self.is_stopping() {
+                conn.close();
+                return;
+            }
+            g.insert(conn.id, Arc::clone(&conn));
+        }
+        let sink = self.sink.lock().as_ref().and_then(|w| w.upgrade());
+        match sink {
+            Some(sink) => {
+                sink.on_open(&conn);
+                let mut inbound = Inbound::new(&greeted.session, conn.max_frame());
+                if let Err(e) = inbound.push(&greeted.rest) {
+                    log::warn!("{} (relayed): {e}; closing", conn.peer_addr());
+                    conn.close();
+                } else {
+                    conn.relay_loop(inbox, stop, inbound, &*sink, self.cfg.idle_timeout);
+                }
+            }
+            None => conn.close(),
+        }
+        self.conns.lock().remove(&conn.id);
+    }
+
+    /// The secure handshake with the peer of a relayed connection, its
+    /// messages carried in relay frames.
+    fn relay_handshake(
+        &self,
+        conn: &Conn,
+        inbox: &Receiver<Vec<u8>>,
+        stop: &Receiver<()>,
+    ) -> Result<Greeted> {
+        let mut nonce = [0u8; 8];
+        getrandom::fill(&mut nonce)
+            .map_err(|e| Error::io("reading random bytes", std::io::Error::other(e.to_string())))?;
+        let mut hs = Handshaker::new(Arc::clone(&self.secure), &self.hello(), nonce);
+        let timeout = self.cfg.handshake_timeout;
+        let deadline = crossbeam_channel::at(std::time::Instant::now() + timeout);
+        let peer = conn.peer_addr().to_string();
+        loop {
+            let out = hs.take_output();
+            if !out.is_empty() {
+                conn.send_relay_bytes(out)?;
+            }
+            if hs.is_done() {
+                break;
+            }
+            crossbeam_channel::select! {
+                recv(inbox) -> bytes => match bytes {
+                    Ok(bytes) => {
+                        if let Err(error) = hs.push(&bytes) {
+                            let refusal = hs.take_output();
+                            if !refusal.is_empty() {
+                                let _ = conn.send_relay_bytes(refusal);
+                            }
+                            return Err(Error::Handshake { peer, error });
+                        }
+                    }
+                    Err(_) => return Err(Error::ConnectionClosed { peer }),
+                },
+                recv(stop) -> _ => return Err(Error::ConnectionClosed { peer }),
+                recv(deadline) -> _ => {
+                    return Err(Error::Timeout {
+                        what: format!("the relayed handshake of {peer}"),
+                        after: timeout,
+                    })
+                }
+            }
+        }
+        let (proof, session, rest) = hs.finish().ok_or_else(|| {
+            Error::io("finishing a handshake", std::io::Error::other("incomplete"))
+        })?;
+        Ok(Greeted {
+            proof,
+            session,
+            rest,
+        })
     }
 
     /// Close every connection (their threads end by themselves).

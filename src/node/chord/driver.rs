@@ -43,14 +43,15 @@ fn do_job(n: &NodeInner, job: Job) {
             kind,
             data,
             body,
+            sig,
         } => {
-            spread(n, &origin, limit, &kind, data, body);
+            spread(n, &origin, limit, &kind, data, body, sig);
         }
         Job::StabilizeNow => round(n),
         Job::Recount => tell_root(n),
-        Job::Poke(addr) => {
-            if let Err(e) = rpc(n, addr, STABILIZE_NOW, json!({})) {
-                log::debug!("asking {addr} to stabilize: {e}");
+        Job::Poke(p) => {
+            if let Err(e) = rpc_peer(n, &p, STABILIZE_NOW, json!({})) {
+                log::debug!("asking {} to stabilize: {e}", p.addr);
             }
         }
     }
@@ -75,7 +76,7 @@ pub(super) fn round(n: &NodeInner) {
         .map(|r| r.routing.neighbours())
         .unwrap_or_default();
     n.chord
-        .pin_neighbours(&neighbours, |addr| n.transport.find(addr));
+        .pin_neighbours(&neighbours, |ep| n.transport.find(ep.at));
     n.chord.bump();
     let periodic = n
         .chord
@@ -106,7 +107,7 @@ fn walk_if_due(n: &NodeInner, periodic: bool) {
     }
 }
 
-fn execute(n: &NodeInner, action: Action<SocketAddr>) {
+fn execute(n: &NodeInner, action: Action<Ep>) {
     match action {
         Action::AskPredecessor(s) => match neighbours_of(n, s.addr) {
             Ok(reply) => {
@@ -175,7 +176,7 @@ fn tell_root(n: &NodeInner) {
     }
     let result = lookup(n, alloc::FIRST_ID).and_then(|route| {
         n.transport
-            .connect(route.owner.addr)
+            .connect_to(route.owner.addr, route.owner.key)
             .and_then(|c| super::super::send_message(&c, Message::new(RECOUNT, json!({}))))
     });
     if let Err(e) = result {
@@ -250,7 +251,7 @@ fn walk(n: &NodeInner) {
 }
 
 fn publish(n: &NodeInner, me: &RPeer, members: Vec<RPeer>) {
-    let now: BTreeMap<NodeId, SocketAddr> = members.iter().map(|p| (p.id, p.addr)).collect();
+    let now: BTreeMap<NodeId, Ep> = members.iter().map(|p| (p.id, p.addr)).collect();
     let (news, changed) = {
         let mut g = n.chord.ring.write();
         let Some(r) = g.as_mut() else { return };
@@ -280,7 +281,7 @@ fn publish(n: &NodeInner, me: &RPeer, members: Vec<RPeer>) {
     for p in news.joined.iter().filter(|p| p.id != me.id) {
         n.emit(crate::node::Event::PeerJoined {
             id: p.id,
-            addr: p.addr,
+            addr: p.addr.at,
         });
     }
     for id in news.left.iter().filter(|id| **id != me.id) {
@@ -288,7 +289,8 @@ fn publish(n: &NodeInner, me: &RPeer, members: Vec<RPeer>) {
     }
     if changed {
         if let Ok(data) = serde_json::to_value(&news) {
-            spread(n, me, me.id, SIZE, data, None);
+            let sig = sign_broadcast(n, me, SIZE, &data, None);
+            spread(n, me, me.id, SIZE, data, None, sig);
         }
     }
 }

@@ -8,6 +8,7 @@
 use super::{reply, NodeInner, PeerInfo};
 use crate::error::{Error, Result};
 use crate::id::NodeId;
+use crate::identity::PublicKey;
 use crate::message::Message;
 use crate::ring::alloc::{self, ClaimError, Reservations};
 use crate::ring::broadcast::broadcast_targets;
@@ -66,6 +67,26 @@ pub struct Peer {
     pub id: NodeId,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Its public key, which the ring binds to its ID (`None` only in
+    /// insecure plaintext mode).
+    pub key: Option<PublicKey>,
+}
+
+/// Where a ring member listens and the key it proved: the ring core's
+/// address type in a node. On the wire: `{"at": "host:port", "key": "hex"}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub(crate) struct Ep {
+    /// Its listening address.
+    pub at: SocketAddr,
+    /// Its identity (absent in plaintext mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PublicKey>,
+}
+
+impl std::fmt::Display for Ep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.at)
+    }
 }
 
 /// Where a lookup through the ring led.
@@ -79,19 +100,20 @@ pub struct Route {
     pub hops: u32,
 }
 
-type RPeer = ring::Peer<SocketAddr>;
+type RPeer = ring::Peer<Ep>;
 
 fn to_pub(p: &RPeer) -> Peer {
     Peer {
         id: p.id,
-        addr: p.addr,
+        addr: p.addr.at,
+        key: p.addr.key,
     }
 }
 
 #[derive(Serialize, Deserialize)]
 struct NextHopReply {
     from: RPeer,
-    route: ring::Route<SocketAddr>,
+    route: ring::Route<Ep>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -132,6 +154,34 @@ struct Envelope {
     kind: String,
     #[serde(default)]
     data: Value,
+    /// The origin's signature (hex) of [`signed_bytes`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sig: Option<String>,
+}
+
+/// What the origin of a broadcast signs: everything but the tree's `limit`,
+/// which each forwarder sets for its children.
+fn signed_bytes(origin: &RPeer, kind: &str, data: &Value, body: Option<&[u8]>) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let mut v = b"p2prs-broadcast-v1\0".to_vec();
+    v.extend_from_slice(&origin.id.0.to_be_bytes());
+    v.extend_from_slice(origin.addr.at.to_string().as_bytes());
+    v.push(0);
+    if let Some(k) = &origin.addr.key {
+        v.extend_from_slice(k.as_bytes());
+    }
+    v.extend_from_slice(kind.as_bytes());
+    v.push(0);
+    v.extend_from_slice(&serde_json::to_vec(data).unwrap_or_default());
+    v.push(0);
+    match body {
+        Some(b) => {
+            v.push(1);
+            v.extend_from_slice(&Sha256::digest(b));
+        }
+        None => v.push(0),
+    }
+    v
 }
 
 #[derive(Serialize, Deserialize)]
@@ -146,13 +196,13 @@ struct SizeNews {
 
 /// This node's place in a ring.
 struct Ring {
-    routing: RoutingState<SocketAddr>,
+    routing: RoutingState<Ep>,
     stabilizer: Stabilizer,
-    reservations: Reservations<SocketAddr>,
+    reservations: Reservations<Ep>,
     /// The size last counted by the root (or counted here, at the root).
     size: usize,
     /// The root's last count: every member.
-    members: BTreeMap<NodeId, SocketAddr>,
+    members: BTreeMap<NodeId, Ep>,
     /// Number of walks done (at the root) or the newest epoch heard.
     epoch: u64,
     /// The root should count again at its next round.
@@ -162,7 +212,7 @@ struct Ring {
 }
 
 impl Ring {
-    fn new(routing: RoutingState<SocketAddr>, fingers_per_round: usize) -> Ring {
+    fn new(routing: RoutingState<Ep>, fingers_per_round: usize) -> Ring {
         let me = routing.me().clone();
         Ring {
             routing,
@@ -179,6 +229,47 @@ impl Ring {
     fn is_root(&self) -> bool {
         self.routing.owns(alloc::FIRST_ID)
     }
+
+    /// The key that `id` is bound to here, if this node knows one: its own,
+    /// a neighbour's, a finger's, a counted member's or a reservation's.
+    fn bound_key(&self, id: NodeId) -> Option<PublicKey> {
+        let r = &self.routing;
+        std::iter::once(r.me())
+            .chain(r.predecessor())
+            .chain(r.successors())
+            .chain(r.fingers().iter().flatten())
+            .find(|p| p.id == id)
+            .and_then(|p| p.addr.key)
+            .or_else(|| self.members.get(&id).and_then(|e| e.key))
+            .or_else(|| {
+                self.reservations
+                    .iter()
+                    .find(|res| res.id == id)
+                    .and_then(|res| res.claimant.key)
+            })
+    }
+
+    /// Whether `key` may speak for `id`: no other key is bound to it here.
+    fn may_hold(&self, id: NodeId, key: Option<PublicKey>) -> bool {
+        match (self.bound_key(id), key) {
+            (Some(bound), Some(k)) => bound == k,
+            (Some(_), None) => false,
+            (None, _) => true,
+        }
+    }
+
+    /// The lowest ID this node knows in the ring (the root's, as far as it can tell).
+    fn lowest_known(&self) -> NodeId {
+        let r = &self.routing;
+        std::iter::once(r.me())
+            .chain(r.predecessor())
+            .chain(r.successors())
+            .chain(r.fingers().iter().flatten())
+            .map(|p| p.id)
+            .chain(self.members.keys().copied())
+            .min()
+            .unwrap_or(alloc::FIRST_ID)
+    }
 }
 
 enum Job {
@@ -189,13 +280,14 @@ enum Job {
         kind: String,
         data: Value,
         body: Option<Vec<u8>>,
+        sig: Option<String>,
     },
     /// Run a stabilizer round now.
     StabilizeNow,
     /// Tell the root to count again (or count, if this node is the root).
     Recount,
     /// Ask this peer to stabilize now.
-    Poke(SocketAddr),
+    Poke(RPeer),
 }
 
 /// The ring side of a node.
@@ -253,7 +345,7 @@ impl Chord {
     }
 
     /// Pin the connections to `neighbours` and unpin the others.
-    fn pin_neighbours(&self, neighbours: &[RPeer], find: impl Fn(SocketAddr) -> Option<Arc<Conn>>) {
+    fn pin_neighbours(&self, neighbours: &[RPeer], find: impl Fn(&Ep) -> Option<Arc<Conn>>) {
         let mut pinned = self.pinned.lock();
         pinned.retain(|id, c| {
             let keep = !c.is_closed() && neighbours.iter().any(|p| p.id == *id);
@@ -266,7 +358,7 @@ impl Chord {
             if pinned.contains_key(&p.id) {
                 continue;
             }
-            if let Some(c) = find(p.addr) {
+            if let Some(c) = find(&p.addr) {
                 c.pin();
                 pinned.insert(p.id, c);
             }
@@ -290,10 +382,17 @@ fn announce(n: &NodeInner, id: Option<NodeId>) {
 
 fn me_peer(n: &NodeInner, id: NodeId) -> RPeer {
     // Behind NAT: the public endpoint learnt from the rendezvous.
-    ring::Peer::new(id, n.transport.advertised_addr())
+    ring::Peer::new(id, me_ep(n))
 }
 
-fn install(n: &NodeInner, routing: RoutingState<SocketAddr>) -> NodeId {
+fn me_ep(n: &NodeInner) -> Ep {
+    Ep {
+        at: n.transport.advertised_addr(),
+        key: n.key(),
+    }
+}
+
+fn install(n: &NodeInner, routing: RoutingState<Ep>) -> NodeId {
     let id = routing.me().id;
     *n.chord.ring.write() = Some(Ring::new(routing, n.transport.cfg.fingers_per_round));
     n.chord.left.store(false, Ordering::Release);
@@ -346,36 +445,45 @@ pub(crate) fn network_size(n: &NodeInner) -> usize {
     n.chord.ring.read().as_ref().map_or(0, |r| r.size)
 }
 
-/// One request of the ring protocol, with the ring timeout.
-fn rpc(n: &NodeInner, addr: SocketAddr, kind: &str, mut data: Value) -> Result<Message> {
+/// One request of the ring protocol, with the ring timeout, to the node at
+/// `to.at`, which must prove `to.key` when one is given.
+fn rpc(n: &NodeInner, to: Ep, kind: &str, mut data: Value) -> Result<Message> {
     if let (Some(id), Value::Object(map)) = (my_id(n), &mut data) {
         map.insert("from_id".into(), json!(id));
     }
     let msg = Message::new(kind, data);
     let timeout = n.transport.cfg.ring_timeout;
-    match n.transport.connect(addr)?.request(msg.clone(), timeout) {
+    match n
+        .transport
+        .connect_to(to.at, to.key)?
+        .request(msg.clone(), timeout)
+    {
         // The connection was closed under us (idle or over the limit of
         // temporary connections); the ring's requests may be repeated.
         Err(Error::ConnectionClosed { .. }) if !n.transport.is_stopping() => {
-            n.transport.connect(addr)?.request(msg, timeout)
+            n.transport.connect_to(to.at, to.key)?.request(msg, timeout)
         }
         other => other,
     }
 }
 
+/// An address the user gave, whose key is not known yet.
+fn unkeyed(at: SocketAddr) -> Ep {
+    Ep { at, key: None }
+}
+
 fn rpc_peer(n: &NodeInner, p: &RPeer, kind: &str, data: Value) -> Result<Message> {
-    // Who is on the other end is what the peer itself says (its hello, an
-    // announce, the `from_id` of its requests), never what routing believed.
+    // The peer must prove the key the ring binds to it.
     rpc(n, p.addr, kind, data)
 }
 
-/// Ask the node at `addr` for its predecessor and successor list.
-fn neighbours_of(n: &NodeInner, addr: SocketAddr) -> Result<NeighboursReply> {
-    rpc(n, addr, NEIGHBOURS, json!({}))?.data()
+/// Ask the node at `to` for its predecessor and successor list.
+fn neighbours_of(n: &NodeInner, to: Ep) -> Result<NeighboursReply> {
+    rpc(n, to, NEIGHBOURS, json!({}))?.data()
 }
 
 /// Run a lookup to the end, querying peers over the network.
-fn drive(n: &NodeInner, mut lookup: Lookup<SocketAddr>) -> Result<(RPeer, u32, Vec<NodeId>)> {
+fn drive(n: &NodeInner, mut lookup: Lookup<Ep>) -> Result<(RPeer, u32, Vec<NodeId>)> {
     let target = lookup.target();
     loop {
         match lookup.next() {
@@ -437,7 +545,7 @@ pub(crate) fn conn_for_id(n: &NodeInner, id: NodeId) -> Result<Arc<Conn>> {
         }
     };
     if let Some(p) = known {
-        match n.transport.connect(p.addr) {
+        match n.transport.connect_to(p.addr.at, p.addr.key) {
             // The peer must still say it holds the ID: one that left the
             // ring announced so on its connections.
             Ok(c) if c.peer_id() == Some(id) => return Ok(c),
@@ -456,16 +564,23 @@ pub(crate) fn conn_for_id(n: &NodeInner, id: NodeId) -> Result<Arc<Conn>> {
     if owner.id != id {
         // A node that joined moments ago may not be known to its predecessor
         // yet: the owner the lookup found knows it as its predecessor.
-        let reply = neighbours_of(n, owner.addr).ok();
+        let reply = neighbours_of(n, owner_ep(&owner)).ok();
         match reply.and_then(|r| r.pred).filter(|p| p.id == id) {
             Some(p) => owner = to_pub(&p),
             None => return Err(Error::NoSuchNode(id)),
         }
     }
-    let c = n.transport.connect(owner.addr)?;
+    let c = n.transport.connect_to(owner.addr, owner.key)?;
     match c.peer_id() {
         Some(other) if other != id => Err(Error::NoSuchNode(id)),
         _ => Ok(c),
+    }
+}
+
+fn owner_ep(p: &Peer) -> Ep {
+    Ep {
+        at: p.addr,
+        key: p.key,
     }
 }
 
@@ -503,7 +618,8 @@ fn join_via(n: &NodeInner, addr: SocketAddr) -> Result<NodeId> {
             let pause = Duration::from_millis(25 << attempt.min(6));
             std::thread::sleep(pause.min(cfg.stabilize_interval));
         }
-        let first: NextHopReply = rpc(n, addr, NEXT_HOP, json!({ "target": target }))?.data()?;
+        let first: NextHopReply =
+            rpc(n, unkeyed(addr), NEXT_HOP, json!({ "target": target }))?.data()?;
         let mut lookup = Lookup::via(target, first.from.clone());
         let _ = lookup.next();
         lookup.on_reply(first.from.id, first.route);
@@ -604,7 +720,64 @@ pub(crate) fn broadcast(n: &NodeInner, msg: Message) -> Result<usize> {
         let g = n.chord.ring.read();
         g.as_ref().ok_or(Error::NotJoined)?.routing.me().clone()
     };
-    Ok(spread(n, &me, me.id, &kind, data, body))
+    let sig = sign_broadcast(n, &me, &kind, &data, body.as_deref());
+    Ok(spread(n, &me, me.id, &kind, data, body, sig))
+}
+
+/// This node's signature of a broadcast it originates (none in plaintext mode).
+fn sign_broadcast(
+    n: &NodeInner,
+    me: &RPeer,
+    kind: &str,
+    data: &Value,
+    body: Option<&[u8]>,
+) -> Option<String> {
+    me.addr.key?;
+    let sig = n
+        .transport
+        .secure
+        .identity()
+        .sign(&signed_bytes(me, kind, data, body));
+    Some(crate::identity::hex(&sig))
+}
+
+/// Whether a broadcast's signature is its origin's, and the origin may hold its ID here.
+fn verify_broadcast(
+    r: &Ring,
+    env: &Envelope,
+    body: Option<&[u8]>,
+) -> std::result::Result<(), String> {
+    let Some(key) = env.origin.addr.key else {
+        return if r.routing.me().addr.key.is_none() {
+            Ok(())
+        } else {
+            Err("it is not signed".into())
+        };
+    };
+    let sig = env
+        .sig
+        .as_deref()
+        .and_then(unhex_sig)
+        .ok_or("it is not signed")?;
+    if !key.verify(&signed_bytes(&env.origin, &env.kind, &env.data, body), &sig) {
+        return Err("its signature does not verify".into());
+    }
+    if !r.may_hold(env.origin.id, Some(key)) {
+        return Err(format!(
+            "its origin claims ID {}, bound to another key",
+            env.origin.id
+        ));
+    }
+    Ok(())
+}
+
+fn unhex_sig(s: &str) -> Option<Vec<u8>> {
+    if s.len() != 128 || !s.is_ascii() {
+        return None;
+    }
+    (0..64)
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok())
+        .collect()
 }
 
 /// Send an envelope to this node's children in the broadcast tree below `limit`.
@@ -615,6 +788,7 @@ fn spread(
     kind: &str,
     data: Value,
     body: Option<Vec<u8>>,
+    sig: Option<String>,
 ) -> usize {
     let targets = match n.chord.ring.read().as_ref() {
         Some(r) => broadcast_targets(&r.routing, limit),
@@ -627,6 +801,7 @@ fn spread(
             origin: origin.clone(),
             kind: kind.to_string(),
             data: data.clone(),
+            sig: sig.clone(),
         };
         let mut frame = Frame::new(
             Kind::Message,
@@ -636,7 +811,7 @@ fn spread(
         frame.body = body.clone();
         let result = n
             .transport
-            .connect(child.addr)
+            .connect_to(child.addr.at, child.addr.key)
             .and_then(|c| c.send_frame(&frame));
         match result {
             Ok(()) => sent += 1,
@@ -650,4 +825,4 @@ mod driver;
 mod serve;
 
 pub(crate) use driver::spawn_stabilizer;
-pub(crate) use serve::handle;
+pub(crate) use serve::{handle, vet_hello_id};

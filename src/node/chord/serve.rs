@@ -50,19 +50,20 @@ fn reply_json(v: &impl Serialize) -> Result<Message> {
 /// Handle a frame of one of the ring's reserved types.
 pub(crate) fn handle(n: &NodeInner, conn: &Arc<Conn>, frame: Frame) {
     if let Some(id) = frame.data.get("from_id").and_then(Value::as_u64) {
-        conn.set_peer_id(Some(NodeId(id)));
+        set_peer_id(n, conn, Some(NodeId(id)));
     }
     let answer = match frame.msg_type.as_str() {
         PING => Ok(Message::new("p2prs.pong", Value::Null)),
         ANNOUNCE => {
-            conn.set_peer_id(frame.data.get("id").and_then(Value::as_u64).map(NodeId));
+            let id = frame.data.get("id").and_then(Value::as_u64).map(NodeId);
+            set_peer_id(n, conn, id);
             return;
         }
         NEXT_HOP => next_hop(n, &frame),
         NEIGHBOURS => neighbours(n),
-        NOTIFY => notify(n, &frame),
-        CLAIM => claim(n, &frame),
-        LEAVING => leaving(n, &frame),
+        NOTIFY => notify(n, conn, &frame),
+        CLAIM => claim(n, conn, &frame),
+        LEAVING => leaving(n, conn, &frame),
         STABILIZE_NOW => {
             n.chord.queue(Job::StabilizeNow);
             Ok(Message::new("p2prs.ok", Value::Null))
@@ -85,6 +86,63 @@ pub(crate) fn handle(n: &NodeInner, conn: &Arc<Conn>, frame: Frame) {
         )),
     };
     reply(conn, &frame, answer);
+}
+
+/// Whether the peer on `conn` may hold `id`: no other key is bound to it
+/// here. A connection's peer ID is only ever one its key may hold.
+pub(crate) fn may_hold(n: &NodeInner, conn: &Conn, id: NodeId) -> bool {
+    match n.chord.ring.read().as_ref() {
+        Some(r) => r.may_hold(id, conn.peer_key()) || n.key().is_none(),
+        None => true,
+    }
+}
+
+/// The ID a new connection's hello claims stands only if the peer's key may
+/// hold it here.
+pub(crate) fn vet_hello_id(n: &NodeInner, conn: &Conn) {
+    if let Some(id) = conn.peer_id() {
+        set_peer_id(n, conn, Some(id));
+    }
+}
+
+/// Record the ID the peer on `conn` says it holds, unless the ring binds
+/// that ID to another key.
+fn set_peer_id(n: &NodeInner, conn: &Conn, id: Option<NodeId>) {
+    match id {
+        Some(id) if !may_hold(n, conn, id) => {
+            log::warn!(
+                "{} claims ID {id}, which is bound to another key; not believed",
+                conn.peer_addr()
+            );
+            conn.set_peer_id(None);
+        }
+        _ => conn.set_peer_id(id),
+    }
+}
+
+/// A node speaks only for itself: `p` must carry the key the connection
+/// proved, the address it listens on, and an ID no other key holds here.
+fn speaks_for_itself(n: &NodeInner, conn: &Conn, p: &RPeer, what: &str) -> Result<()> {
+    if n.key().is_none() {
+        return Ok(());
+    }
+    let refuse = |why: String| {
+        log::warn!("{}: refused {what}: {why}", conn.peer_addr());
+        Err(remote("forbidden", format!("{what} refused: {why}")))
+    };
+    if p.addr.key.is_none() || p.addr.key != conn.peer_key() {
+        return refuse("it names another key than the connection's".into());
+    }
+    if conn.peer_listen.is_some_and(|l| l != p.addr.at) {
+        return refuse(format!(
+            "it names the address {}, not the peer's own",
+            p.addr.at
+        ));
+    }
+    if !may_hold(n, conn, p.id) {
+        return refuse(format!("ID {} is bound to another key", p.id));
+    }
+    Ok(())
 }
 
 fn next_hop(n: &NodeInner, frame: &Frame) -> Result<Message> {
@@ -114,8 +172,9 @@ fn neighbours(n: &NodeInner) -> Result<Message> {
     reply_json(&reply)
 }
 
-fn notify(n: &NodeInner, frame: &Frame) -> Result<Message> {
+fn notify(n: &NodeInner, conn: &Conn, frame: &Frame) -> Result<Message> {
     let candidate: RPeer = field(frame, "peer")?;
+    speaks_for_itself(n, conn, &candidate, "a notify")?;
     let now = n.chord.now_ms();
     let poke = with_ring(n, |r| {
         let old = r.routing.predecessor().cloned();
@@ -131,19 +190,43 @@ fn notify(n: &NodeInner, frame: &Frame) -> Result<Message> {
         Ok(old.filter(|o| changed && o.id != candidate.id && o.id != r.routing.me().id))
     })?;
     if let Some(old) = poke {
-        n.chord.queue(Job::Poke(old.addr));
+        n.chord.queue(Job::Poke(old));
     }
     n.chord.bump();
     Ok(Message::new("p2prs.ok", Value::Null))
 }
 
-fn claim(n: &NodeInner, frame: &Frame) -> Result<Message> {
+fn claim(n: &NodeInner, conn: &Conn, frame: &Frame) -> Result<Message> {
     let req: ClaimRequest = parse(frame)?;
-    ensure_ring(n)?;
+    // A node that has neither created nor joined a network grants nothing
+    // (the implicit creation happens on a joiner's lookup, `next_hop`).
+    // The ID is bound to the key the claimant proved, at the address it
+    // listens on: a claim never makes this node dial a third party.
+    if n.key().is_some() && conn.peer_listen != Some(req.addr) {
+        return Err(remote(
+            "forbidden",
+            format!(
+                "a claim for {} must come from the node listening there",
+                req.addr
+            ),
+        ));
+    }
+    let claimant = Ep {
+        at: req.addr,
+        key: conn.peer_key(),
+    };
     let now = n.chord.now_ms();
     let ttl = (n.transport.cfg.ring_timeout * 4).as_millis() as u64;
     let reply = with_ring(n, |r| {
-        let granted = alloc::claim(&r.routing, &mut r.reservations, req.id, req.addr, now, ttl);
+        if let Some(id) = req.id {
+            if !r.may_hold(id, claimant.key) {
+                return Err(remote(
+                    "id_taken",
+                    format!("ID {id} is bound to another key"),
+                ));
+            }
+        }
+        let granted = alloc::claim(&r.routing, &mut r.reservations, req.id, claimant, now, ttl);
         let id = granted.map_err(|e| match e {
             ClaimError::IdTaken(id) => remote("id_taken", format!("ID {id} is already taken")),
             ClaimError::WrongOwner => remote("wrong_owner", e.to_string()),
@@ -162,8 +245,9 @@ fn claim(n: &NodeInner, frame: &Frame) -> Result<Message> {
     reply_json(&reply)
 }
 
-fn leaving(n: &NodeInner, frame: &Frame) -> Result<Message> {
+fn leaving(n: &NodeInner, conn: &Conn, frame: &Frame) -> Result<Message> {
     let news: Leaving = parse(frame)?;
+    speaks_for_itself(n, conn, &news.peer, "a leaving notice")?;
     with_ring(n, |r| {
         r.routing
             .peer_left(news.peer.id, news.pred.clone(), news.successors.clone());
@@ -187,6 +271,27 @@ fn on_broadcast(n: &NodeInner, conn: &Arc<Conn>, frame: Frame) {
             return;
         }
     };
+    let checked = match n.chord.ring.read().as_ref() {
+        Some(r) => verify_broadcast(r, &env, frame.body.as_deref()).and_then(|()| {
+            if env.kind == SIZE && env.origin.id > r.lowest_known() {
+                Err(format!(
+                    "size news from {}, which is not the root",
+                    env.origin.id
+                ))
+            } else {
+                Ok(())
+            }
+        }),
+        None => Err("this node is not in a ring".into()),
+    };
+    if let Err(why) = checked {
+        log::warn!(
+            "{}: dropped a broadcast from {}: {why}",
+            conn.peer_addr(),
+            env.origin.id
+        );
+        return;
+    }
     if env.kind == SIZE {
         match serde_json::from_value::<SizeNews>(env.data.clone()) {
             Ok(news) => apply_size(n, news),
@@ -203,7 +308,7 @@ fn on_broadcast(n: &NodeInner, conn: &Arc<Conn>, frame: Frame) {
         let mut local = Frame::new(Kind::Message, env.kind.clone(), env.data.clone());
         local.body = frame.body.clone();
         let from = PeerInfo {
-            addr: env.origin.addr,
+            addr: env.origin.addr.at,
             id: Some(env.origin.id),
         };
         n.dispatch_user(conn, local, Some(from));
@@ -214,6 +319,7 @@ fn on_broadcast(n: &NodeInner, conn: &Arc<Conn>, frame: Frame) {
         kind: env.kind,
         data: env.data,
         body: frame.body,
+        sig: env.sig,
     });
 }
 
@@ -231,7 +337,7 @@ fn apply_size(n: &NodeInner, news: SizeNews) {
     for p in news.joined.into_iter().filter(|p| p.id != me) {
         n.emit(crate::node::Event::PeerJoined {
             id: p.id,
-            addr: p.addr,
+            addr: p.addr.at,
         });
     }
     for id in news.left.into_iter().filter(|id| *id != me) {

@@ -69,8 +69,8 @@ pub struct Config {
     /// For a rendezvous: bytes per second its relay forwards in all (default
     /// 8 MiB/s; 0: unlimited).
     pub relay_rate_limit: u64,
-    /// For a rendezvous: bytes per second one node may send, and receive,
-    /// through its relay (default 1 MiB/s; 0: unlimited).
+    /// For a rendezvous: bytes per second one node may send through its
+    /// relay (default 1 MiB/s; 0: unlimited). The sender pays.
     pub relay_peer_cap: u64,
     /// The secret of a closed network (default none: an open network, still
     /// encrypted). Peers without the same key fail the handshake before any

@@ -159,12 +159,17 @@ impl Drop for Rendezvous {
 
 struct Reg {
     conn: Arc<Conn>,
+    /// The key the node proved on its link: the registration is bound to it.
+    key: Option<crate::identity::PublicKey>,
     id: Option<NodeId>,
     listen: SocketAddr,
     private: SocketAddr,
     bucket: Bucket,
     /// Sessions this one relayed with, told when it goes.
     partners: HashSet<u64>,
+    /// Sessions introduced to this one (either asked for the other): the
+    /// only ones it may relay to.
+    introduced: HashSet<u64>,
     seen: Instant,
 }
 
@@ -188,7 +193,29 @@ struct State {
 }
 
 impl State {
+    /// Another live registration that holds `id` or `listen` under another
+    /// key than `sid`'s: it is never replaced by this one.
+    fn taken_by_other_key(
+        &self,
+        sid: u64,
+        id: Option<NodeId>,
+        listen: Option<SocketAddr>,
+    ) -> Option<u64> {
+        let key = self.regs.get(&sid).and_then(|r| r.key);
+        self.regs
+            .values()
+            .find(|r| {
+                r.conn.id != sid
+                    && r.key != key
+                    && ((id.is_some() && r.id == id) || listen.is_some_and(|l| r.listen == l))
+            })
+            .map(|r| r.conn.id)
+    }
+
     fn set_id(&mut self, sid: u64, id: Option<NodeId>) {
+        if self.taken_by_other_key(sid, id, None).is_some() {
+            return;
+        }
         let Some(reg) = self.regs.get_mut(&sid) else {
             return;
         };
@@ -270,13 +297,37 @@ impl Server {
         let stale = self.transport.cfg.rendezvous_keepalive * 3;
         let mut st = self.state.lock();
         let fresh = !st.regs.contains_key(&sid);
+        // A registration is bound to the key its link proved: an ID or an
+        // address registered under another key is refused, and the first
+        // registration is never evicted by it.
+        let key = conn.peer_key();
+        let clash = st.regs.values().find(|r| {
+            r.conn.id != sid
+                && r.key != key
+                && (r.listen == req.listen || (req.id.is_some() && r.id == req.id))
+        });
+        if let Some(other) = clash {
+            let why = format!(
+                "{} (ID {}) is registered here under another key",
+                other.listen,
+                other.id.map_or("none".into(), |i| i.to_string())
+            );
+            drop(st);
+            log::warn!("{}: registration refused: {why}", conn.remote);
+            return Err(Error::Remote {
+                code: "taken".into(),
+                message: why,
+            });
+        }
         let reg = st.regs.entry(sid).or_insert_with(|| Reg {
             conn: Arc::clone(conn),
+            key,
             id: None,
             listen: req.listen,
             private: req.private,
             bucket: Bucket::new(self.transport.cfg.relay_peer_cap, self.now()),
             partners: HashSet::new(),
+            introduced: HashSet::new(),
             seen: Instant::now(),
         });
         reg.listen = req.listen;
@@ -284,14 +335,15 @@ impl Server {
         reg.seen = Instant::now();
         st.set_id(sid, req.id);
         // A node has one link: an older registration of the same node (same
-        // ID or same address) is the stale link of a node that reconnected,
-        // perhaps through a NAT that forgot it. So are links that stopped
-        // refreshing.
+        // key, and same ID or address) is the stale link of a node that
+        // reconnected, perhaps through a NAT that forgot it. So are links
+        // that stopped refreshing.
         let dead: Vec<Arc<Conn>> = st
             .regs
             .values()
             .filter(|r| {
                 let same = r.conn.id != sid
+                    && r.key == key
                     && (r.listen == req.listen || (req.id.is_some() && r.id == req.id));
                 same || r.seen.elapsed() > stale
             })
@@ -366,6 +418,12 @@ impl Server {
         };
         st.token += 1;
         let token = st.token;
+        // The two may relay to each other from now on.
+        for (a, b) in [(sid, target), (target, sid)] {
+            if let Some(r) = st.regs.get_mut(&a) {
+                r.introduced.insert(b);
+            }
+        }
         drop(st);
         if mode == Mode::Punch {
             // The target hears first; the asker's answer follows at once.
@@ -419,16 +477,29 @@ impl Server {
             gone("the peer is not registered at the rendezvous");
             return;
         };
+        if !st
+            .regs
+            .get(&sid)
+            .is_some_and(|r| r.introduced.contains(&out.to))
+        {
+            drop(st);
+            self.refused_frames.fetch_add(1, Ordering::Relaxed);
+            log::warn!(
+                "{}: refused a relay frame to session {}: they were never introduced",
+                conn.remote,
+                out.to
+            );
+            gone("the two nodes were never introduced");
+            return;
+        }
+        // The sender pays: its own budget and the relay's total.
         let wait = {
             let State { regs, total, .. } = &mut *st;
             let w_total = total.wait_for(size, now);
             let w_from = regs
                 .get_mut(&sid)
                 .map_or(Duration::ZERO, |r| r.bucket.wait_for(size, now));
-            let w_to = regs
-                .get_mut(&out.to)
-                .map_or(Duration::ZERO, |r| r.bucket.wait_for(size, now));
-            w_total.max(w_from).max(w_to)
+            w_total.max(w_from)
         };
         if wait > MAX_RELAY_WAIT {
             drop(st);
@@ -442,9 +513,11 @@ impl Server {
             return;
         }
         st.total.take(size, now);
+        if let Some(r) = st.regs.get_mut(&sid) {
+            r.bucket.take(size, now);
+        }
         for (a, b) in [(sid, out.to), (out.to, sid)] {
             if let Some(r) = st.regs.get_mut(&a) {
-                r.bucket.take(size, now);
                 r.partners.insert(b);
             }
         }

@@ -207,13 +207,18 @@ impl RawPeer {
 
     /// Run the secure handshake with a new identity, saying `hello` (raw JSON).
     pub fn secure(&mut self, hello: &[u8]) -> p2prs::Result<()> {
+        self.secure_as(p2prs::Identity::generate()?, None, hello)
+    }
+
+    /// Run the secure handshake as `identity`, with a network key.
+    pub fn secure_as(
+        &mut self,
+        identity: p2prs::Identity,
+        network_key: Option<&str>,
+        hello: &[u8],
+    ) -> p2prs::Result<()> {
         let stream = self.stream.try_clone().expect("clone");
-        let s = p2prs::testing::SecureStream::handshake(
-            stream,
-            p2prs::Identity::generate()?,
-            None,
-            hello,
-        )?;
+        let s = p2prs::testing::SecureStream::handshake(stream, identity, network_key, hello)?;
         let _ = self
             .stream
             .set_read_timeout(Some(Duration::from_millis(50)));

@@ -123,7 +123,7 @@ fn execute(n: &NodeInner, action: Action<Ep>) {
             Err(e) => failed(n, &s, &e),
         },
         Action::Notify { to, me } => {
-            if let Err(e) = rpc_peer(n, &to, NOTIFY, json!({ "peer": me })) {
+            if let Err(e) = rpc_peer(n, &to, NOTIFY, notify_data(n, &me)) {
                 failed(n, &to, &e);
             }
         }
@@ -255,9 +255,10 @@ fn publish(n: &NodeInner, me: &RPeer, members: Vec<RPeer>) {
     let (news, changed) = {
         let mut g = n.chord.ring.write();
         let Some(r) = g.as_mut() else { return };
+        // New IDs, and IDs now held by another key (a freed ID given out again).
         let joined: Vec<RPeer> = members
             .iter()
-            .filter(|p| !r.members.contains_key(&p.id))
+            .filter(|p| r.members.get(&p.id) != Some(&p.addr))
             .cloned()
             .collect();
         let left: Vec<NodeId> = r

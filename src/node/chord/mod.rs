@@ -129,11 +129,47 @@ struct ClaimRequest {
     addr: SocketAddr,
 }
 
+/// The granter's signature binding an ID to a key: a joiner shows it in
+/// its notifies, so that nodes that did not grant the ID can check it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Grant {
+    /// The node that granted the ID (itself, for the first node of a network).
+    by: RPeer,
+    /// Its signature (hex) of [`grant_bytes`].
+    sig: String,
+}
+
+fn grant_bytes(id: NodeId, key: &PublicKey) -> Vec<u8> {
+    let mut v = b"p2prs-grant-v1\0".to_vec();
+    v.extend_from_slice(&id.0.to_be_bytes());
+    v.extend_from_slice(key.as_bytes());
+    v
+}
+
+/// This node's grant of `id` to `key` (none in plaintext mode).
+fn make_grant(n: &NodeInner, by: &RPeer, id: NodeId, key: Option<PublicKey>) -> Option<Grant> {
+    let key = key?;
+    by.addr.key?;
+    let sig = n.transport.secure.identity().sign(&grant_bytes(id, &key));
+    Some(Grant {
+        by: by.clone(),
+        sig: crate::identity::hex(&sig),
+    })
+}
+
+/// The notify this node sends about itself.
+fn notify_data(n: &NodeInner, me: &RPeer) -> Value {
+    json!({ "peer": me, "grant": *n.chord.grant.lock() })
+}
+
 #[derive(Serialize, Deserialize)]
 struct ClaimReply {
     id: NodeId,
     owner: RPeer,
     successors: Vec<RPeer>,
+    /// The owner's grant of the ID to the claimant's key.
+    #[serde(default)]
+    grant: Option<Grant>,
     /// The network size the owner knows, before this join.
     #[serde(default)]
     size: usize,
@@ -249,6 +285,26 @@ impl Ring {
             })
     }
 
+    /// Whether `grant` proves that `id` was given to `key` by a node this
+    /// node knows (or, for the root's own ID, by the root itself).
+    fn grant_holds(&self, id: NodeId, key: PublicKey, grant: &Grant) -> bool {
+        let Some(by_key) = grant.by.addr.key else {
+            return false;
+        };
+        let Some(sig) = unhex_sig(&grant.sig) else {
+            return false;
+        };
+        if !by_key.verify(&grant_bytes(id, &key), &sig) {
+            return false;
+        }
+        let self_granted = grant.by.id == id && by_key == key;
+        if self_granted {
+            id <= self.lowest_known() && self.may_hold(id, Some(key))
+        } else {
+            self.bound_key(grant.by.id) == Some(by_key)
+        }
+    }
+
     /// Whether `key` may speak for `id`: no other key is bound to it here.
     fn may_hold(&self, id: NodeId, key: Option<PublicKey>) -> bool {
         match (self.bound_key(id), key) {
@@ -306,6 +362,8 @@ pub(crate) struct Chord {
     /// Connections to ring neighbours, pinned so that neither the idle
     /// timeout nor the limit on temporary connections closes them.
     pinned: Mutex<HashMap<NodeId, Arc<Conn>>>,
+    /// The grant of this node's ID, shown in its notifies.
+    grant: Mutex<Option<Grant>>,
 }
 
 impl Chord {
@@ -324,6 +382,7 @@ impl Chord {
             stop_rx,
             started: Instant::now(),
             pinned: Mutex::new(HashMap::new()),
+            grant: Mutex::new(None),
         }
     }
 
@@ -421,7 +480,9 @@ pub(crate) fn create(n: &NodeInner) -> Result<NodeId> {
         )));
     }
     let id = n.chord.preferred.unwrap_or(alloc::FIRST_ID);
-    let routing = RoutingState::new(me_peer(n, id), n.transport.cfg.successor_list_len);
+    let me = me_peer(n, id);
+    *n.chord.grant.lock() = make_grant(n, &me, id, me.addr.key);
+    let routing = RoutingState::new(me, n.transport.cfg.successor_list_len);
     drop(g.take());
     drop(g);
     log::info!("started a new network; this node's ID is {id}");
@@ -641,6 +702,7 @@ fn join_via(n: &NodeInner, addr: SocketAddr) -> Result<NodeId> {
             Err(e) => return Err(e),
         };
         let id = granted.id;
+        *n.chord.grant.lock() = granted.grant.clone();
         let mut routing = RoutingState::new(me_peer(n, id), cfg.successor_list_len);
         routing.adopt_successors(granted.owner.clone(), granted.successors);
         install(n, routing);
@@ -648,7 +710,7 @@ fn join_via(n: &NodeInner, addr: SocketAddr) -> Result<NodeId> {
             r.size = granted.size.max(1) + 1;
         }
         let me = me_peer(n, id);
-        if let Err(e) = rpc_peer(n, &granted.owner, NOTIFY, json!({ "peer": me })) {
+        if let Err(e) = rpc_peer(n, &granted.owner, NOTIFY, notify_data(n, &me)) {
             log::warn!("notifying {} after joining: {e}", granted.owner.id);
         }
         if n.chord.preferred.is_some() {

@@ -174,9 +174,35 @@ fn neighbours(n: &NodeInner) -> Result<Message> {
 
 fn notify(n: &NodeInner, conn: &Conn, frame: &Frame) -> Result<Message> {
     let candidate: RPeer = field(frame, "peer")?;
+    let grant: Option<Grant> = field(frame, "grant")?;
     speaks_for_itself(n, conn, &candidate, "a notify")?;
     let now = n.chord.now_ms();
     let poke = with_ring(n, |r| {
+        // A new predecessor must hold an ID that was given to its key: one
+        // this node granted it, one the ring already binds to it, or one a
+        // known node's signed grant gave it. Only a node without a
+        // predecessor (it just joined, or its predecessor failed) takes a
+        // node it cannot check.
+        let granted = match (&grant, candidate.addr.key) {
+            (Some(g), Some(k)) => r.grant_holds(candidate.id, k, g),
+            _ => false,
+        };
+        let known = r.bound_key(candidate.id).is_some() || granted;
+        let is_pred = r
+            .routing
+            .predecessor()
+            .is_some_and(|p| p.id == candidate.id);
+        if n.key().is_some() && !known && !is_pred && r.routing.predecessor().is_some() {
+            log::warn!(
+                "{}: refused a notify for ID {}: no grant or membership binds it to that key",
+                conn.peer_addr(),
+                candidate.id
+            );
+            return Err(remote(
+                "forbidden",
+                format!("ID {} was not given to this key", candidate.id),
+            ));
+        }
         let old = r.routing.predecessor().cloned();
         let changed = r.routing.notify(candidate.clone());
         r.reservations.prune(&r.routing, now);
@@ -234,9 +260,11 @@ fn claim(n: &NodeInner, conn: &Conn, frame: &Frame) -> Result<Message> {
             _ => remote("unsettled", e.to_string()),
         })?;
         r.recount |= r.is_root();
+        let owner = r.routing.me().clone();
         Ok(ClaimReply {
             id,
-            owner: r.routing.me().clone(),
+            grant: make_grant(n, &owner, id, claimant.key),
+            owner,
             successors: r.routing.successors().to_vec(),
             size: r.size,
         })
@@ -332,6 +360,13 @@ fn apply_size(n: &NodeInner, news: SizeNews) {
         }
         r.size = news.size;
         r.epoch = news.epoch;
+        // The root's signed news binds the joiners' IDs to their keys here too.
+        for p in &news.joined {
+            r.members.insert(p.id, p.addr);
+        }
+        for id in &news.left {
+            r.members.remove(id);
+        }
         r.routing.me().id
     };
     for p in news.joined.into_iter().filter(|p| p.id != me) {

@@ -3,6 +3,9 @@
 use crate::punch::Traversal;
 use std::time::Duration;
 
+/// The default of [`Config::shutdown_grace`].
+pub(crate) const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 /// Settings of a node. Every field has a sensible default; change what you need.
 ///
 /// ```
@@ -70,6 +73,11 @@ pub struct Config {
     /// For a rendezvous: bytes per second one node may send, and receive,
     /// through its relay (default 1 MiB/s; 0: unlimited).
     pub relay_peer_cap: u64,
+    /// How long [`Node::shutdown`](crate::Node::shutdown) waits for the
+    /// node's threads to end (default 2 s). A thread still running then (a
+    /// handler that never returns, say) is left running, detached, and named
+    /// in a warning; `shutdown()` returns anyway. See `docs/robustness.md`.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for Config {
@@ -95,6 +103,7 @@ impl Default for Config {
             rendezvous_keepalive: Duration::from_secs(10),
             relay_rate_limit: 8 * 1024 * 1024,
             relay_peer_cap: 1024 * 1024,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
     }
 }

@@ -156,6 +156,7 @@ impl NodeBuilder {
             .local_addr()
             .map_err(|e| Error::io("reading the listening address", e))?;
         let transport = Transport::new(cfg, local);
+        transport.threads.set_grace(transport.cfg.shutdown_grace);
         let (events_tx, events_rx) = unbounded();
         let (jobs_tx, jobs_rx) = unbounded::<Job>();
         let inner = Arc::new(NodeInner {
@@ -476,6 +477,14 @@ impl Node {
 
     /// Stop the node: close every socket and join every thread. Idempotent;
     /// dropping the last handle does the same.
+    ///
+    /// It returns within [`Config::shutdown_grace`] (plus the moments it
+    /// takes to close the sockets) even if a handler never returns: threads
+    /// still running when the grace is over are left running, detached, and
+    /// named in a logged warning. Such a thread finds the node shut down
+    /// when it goes on (every operation answers [`Error::Shutdown`]), and
+    /// counts against [`max_threads`](crate::max_threads) until it ends.
+    /// Called from a handler, it does not wait for that handler itself.
     pub fn shutdown(&self) {
         self.inner().shutdown();
     }

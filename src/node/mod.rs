@@ -159,10 +159,10 @@ impl NodeBuilder {
         transport.threads.set_grace(transport.cfg.shutdown_grace);
         let (events_tx, events_rx) = unbounded();
         let (jobs_tx, jobs_rx) = unbounded::<Job>();
-        let inner = Arc::new(NodeInner {
+        let inner = Arc::new_cyclic(|me| NodeInner {
             transport: Arc::clone(&transport),
             handlers: RwLock::new(self.handlers.into_iter().collect()),
-            handle: Mutex::new(Weak::new()),
+            me: me.clone(),
             events_tx: Mutex::new(Some(events_tx)),
             events_rx,
             watching: AtomicBool::new(false),
@@ -173,11 +173,11 @@ impl NodeBuilder {
         let sink: Arc<dyn FrameSink> = inner.clone();
         transport.set_sink(Arc::downgrade(&sink));
         let node = Node {
-            handle: Arc::new(NodeHandle {
+            inner: Arc::clone(&inner),
+            owner: Some(Arc::new(NodeHandle {
                 inner: Arc::clone(&inner),
-            }),
+            })),
         };
-        *inner.handle.lock() = Arc::downgrade(&node.handle);
         for i in 0..transport.cfg.handler_threads.max(1) {
             let rx = jobs_rx.clone();
             transport
@@ -253,7 +253,8 @@ impl Handler {
 pub(crate) struct NodeInner {
     pub(crate) transport: Arc<Transport>,
     handlers: RwLock<HashMap<String, Handler>>,
-    handle: Mutex<Weak<NodeHandle>>,
+    /// This very node, for the non-owning [`Node`]s handed to handlers.
+    me: Weak<NodeInner>,
     /// Dropped at shutdown, which ends every `events()` iterator.
     events_tx: Mutex<Option<Sender<Event>>>,
     events_rx: Receiver<Event>,
@@ -264,6 +265,8 @@ pub(crate) struct NodeInner {
 }
 
 /// The user-facing owner: when the last one is dropped, the node shuts down.
+/// Only user handles hold it; the node's own threads (and the handles they
+/// give handlers) hold `NodeInner` alone.
 struct NodeHandle {
     inner: Arc<NodeInner>,
 }
@@ -276,9 +279,21 @@ impl Drop for NodeHandle {
 
 /// A p2prs node: listens for peers, sends messages and requests, runs handlers.
 ///
-/// `Node` is a cheap handle (`Clone + Send + Sync`): clone it into threads and
-/// handlers. The node shuts down on [`Node::shutdown`] or when the last handle
-/// is dropped; either way every thread is joined and every socket closed.
+/// `Node` is a cheap handle (`Clone + Send + Sync`): clone it into threads.
+/// The node shuts down on [`Node::shutdown`] or when the last owning handle
+/// is dropped; either way every socket is closed and every thread joined
+/// within [`Config::shutdown_grace`].
+///
+/// **Owning and non-owning handles.** The handle [`NodeBuilder::start`]
+/// returns, and its clones, own the node: while one of them lives, the node
+/// runs. The handle a handler gets from [`Incoming::node`], and
+/// [`Node::non_owning`] handles, work the same but do not keep the node
+/// running: once the last owning handle is dropped, the node stops and they
+/// answer [`Error::Shutdown`]. A handler is owned by the node, so a handler
+/// that needs the node uses `req.node()`, or captures
+/// [`node.non_owning()`](Node::non_owning), never an owning clone: an owning
+/// clone inside a handler would keep its own node running until
+/// [`Node::shutdown`] is called (a reference cycle).
 ///
 /// ```
 /// use p2prs::{Message, Node};
@@ -295,7 +310,9 @@ impl Drop for NodeHandle {
 /// ```
 #[derive(Clone)]
 pub struct Node {
-    handle: Arc<NodeHandle>,
+    inner: Arc<NodeInner>,
+    /// `None` for a non-owning handle.
+    owner: Option<Arc<NodeHandle>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -323,7 +340,35 @@ impl Node {
     }
 
     pub(crate) fn inner(&self) -> &Arc<NodeInner> {
-        &self.handle.inner
+        &self.inner
+    }
+
+    /// A handle to the same node that does not keep it running: for
+    /// handlers and other code the node itself owns (see [`Node`]).
+    ///
+    /// ```
+    /// use p2prs::{Message, Node};
+    /// let a = Node::builder().start()?;
+    /// let me = a.non_owning();
+    /// a.add_handler("WHO", move |req| {
+    ///     req.respond(Message::new("WHO", me.local_addr().to_string()))?;
+    ///     Ok(())
+    /// })?;
+    /// let addr = a.local_addr();
+    /// drop(a); // the handler's handle does not keep A running
+    /// assert!(std::net::TcpStream::connect(addr).is_err());
+    /// # Ok::<(), p2prs::Error>(())
+    /// ```
+    pub fn non_owning(&self) -> Node {
+        Node {
+            inner: Arc::clone(&self.inner),
+            owner: None,
+        }
+    }
+
+    /// Whether this handle keeps the node running (see [`Node`]).
+    pub fn is_owning(&self) -> bool {
+        self.owner.is_some()
     }
 
     /// The address the node listens on.
@@ -476,7 +521,7 @@ impl Node {
     }
 
     /// Stop the node: close every socket and join every thread. Idempotent;
-    /// dropping the last handle does the same.
+    /// dropping the last owning handle does the same.
     ///
     /// It returns within [`Config::shutdown_grace`] (plus the moments it
     /// takes to close the sockets) even if a handler never returns: threads
@@ -610,8 +655,9 @@ fn first_addr(addr: impl ToSocketAddrs) -> Result<SocketAddr> {
 }
 
 impl NodeInner {
+    /// A non-owning handle to this node, for a handler.
     fn node(&self) -> Option<Node> {
-        self.handle.lock().upgrade().map(|handle| Node { handle })
+        self.me.upgrade().map(|inner| Node { inner, owner: None })
     }
 
     pub(crate) fn emit(&self, e: Event) {

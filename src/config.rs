@@ -78,6 +78,16 @@ pub struct Config {
     /// handler that never returns, say) is left running, detached, and named
     /// in a warning; `shutdown()` returns anyway. See `docs/robustness.md`.
     pub shutdown_grace: Duration,
+    /// Most messages of one connection queued for, or running in, a pooled
+    /// handler (default 64). When a connection has this many, the node stops
+    /// reading it until one is done: a peer that floods is slowed through
+    /// its own TCP window, and other peers are not held up behind it.
+    pub handler_queue_len: usize,
+    /// Most [`Event`](crate::Event)s kept for [`Node::events`](crate::Node::events)
+    /// (default 1024). When the queue is full, the oldest event is dropped
+    /// and counted in [`Node::events_dropped`](crate::Node::events_dropped):
+    /// a program that never reads its events does not grow the node's memory.
+    pub events_capacity: usize,
 }
 
 impl Default for Config {
@@ -104,6 +114,8 @@ impl Default for Config {
             relay_rate_limit: 8 * 1024 * 1024,
             relay_peer_cap: 1024 * 1024,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            handler_queue_len: 64,
+            events_capacity: 1024,
         }
     }
 }

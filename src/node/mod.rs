@@ -15,12 +15,12 @@ use crate::id::NodeId;
 use crate::message::{Message, TEXT};
 use crate::transport::{self, Conn, FrameSink, Transport};
 use crate::wire::{Frame, Kind};
-use crossbeam_channel::{unbounded, Receiver, Sender};
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender, TrySendError};
 use handler::HandlerFn;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -157,7 +157,8 @@ impl NodeBuilder {
             .map_err(|e| Error::io("reading the listening address", e))?;
         let transport = Transport::new(cfg, local);
         transport.threads.set_grace(transport.cfg.shutdown_grace);
-        let (events_tx, events_rx) = unbounded();
+        let (events_tx, events_rx) = bounded(transport.cfg.events_capacity.max(1));
+        // Bounded by `handler_queue_len` per connection (see `PeerGate`).
         let (jobs_tx, jobs_rx) = unbounded::<Job>();
         let inner = Arc::new_cyclic(|me| NodeInner {
             transport: Arc::clone(&transport),
@@ -165,8 +166,10 @@ impl NodeBuilder {
             me: me.clone(),
             events_tx: Mutex::new(Some(events_tx)),
             events_rx,
+            events_dropped: AtomicU64::new(0),
             watching: AtomicBool::new(false),
             jobs: Mutex::new(Some(jobs_tx)),
+            peers: Mutex::new(HashMap::new()),
             stopped: AtomicBool::new(false),
             chord: chord::Chord::new(self.id),
         });
@@ -219,7 +222,32 @@ fn check_kind(kind: &str) -> Result<()> {
 struct Job {
     handler: Arc<HandlerFn>,
     incoming: Incoming,
+    /// The job's place in its connection's queue, given back when the job
+    /// is done or dropped.
+    _ticket: Ticket,
 }
+
+/// What the node keeps per connection against a peer that floods it: the
+/// pooled-handler jobs it has queued (at most `Config::handler_queue_len`).
+pub(crate) struct PeerGate {
+    queued: Mutex<usize>,
+    room: Condvar,
+}
+
+/// One queued job of a connection; dropping it makes room for the next.
+struct Ticket(Arc<PeerGate>);
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut q = self.0.queued.lock();
+        *q = q.saturating_sub(1);
+        self.0.room.notify_one();
+    }
+}
+
+/// How often a reader blocked by a full queue checks whether its
+/// connection or the node has closed.
+const GATE_TICK: Duration = Duration::from_millis(100);
 
 /// Where a handler runs.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -255,11 +283,16 @@ pub(crate) struct NodeInner {
     handlers: RwLock<HashMap<String, Handler>>,
     /// This very node, for the non-owning [`Node`]s handed to handlers.
     me: Weak<NodeInner>,
-    /// Dropped at shutdown, which ends every `events()` iterator.
+    /// Dropped at shutdown, which ends every `events()` iterator. Bounded
+    /// by `Config::events_capacity`; the oldest event makes room.
     events_tx: Mutex<Option<Sender<Event>>>,
     events_rx: Receiver<Event>,
+    events_dropped: AtomicU64,
     watching: AtomicBool,
     jobs: Mutex<Option<Sender<Job>>>,
+    /// Per open connection: its queue of handler jobs. Removed when the
+    /// connection closes.
+    peers: Mutex<HashMap<u64, Arc<PeerGate>>>,
     stopped: AtomicBool,
     chord: chord::Chord,
 }
@@ -457,6 +490,11 @@ impl Node {
     /// Events are kept from the first call on (earlier ones are not); every
     /// receiver shares one queue. Iterating ends when the node shuts down.
     ///
+    /// The queue holds at most [`Config::events_capacity`] events: when it is
+    /// full, the oldest is dropped to make room, and counted in
+    /// [`Node::events_dropped`]. A program that reads events slowly, or not at
+    /// all, loses the oldest, and the node's memory stays bounded.
+    ///
     /// ```
     /// let node = p2prs::Node::builder().start()?;
     /// let events = node.events();
@@ -467,6 +505,12 @@ impl Node {
     pub fn events(&self) -> Receiver<Event> {
         self.inner().watching.store(true, Ordering::Release);
         self.inner().events_rx.clone()
+    }
+
+    /// How many events were dropped, oldest first, because the events queue
+    /// was full (see [`Node::events`]).
+    pub fn events_dropped(&self) -> u64 {
+        self.inner().events_dropped.load(Ordering::Acquire)
     }
 
     /// Send a one-way message to `target` (an address, a node ID, or a connection).
@@ -661,11 +705,75 @@ impl NodeInner {
     }
 
     pub(crate) fn emit(&self, e: Event) {
-        if self.watching.load(Ordering::Acquire) {
-            if let Some(tx) = self.events_tx.lock().as_ref() {
-                let _ = tx.send(e);
+        if !self.watching.load(Ordering::Acquire) {
+            return;
+        }
+        // Held throughout, so that emitters take turns making room.
+        let g = self.events_tx.lock();
+        let Some(tx) = g.as_ref() else { return };
+        let mut e = e;
+        loop {
+            match tx.try_send(e) {
+                Ok(()) => return,
+                Err(TrySendError::Full(back)) => {
+                    if self.events_rx.try_recv().is_ok() {
+                        let dropped = self.events_dropped.fetch_add(1, Ordering::AcqRel);
+                        if dropped.is_power_of_two() || dropped == 0 {
+                            log::warn!(
+                                "the events queue of {} is full ({} events): dropping the \
+                                 oldest ({} so far)",
+                                self.transport.local_addr(),
+                                self.transport.cfg.events_capacity,
+                                dropped + 1
+                            );
+                        }
+                    }
+                    e = back;
+                }
+                Err(TrySendError::Disconnected(_)) => return,
             }
         }
+    }
+
+    /// The gate of `conn`, made on first use.
+    fn gate(&self, conn: &Conn) -> Arc<PeerGate> {
+        Arc::clone(self.peers.lock().entry(conn.id).or_insert_with(|| {
+            Arc::new(PeerGate {
+                queued: Mutex::new(0),
+                room: Condvar::new(),
+            })
+        }))
+    }
+
+    /// Whether reading `conn` should stop waiting: it or the node closed.
+    fn gave_up(&self, conn: &Conn) -> bool {
+        conn.is_closed() || self.stopped.load(Ordering::Acquire)
+    }
+
+    /// Take a place in `conn`'s handler queue, waiting (on `conn`'s reader
+    /// thread: that is the backpressure) while it is full. `None` if the
+    /// connection or the node closed meanwhile.
+    fn queue_ticket(&self, conn: &Conn) -> Option<Ticket> {
+        let gate = self.gate(conn);
+        let limit = self.transport.cfg.handler_queue_len.max(1);
+        let mut q = gate.queued.lock();
+        let mut warned = false;
+        while *q >= limit {
+            if self.gave_up(conn) {
+                return None;
+            }
+            if !warned {
+                log::debug!(
+                    "{} has {limit} messages waiting for handlers: reading it no further for now",
+                    conn.peer_addr()
+                );
+                warned = true;
+            }
+            gate.room.wait_for(&mut q, GATE_TICK);
+        }
+        *q += 1;
+        drop(q);
+        Some(Ticket(gate))
     }
 
     /// The connection a target resolves to, opening one if needed.
@@ -718,6 +826,10 @@ impl NodeInner {
         log::debug!("shutting down {}", self.transport.local_addr());
         // Handler threads end when the job queue closes.
         self.jobs.lock().take();
+        // Readers waiting for room in a handler queue give up.
+        for gate in self.peers.lock().values() {
+            gate.room.notify_all();
+        }
         self.chord.stop();
         self.transport.shutdown();
         self.events_tx.lock().take();
@@ -768,9 +880,14 @@ impl NodeInner {
                 match handler.runs {
                     Runs::Inline => incoming.run(&*handler.f),
                     Runs::Pool => {
+                        // Waits while this connection's queue is full.
+                        let Some(ticket) = self.queue_ticket(conn) else {
+                            return;
+                        };
                         let job = Job {
                             handler: handler.f,
                             incoming,
+                            _ticket: ticket,
                         };
                         if let Some(jobs) = self.jobs.lock().as_ref() {
                             let _ = jobs.send(job);
@@ -809,6 +926,7 @@ impl FrameSink for NodeInner {
     }
 
     fn on_close(&self, conn: &Arc<Conn>) {
+        self.peers.lock().remove(&conn.id);
         log::debug!("connection to {} closed", conn.peer_addr());
     }
 }

@@ -88,6 +88,11 @@ pub struct Config {
     /// and counted in [`Node::events_dropped`](crate::Node::events_dropped):
     /// a program that never reads its events does not grow the node's memory.
     pub events_capacity: usize,
+    /// Ring control frames (`p2prs.stabilize_now`, `p2prs.recount` and
+    /// broadcasts) one connection may deliver per second (default 200, with
+    /// bursts of as many; 0: unlimited). Past it, the node reads that
+    /// connection no faster: the sender is slowed through its TCP window.
+    pub ring_control_rate: u32,
 }
 
 impl Default for Config {
@@ -116,6 +121,7 @@ impl Default for Config {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             handler_queue_len: 64,
             events_capacity: 1024,
+            ring_control_rate: 200,
         }
     }
 }

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Message types starting with this prefix belong to p2prs itself.
 pub const RESERVED_PREFIX: &str = "p2prs.";
@@ -228,10 +228,18 @@ struct Job {
 }
 
 /// What the node keeps per connection against a peer that floods it: the
-/// pooled-handler jobs it has queued (at most `Config::handler_queue_len`).
+/// pooled-handler jobs it has queued (at most `Config::handler_queue_len`)
+/// and a token bucket for ring control frames (`Config::ring_control_rate`).
 pub(crate) struct PeerGate {
     queued: Mutex<usize>,
     room: Condvar,
+    bucket: Mutex<Bucket>,
+}
+
+/// A token bucket: `rate` tokens a second, at most `rate` saved up.
+struct Bucket {
+    tokens: f64,
+    last: Instant,
 }
 
 /// One queued job of a connection; dropping it makes room for the next.
@@ -245,8 +253,8 @@ impl Drop for Ticket {
     }
 }
 
-/// How often a reader blocked by a full queue checks whether its
-/// connection or the node has closed.
+/// How often a reader blocked by a full queue or an empty bucket checks
+/// whether its connection or the node has closed.
 const GATE_TICK: Duration = Duration::from_millis(100);
 
 /// Where a handler runs.
@@ -290,8 +298,8 @@ pub(crate) struct NodeInner {
     events_dropped: AtomicU64,
     watching: AtomicBool,
     jobs: Mutex<Option<Sender<Job>>>,
-    /// Per open connection: its queue of handler jobs. Removed when the
-    /// connection closes.
+    /// Per open connection: its queue of handler jobs and its bucket of ring
+    /// control frames. Removed when the connection closes.
     peers: Mutex<HashMap<u64, Arc<PeerGate>>>,
     stopped: AtomicBool,
     chord: chord::Chord,
@@ -737,10 +745,15 @@ impl NodeInner {
 
     /// The gate of `conn`, made on first use.
     fn gate(&self, conn: &Conn) -> Arc<PeerGate> {
+        let rate = f64::from(self.transport.cfg.ring_control_rate);
         Arc::clone(self.peers.lock().entry(conn.id).or_insert_with(|| {
             Arc::new(PeerGate {
                 queued: Mutex::new(0),
                 room: Condvar::new(),
+                bucket: Mutex::new(Bucket {
+                    tokens: rate,
+                    last: Instant::now(),
+                }),
             })
         }))
     }
@@ -774,6 +787,37 @@ impl NodeInner {
         *q += 1;
         drop(q);
         Some(Ticket(gate))
+    }
+
+    /// Take a token for one ring control frame from `conn`, waiting (on its
+    /// reader thread) for one if the peer has spent them. Returns false if
+    /// the connection or the node closed meanwhile.
+    pub(crate) fn throttle(&self, conn: &Conn) -> bool {
+        let rate = f64::from(self.transport.cfg.ring_control_rate);
+        if rate <= 0.0 {
+            return true;
+        }
+        let gate = self.gate(conn);
+        loop {
+            let wait = {
+                let mut b = gate.bucket.lock();
+                let now = Instant::now();
+                let earned = now.saturating_duration_since(b.last).as_secs_f64() * rate;
+                b.tokens = (b.tokens + earned).min(rate);
+                b.last = now;
+                if b.tokens >= 1.0 {
+                    b.tokens -= 1.0;
+                    return true;
+                }
+                Duration::from_secs_f64((1.0 - b.tokens) / rate)
+            };
+            if self.gave_up(conn) {
+                return false;
+            }
+            // A rate limit, not a synchronisation: the reader rests until
+            // the peer has earned its next frame.
+            std::thread::sleep(wait.min(GATE_TICK));
+        }
     }
 
     /// The connection a target resolves to, opening one if needed.

@@ -79,6 +79,21 @@ impl Drop for Slot {
     }
 }
 
+/// Fail with [`Error::ResourceExhausted`](crate::Error::ResourceExhausted)
+/// if the budget is spent now, before starting work (a connection) that
+/// would need a thread.
+pub(crate) fn check(context: impl FnOnce() -> String) -> crate::Result<()> {
+    let limit = max_threads();
+    if running_threads() >= limit {
+        return Err(crate::Error::ResourceExhausted {
+            what: "threads".into(),
+            limit,
+            context: context(),
+        });
+    }
+    Ok(())
+}
+
 /// Take a place for one more thread, or say why not.
 pub(crate) fn reserve() -> Result<Slot, Exhausted> {
     let limit = max_threads();

@@ -691,6 +691,14 @@ impl Node {
         chord::network_size(self.inner())
     }
 
+    /// How many stabilizer rounds this node has run in its current ring,
+    /// periodic ones and those peers asked for (0 before joining). A
+    /// diagnostic: a peer cannot make it grow faster than about five rounds
+    /// per [`Config::stabilize_interval`] (see `docs/robustness.md`).
+    pub fn stabilizer_rounds(&self) -> u64 {
+        chord::stabilizer_rounds(self.inner())
+    }
+
     /// Deliver `msg` to every other node of the network once, over a
     /// spanning tree of the finger tables; returns how many nodes this node
     /// sent it to directly.

@@ -399,6 +399,14 @@ pub(crate) fn network_size(n: &NodeInner) -> usize {
     n.chord.ring.read().as_ref().map_or(0, |r| r.size)
 }
 
+pub(crate) fn stabilizer_rounds(n: &NodeInner) -> u64 {
+    n.chord
+        .ring
+        .read()
+        .as_ref()
+        .map_or(0, |r| r.stabilizer.rounds())
+}
+
 /// One request of the ring protocol, with the ring timeout.
 fn rpc(n: &NodeInner, addr: SocketAddr, kind: &str, mut data: Value) -> Result<Message> {
     if let (Some(id), Value::Object(map)) = (my_id(n), &mut data) {

@@ -71,6 +71,7 @@ fn a_flooding_peer_is_slowed_through_its_own_window() {
         "the flooder's writes block: {sent} frames sent, then {err:?}"
     );
     assert!(sent < MAX);
+    eprintln!("flood: {sent} messages of 64 KiB sent before the writes blocked");
     // While the flood waits, only two of its messages reached handlers...
     assert_eq!(seen.load(Ordering::SeqCst), 2);
     // ...and a good peer is served at once by the third handler thread.
@@ -132,8 +133,15 @@ fn stabilize_now_floods_cost_a_bounded_number_of_rounds() {
     }
     // Read in order: once the ping is answered, every frame has been handled.
     conn.request(Message::new("p2prs.ping", json!({}))).unwrap();
+    let read_in = t.elapsed();
+    // Count the rounds over a window of two and a half intervals from the
+    // start of the flood: queued one by one, 5,000 asks would keep the
+    // stabilizer busy far longer.
+    let window = interval * 5 / 2;
+    let _ = crossbeam_channel::after(window.saturating_sub(t.elapsed())).recv();
     let elapsed = t.elapsed();
     let rounds = a.stabilizer_rounds() - before;
+    eprintln!("stabilize_now: 5000 frames read in {read_in:?}; {rounds} rounds in {elapsed:?}");
     // One periodic round per interval, one asked-for round per quarter of
     // it, and one of each under way at either end.
     let bound = 5 * (elapsed.as_millis() / interval.as_millis()) as u64 + 3;
@@ -169,8 +177,12 @@ fn ring_control_frames_are_rate_limited_per_connection() {
     let good_ping = Instant::now();
     good.request(a.local_addr(), Message::new("p2prs.ping", json!({})))
         .unwrap();
-    assert!(good_ping.elapsed() < Duration::from_millis(500));
+    let good_ping = good_ping.elapsed();
+    assert!(good_ping < Duration::from_millis(500));
     let attacker_waited = done_rx.recv_timeout(PATIENCE).unwrap();
+    eprintln!(
+        "rate: the good peer's ping took {good_ping:?}; 250 control frames were read in {attacker_waited:?}"
+    );
     pinging.join().unwrap().unwrap();
     assert!(
         attacker_waited >= Duration::from_millis(1000),
@@ -204,6 +216,7 @@ fn shutdown_returns_within_the_grace_when_a_handler_never_returns() {
     let t = Instant::now();
     server.shutdown();
     let took = t.elapsed();
+    eprintln!("shutdown with a handler blocked for ever, grace {grace:?}: {took:?}");
     assert!(
         took < grace + Duration::from_secs(1),
         "shutdown took {took:?} with a grace of {grace:?}"

@@ -93,6 +93,7 @@ impl Rendezvous {
         let started = Instant::now();
         let total = Bucket::new(config.relay_rate_limit, Duration::ZERO);
         let transport = Transport::new(config, local);
+        transport.threads.set_grace(transport.cfg.shutdown_grace);
         let (stop_tx, stop_rx) = bounded(0);
         let server = Arc::new(Server {
             transport: Arc::clone(&transport),
@@ -141,8 +142,9 @@ impl Rendezvous {
         }
     }
 
-    /// Close every connection and join every thread. Idempotent; dropping
-    /// the `Rendezvous` does the same.
+    /// Close every connection and join every thread, waiting at most
+    /// `Config::shutdown_grace` for them (see [`Node::shutdown`](crate::Node::shutdown)).
+    /// Idempotent; dropping the `Rendezvous` does the same.
     pub fn shutdown(&self) {
         self.server.stop_tx.lock().take();
         self.server.transport.shutdown();

@@ -712,3 +712,56 @@ mod serve;
 
 pub(crate) use driver::spawn_stabilizer;
 pub(crate) use serve::handle;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forward() -> Job {
+        Job::Forward {
+            limit: NodeId(0),
+            origin: ring::Peer::new(NodeId(1), "127.0.0.1:1".parse().unwrap()),
+            kind: "B".into(),
+            data: Value::Null,
+            body: None,
+        }
+    }
+
+    #[test]
+    fn asks_to_stabilize_recount_or_poke_are_queued_once() {
+        let c = Chord::new(None);
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        for _ in 0..1000 {
+            c.queue(Job::StabilizeNow);
+            c.queue(Job::Recount);
+            c.queue(Job::Poke(a));
+            c.queue(Job::Poke(b));
+        }
+        assert_eq!(c.jobs_rx.len(), 4);
+        // Once the stabilizer has taken one, the same ask is queued again.
+        let job = c.jobs_rx.recv().unwrap();
+        assert!(matches!(job, Job::StabilizeNow));
+        c.taken(&job);
+        c.queue(Job::StabilizeNow);
+        c.queue(Job::StabilizeNow);
+        assert_eq!(c.jobs_rx.len(), 4);
+    }
+
+    #[test]
+    fn a_full_queue_drops_without_blocking_and_counts() {
+        let c = Chord::new(None);
+        for _ in 0..RING_JOBS + 44 {
+            c.queue(forward());
+        }
+        assert_eq!(c.jobs_rx.len(), RING_JOBS);
+        assert_eq!(c.jobs_dropped.load(Ordering::Acquire), 44);
+        // A stabilize ask dropped for want of room may be asked again.
+        c.queue(Job::StabilizeNow);
+        assert_eq!(c.jobs_dropped.load(Ordering::Acquire), 45);
+        let _ = c.jobs_rx.recv().unwrap();
+        c.queue(Job::StabilizeNow);
+        assert_eq!(c.jobs_rx.len(), RING_JOBS);
+        assert_eq!(c.jobs_dropped.load(Ordering::Acquire), 45);
+    }
+}

@@ -77,16 +77,20 @@ pub struct Config {
     /// node's threads to end (default 2 s). A thread still running then (a
     /// handler that never returns, say) is left running, detached, and named
     /// in a warning; `shutdown()` returns anyway. See `docs/robustness.md`.
+    /// The process-wide cap on threads is not a `Config` field: see
+    /// [`set_max_threads`](crate::set_max_threads).
     pub shutdown_grace: Duration,
     /// Most messages of one connection queued for, or running in, a pooled
     /// handler (default 64). When a connection has this many, the node stops
     /// reading it until one is done: a peer that floods is slowed through
     /// its own TCP window, and other peers are not held up behind it.
+    /// 0 counts as 1. See `docs/robustness.md`.
     pub handler_queue_len: usize,
     /// Most [`Event`](crate::Event)s kept for [`Node::events`](crate::Node::events)
     /// (default 1024). When the queue is full, the oldest event is dropped
     /// and counted in [`Node::events_dropped`](crate::Node::events_dropped):
     /// a program that never reads its events does not grow the node's memory.
+    /// 0 counts as 1.
     pub events_capacity: usize,
     /// Ring control frames (`p2prs.stabilize_now`, `p2prs.recount` and
     /// broadcasts) one connection may deliver per second (default 200, with

@@ -5,6 +5,9 @@ use crate::noise::Cipher;
 use crate::punch::Traversal;
 use std::time::Duration;
 
+/// The default of [`Config::shutdown_grace`].
+pub(crate) const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 /// Settings of a node. Every field has a sensible default; change what you need.
 ///
 /// ```
@@ -85,6 +88,30 @@ pub struct Config {
     /// its peers' identities are not proven. See
     /// [`NodeBuilder::insecure_plaintext`](crate::NodeBuilder::insecure_plaintext).
     pub insecure_plaintext: bool,
+    /// How long [`Node::shutdown`](crate::Node::shutdown) waits for the
+    /// node's threads to end (default 2 s). A thread still running then (a
+    /// handler that never returns, say) is left running, detached, and named
+    /// in a warning; `shutdown()` returns anyway. See `docs/robustness.md`.
+    /// The process-wide cap on threads is not a `Config` field: see
+    /// [`set_max_threads`](crate::set_max_threads).
+    pub shutdown_grace: Duration,
+    /// Most messages of one connection queued for, or running in, a pooled
+    /// handler (default 64). When a connection has this many, the node stops
+    /// reading it until one is done: a peer that floods is slowed through
+    /// its own TCP window, and other peers are not held up behind it.
+    /// 0 counts as 1. See `docs/robustness.md`.
+    pub handler_queue_len: usize,
+    /// Most [`Event`](crate::Event)s kept for [`Node::events`](crate::Node::events)
+    /// (default 1024). When the queue is full, the oldest event is dropped
+    /// and counted in [`Node::events_dropped`](crate::Node::events_dropped):
+    /// a program that never reads its events does not grow the node's memory.
+    /// 0 counts as 1.
+    pub events_capacity: usize,
+    /// Ring control frames (`p2prs.stabilize_now`, `p2prs.recount` and
+    /// broadcasts) one connection may deliver per second (default 200, with
+    /// bursts of as many; 0: unlimited). Past it, the node reads that
+    /// connection no faster: the sender is slowed through its TCP window.
+    pub ring_control_rate: u32,
 }
 
 impl Default for Config {
@@ -113,6 +140,10 @@ impl Default for Config {
             network_key: None,
             cipher: Cipher::default(),
             insecure_plaintext: false,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            handler_queue_len: 64,
+            events_capacity: 1024,
+            ring_control_rate: 200,
         }
     }
 }

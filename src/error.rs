@@ -92,6 +92,17 @@ pub enum Error {
         /// The key the peer proved (none in plaintext mode).
         found: Option<crate::identity::PublicKey>,
     },
+    /// A process-wide limit of p2prs is reached (such as the thread budget,
+    /// [`set_max_threads`](crate::set_max_threads)): nothing was started.
+    /// Retry later, or raise the limit.
+    ResourceExhausted {
+        /// What ran out, such as `"threads"`.
+        what: String,
+        /// The limit in force.
+        limit: usize,
+        /// What the node was doing.
+        context: String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -141,6 +152,14 @@ impl fmt::Display for Error {
                     expected.short()
                 ),
             },
+            Error::ResourceExhausted {
+                what,
+                limit,
+                context,
+            } => write!(
+                f,
+                "{context}: the process-wide limit of {limit} {what} is reached"
+            ),
         }
     }
 }
@@ -194,11 +213,23 @@ impl Error {
         }
     }
 
-    /// Wrap an I/O error with what was being done.
+    /// Wrap an I/O error with what was being done. A thread refused by the
+    /// thread budget becomes [`Error::ResourceExhausted`].
     pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
-        Error::Io {
-            context: context.into(),
-            source,
+        let exhausted = source
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<crate::budget::Exhausted>())
+            .copied();
+        match exhausted {
+            Some(e) => Error::ResourceExhausted {
+                what: "threads".into(),
+                limit: e.limit,
+                context: context.into(),
+            },
+            None => Error::Io {
+                context: context.into(),
+                source,
+            },
         }
     }
 
@@ -211,7 +242,30 @@ impl Error {
             Error::IdTaken(_) => "id_taken",
             Error::Timeout { .. } => "timeout",
             Error::Shutdown => "shutting_down",
+            Error::ResourceExhausted { .. } => "resource_exhausted",
             _ => "failed",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_refused_by_the_budget_is_resource_exhausted() {
+        let refused = io::Error::other(crate::budget::Exhausted { limit: 12 });
+        let e = Error::io("spawning a connection thread", refused);
+        assert!(matches!(
+            &e,
+            Error::ResourceExhausted { what, limit: 12, .. } if what == "threads"
+        ));
+        assert_eq!(
+            e.to_string(),
+            "spawning a connection thread: the process-wide limit of 12 threads is reached"
+        );
+        assert_eq!(e.wire_code(), "resource_exhausted");
+        let other = Error::io("x", io::Error::other("boom"));
+        assert!(matches!(other, Error::Io { .. }));
     }
 }

@@ -27,6 +27,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod budget;
 mod config;
 mod error;
 mod id;
@@ -43,6 +44,7 @@ pub mod testing;
 mod transport;
 pub mod wire;
 
+pub use budget::{max_threads, running_threads, set_max_threads, DEFAULT_MAX_THREADS};
 pub use config::Config;
 pub use error::{Error, Result};
 pub use id::NodeId;

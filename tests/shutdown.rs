@@ -140,14 +140,17 @@ fn shutdown_joins_every_thread_and_closes_every_socket() {
     ));
     drop(bc);
 
-    // ---- The last handle dropped inside a handler ----------------------------
-    // D's handler holds a handle (through its Incoming) while the user drops
-    // theirs: the node then shuts down from its own handler thread.
+    // ---- The last owning handle dropped while a handler runs ---------------
+    // D's handler holds only a non-owning handle (its Incoming): dropping the
+    // user's handle stops D at once, and the handler, let go, finds it shut
+    // down.
     let (started_tx, started_rx) = bounded::<()>(1);
     let (release_tx, release_rx) = bounded::<()>(1);
+    let (seen_tx, seen_rx) = bounded::<bool>(1);
     d.add_handler("HOLD", move |req| {
         let _ = started_tx.send(());
         let _ = release_rx.recv_timeout(PATIENCE);
+        let _ = seen_tx.send(req.node().is_shut_down());
         req.respond(Message::new("HOLD RESP", "done"))?;
         Ok(())
     })
@@ -158,18 +161,27 @@ fn shutdown_joins_every_thread_and_closes_every_socket() {
     started_rx
         .recv_timeout(PATIENCE)
         .expect("D's handler started");
+    // Let the handler go once D has stopped listening, so that the drop
+    // below is not held for the whole shutdown grace.
+    let releaser = std::thread::spawn(move || {
+        let stopped = wait_until(PATIENCE, || TcpStream::connect(d_addr).is_err());
+        let _ = release_tx.send(());
+        stopped
+    });
     drop(d);
     drop(events);
     assert!(
-        TcpStream::connect(d_addr).is_ok(),
-        "D still runs while its handler holds a handle"
+        releaser.join().unwrap(),
+        "D stopped although its handler holds a handle"
     );
-    release_tx.send(()).unwrap();
-    let r = asking.join().unwrap().unwrap();
-    assert_eq!(r.as_text(), Some("done"));
+    assert_eq!(
+        seen_rx.recv_timeout(PATIENCE),
+        Ok(true),
+        "the handler's handle reports D shut down"
+    );
     assert!(
-        wait_until(PATIENCE, || TcpStream::connect(d_addr).is_err()),
-        "D shut down once its handler let go"
+        asking.join().unwrap().is_err(),
+        "the request fails: D closed its connections"
     );
 
     // ---- Everything gone ------------------------------------------------------

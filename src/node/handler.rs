@@ -111,7 +111,10 @@ impl Incoming {
         &self.from
     }
 
-    /// The local node, to send or request from inside a handler.
+    /// The local node, to send or request from inside a handler. This
+    /// handle (and its clones) does not keep the node running: if the last
+    /// owning handle is dropped while the handler runs, the node stops and
+    /// its operations answer [`Error::Shutdown`] (see [`Node`]).
     pub fn node(&self) -> &Node {
         &self.node
     }

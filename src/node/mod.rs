@@ -16,14 +16,14 @@ use crate::identity::{Identity, NetworkKey, PublicKey};
 use crate::message::{Message, TEXT};
 use crate::transport::{self, Conn, FrameSink, Transport};
 use crate::wire::{Frame, Kind};
-use crossbeam_channel::{unbounded, Receiver, Sender};
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender, TrySendError};
 use handler::HandlerFn;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Message types starting with this prefix belong to p2prs itself.
 pub const RESERVED_PREFIX: &str = "p2prs.";
@@ -216,27 +216,31 @@ impl NodeBuilder {
         };
         let secure = crate::noise::Local::for_config(identity, &cfg)?;
         let transport = Transport::new(cfg, local, secure);
-        let (events_tx, events_rx) = unbounded();
+        transport.threads.set_grace(transport.cfg.shutdown_grace);
+        let (events_tx, events_rx) = bounded(transport.cfg.events_capacity.max(1));
+        // Bounded by `handler_queue_len` per connection (see `PeerGate`).
         let (jobs_tx, jobs_rx) = unbounded::<Job>();
-        let inner = Arc::new(NodeInner {
+        let inner = Arc::new_cyclic(|me| NodeInner {
             transport: Arc::clone(&transport),
             handlers: RwLock::new(self.handlers.into_iter().collect()),
-            handle: Mutex::new(Weak::new()),
+            me: me.clone(),
             events_tx: Mutex::new(Some(events_tx)),
             events_rx,
+            events_dropped: AtomicU64::new(0),
             watching: AtomicBool::new(false),
             jobs: Mutex::new(Some(jobs_tx)),
+            peers: Mutex::new(HashMap::new()),
             stopped: AtomicBool::new(false),
             chord: chord::Chord::new(self.id),
         });
         let sink: Arc<dyn FrameSink> = inner.clone();
         transport.set_sink(Arc::downgrade(&sink));
         let node = Node {
-            handle: Arc::new(NodeHandle {
+            inner: Arc::clone(&inner),
+            owner: Some(Arc::new(NodeHandle {
                 inner: Arc::clone(&inner),
-            }),
+            })),
         };
-        *inner.handle.lock() = Arc::downgrade(&node.handle);
         for i in 0..transport.cfg.handler_threads.max(1) {
             let rx = jobs_rx.clone();
             transport
@@ -278,7 +282,40 @@ fn check_kind(kind: &str) -> Result<()> {
 struct Job {
     handler: Arc<HandlerFn>,
     incoming: Incoming,
+    /// The job's place in its connection's queue, given back when the job
+    /// is done or dropped.
+    _ticket: Ticket,
 }
+
+/// What the node keeps per connection against a peer that floods it: the
+/// pooled-handler jobs it has queued (at most `Config::handler_queue_len`)
+/// and a token bucket for ring control frames (`Config::ring_control_rate`).
+pub(crate) struct PeerGate {
+    queued: Mutex<usize>,
+    room: Condvar,
+    bucket: Mutex<Bucket>,
+}
+
+/// A token bucket: `rate` tokens a second, at most `rate` saved up.
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+/// One queued job of a connection; dropping it makes room for the next.
+struct Ticket(Arc<PeerGate>);
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut q = self.0.queued.lock();
+        *q = q.saturating_sub(1);
+        self.0.room.notify_one();
+    }
+}
+
+/// How often a reader blocked by a full queue or an empty bucket checks
+/// whether its connection or the node has closed.
+const GATE_TICK: Duration = Duration::from_millis(100);
 
 /// Where a handler runs.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -312,17 +349,25 @@ impl Handler {
 pub(crate) struct NodeInner {
     pub(crate) transport: Arc<Transport>,
     handlers: RwLock<HashMap<String, Handler>>,
-    handle: Mutex<Weak<NodeHandle>>,
-    /// Dropped at shutdown, which ends every `events()` iterator.
+    /// This very node, for the non-owning [`Node`]s handed to handlers.
+    me: Weak<NodeInner>,
+    /// Dropped at shutdown, which ends every `events()` iterator. Bounded
+    /// by `Config::events_capacity`; the oldest event makes room.
     events_tx: Mutex<Option<Sender<Event>>>,
     events_rx: Receiver<Event>,
+    events_dropped: AtomicU64,
     watching: AtomicBool,
     jobs: Mutex<Option<Sender<Job>>>,
+    /// Per open connection: its queue of handler jobs and its bucket of ring
+    /// control frames. Removed when the connection closes.
+    peers: Mutex<HashMap<u64, Arc<PeerGate>>>,
     stopped: AtomicBool,
     chord: chord::Chord,
 }
 
 /// The user-facing owner: when the last one is dropped, the node shuts down.
+/// Only user handles hold it; the node's own threads (and the handles they
+/// give handlers) hold `NodeInner` alone.
 struct NodeHandle {
     inner: Arc<NodeInner>,
 }
@@ -335,9 +380,21 @@ impl Drop for NodeHandle {
 
 /// A p2prs node: listens for peers, sends messages and requests, runs handlers.
 ///
-/// `Node` is a cheap handle (`Clone + Send + Sync`): clone it into threads and
-/// handlers. The node shuts down on [`Node::shutdown`] or when the last handle
-/// is dropped; either way every thread is joined and every socket closed.
+/// `Node` is a cheap handle (`Clone + Send + Sync`): clone it into threads.
+/// The node shuts down on [`Node::shutdown`] or when the last owning handle
+/// is dropped; either way every socket is closed and every thread joined
+/// within [`Config::shutdown_grace`].
+///
+/// **Owning and non-owning handles.** The handle [`NodeBuilder::start`]
+/// returns, and its clones, own the node: while one of them lives, the node
+/// runs. The handle a handler gets from [`Incoming::node`], and
+/// [`Node::non_owning`] handles, work the same but do not keep the node
+/// running: once the last owning handle is dropped, the node stops and they
+/// answer [`Error::Shutdown`]. A handler is owned by the node, so a handler
+/// that needs the node uses `req.node()`, or captures
+/// [`node.non_owning()`](Node::non_owning), never an owning clone: an owning
+/// clone inside a handler would keep its own node running until
+/// [`Node::shutdown`] is called (a reference cycle).
 ///
 /// ```
 /// use p2prs::{Message, Node};
@@ -354,7 +411,9 @@ impl Drop for NodeHandle {
 /// ```
 #[derive(Clone)]
 pub struct Node {
-    handle: Arc<NodeHandle>,
+    inner: Arc<NodeInner>,
+    /// `None` for a non-owning handle.
+    owner: Option<Arc<NodeHandle>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -383,7 +442,35 @@ impl Node {
     }
 
     pub(crate) fn inner(&self) -> &Arc<NodeInner> {
-        &self.handle.inner
+        &self.inner
+    }
+
+    /// A handle to the same node that does not keep it running: for
+    /// handlers and other code the node itself owns (see [`Node`]).
+    ///
+    /// ```
+    /// use p2prs::{Message, Node};
+    /// let a = Node::builder().start()?;
+    /// let me = a.non_owning();
+    /// a.add_handler("WHO", move |req| {
+    ///     req.respond(Message::new("WHO", me.local_addr().to_string()))?;
+    ///     Ok(())
+    /// })?;
+    /// let addr = a.local_addr();
+    /// drop(a); // the handler's handle does not keep A running
+    /// assert!(std::net::TcpStream::connect(addr).is_err());
+    /// # Ok::<(), p2prs::Error>(())
+    /// ```
+    pub fn non_owning(&self) -> Node {
+        Node {
+            inner: Arc::clone(&self.inner),
+            owner: None,
+        }
+    }
+
+    /// Whether this handle keeps the node running (see [`Node`]).
+    pub fn is_owning(&self) -> bool {
+        self.owner.is_some()
     }
 
     /// This node's public key: its identity, which the ring binds to its ID.
@@ -477,6 +564,11 @@ impl Node {
     /// Events are kept from the first call on (earlier ones are not); every
     /// receiver shares one queue. Iterating ends when the node shuts down.
     ///
+    /// The queue holds at most [`Config::events_capacity`] events: when it is
+    /// full, the oldest is dropped to make room, and counted in
+    /// [`Node::events_dropped`]. A program that reads events slowly, or not at
+    /// all, loses the oldest, and the node's memory stays bounded.
+    ///
     /// ```
     /// let node = p2prs::Node::builder().start()?;
     /// let events = node.events();
@@ -487,6 +579,12 @@ impl Node {
     pub fn events(&self) -> Receiver<Event> {
         self.inner().watching.store(true, Ordering::Release);
         self.inner().events_rx.clone()
+    }
+
+    /// How many events were dropped, oldest first, because the events queue
+    /// was full (see [`Node::events`]).
+    pub fn events_dropped(&self) -> u64 {
+        self.inner().events_dropped.load(Ordering::Acquire)
     }
 
     /// Send a one-way message to `target` (an address, a node ID, or a connection).
@@ -541,7 +639,15 @@ impl Node {
     }
 
     /// Stop the node: close every socket and join every thread. Idempotent;
-    /// dropping the last handle does the same.
+    /// dropping the last owning handle does the same.
+    ///
+    /// It returns within [`Config::shutdown_grace`] (plus the moments it
+    /// takes to close the sockets) even if a handler never returns: threads
+    /// still running when the grace is over are left running, detached, and
+    /// named in a logged warning. Such a thread finds the node shut down
+    /// when it goes on (every operation answers [`Error::Shutdown`]), and
+    /// counts against [`max_threads`](crate::max_threads) until it ends.
+    /// Called from a handler, it does not wait for that handler itself.
     pub fn shutdown(&self) {
         self.inner().shutdown();
     }
@@ -651,6 +757,14 @@ impl Node {
         chord::network_size(self.inner())
     }
 
+    /// How many stabilizer rounds this node has run in its current ring,
+    /// periodic ones and those peers asked for (0 before joining). A
+    /// diagnostic: a peer cannot make it grow faster than about five rounds
+    /// per [`Config::stabilize_interval`] (see `docs/robustness.md`).
+    pub fn stabilizer_rounds(&self) -> u64 {
+        chord::stabilizer_rounds(self.inner())
+    }
+
     /// Deliver `msg` to every other node of the network once, over a
     /// spanning tree of the finger tables; returns how many nodes this node
     /// sent it to directly.
@@ -667,8 +781,9 @@ fn first_addr(addr: impl ToSocketAddrs) -> Result<SocketAddr> {
 }
 
 impl NodeInner {
+    /// A non-owning handle to this node, for a handler.
     fn node(&self) -> Option<Node> {
-        self.handle.lock().upgrade().map(|handle| Node { handle })
+        self.me.upgrade().map(|inner| Node { inner, owner: None })
     }
 
     /// This node's key as the ring binds it (none in plaintext mode).
@@ -677,10 +792,110 @@ impl NodeInner {
     }
 
     pub(crate) fn emit(&self, e: Event) {
-        if self.watching.load(Ordering::Acquire) {
-            if let Some(tx) = self.events_tx.lock().as_ref() {
-                let _ = tx.send(e);
+        if !self.watching.load(Ordering::Acquire) {
+            return;
+        }
+        // Held throughout, so that emitters take turns making room.
+        let g = self.events_tx.lock();
+        let Some(tx) = g.as_ref() else { return };
+        let mut e = e;
+        loop {
+            match tx.try_send(e) {
+                Ok(()) => return,
+                Err(TrySendError::Full(back)) => {
+                    if self.events_rx.try_recv().is_ok() {
+                        let dropped = self.events_dropped.fetch_add(1, Ordering::AcqRel);
+                        if dropped.is_power_of_two() || dropped == 0 {
+                            log::warn!(
+                                "the events queue of {} is full ({} events): dropping the \
+                                 oldest ({} so far)",
+                                self.transport.local_addr(),
+                                self.transport.cfg.events_capacity,
+                                dropped + 1
+                            );
+                        }
+                    }
+                    e = back;
+                }
+                Err(TrySendError::Disconnected(_)) => return,
             }
+        }
+    }
+
+    /// The gate of `conn`, made on first use.
+    fn gate(&self, conn: &Conn) -> Arc<PeerGate> {
+        let rate = f64::from(self.transport.cfg.ring_control_rate);
+        Arc::clone(self.peers.lock().entry(conn.id).or_insert_with(|| {
+            Arc::new(PeerGate {
+                queued: Mutex::new(0),
+                room: Condvar::new(),
+                bucket: Mutex::new(Bucket {
+                    tokens: rate,
+                    last: Instant::now(),
+                }),
+            })
+        }))
+    }
+
+    /// Whether reading `conn` should stop waiting: it or the node closed.
+    fn gave_up(&self, conn: &Conn) -> bool {
+        conn.is_closed() || self.stopped.load(Ordering::Acquire)
+    }
+
+    /// Take a place in `conn`'s handler queue, waiting (on `conn`'s reader
+    /// thread: that is the backpressure) while it is full. `None` if the
+    /// connection or the node closed meanwhile.
+    fn queue_ticket(&self, conn: &Conn) -> Option<Ticket> {
+        let gate = self.gate(conn);
+        let limit = self.transport.cfg.handler_queue_len.max(1);
+        let mut q = gate.queued.lock();
+        let mut warned = false;
+        while *q >= limit {
+            if self.gave_up(conn) {
+                return None;
+            }
+            if !warned {
+                log::debug!(
+                    "{} has {limit} messages waiting for handlers: reading it no further for now",
+                    conn.peer_addr()
+                );
+                warned = true;
+            }
+            gate.room.wait_for(&mut q, GATE_TICK);
+        }
+        *q += 1;
+        drop(q);
+        Some(Ticket(gate))
+    }
+
+    /// Take a token for one ring control frame from `conn`, waiting (on its
+    /// reader thread) for one if the peer has spent them. Returns false if
+    /// the connection or the node closed meanwhile.
+    pub(crate) fn throttle(&self, conn: &Conn) -> bool {
+        let rate = f64::from(self.transport.cfg.ring_control_rate);
+        if rate <= 0.0 {
+            return true;
+        }
+        let gate = self.gate(conn);
+        loop {
+            let wait = {
+                let mut b = gate.bucket.lock();
+                let now = Instant::now();
+                let earned = now.saturating_duration_since(b.last).as_secs_f64() * rate;
+                b.tokens = (b.tokens + earned).min(rate);
+                b.last = now;
+                if b.tokens >= 1.0 {
+                    b.tokens -= 1.0;
+                    return true;
+                }
+                Duration::from_secs_f64((1.0 - b.tokens) / rate)
+            };
+            if self.gave_up(conn) {
+                return false;
+            }
+            // A rate limit, not a synchronisation: the reader rests until
+            // the peer has earned its next frame.
+            std::thread::sleep(wait.min(GATE_TICK));
         }
     }
 
@@ -734,6 +949,10 @@ impl NodeInner {
         log::debug!("shutting down {}", self.transport.local_addr());
         // Handler threads end when the job queue closes.
         self.jobs.lock().take();
+        // Readers waiting for room in a handler queue give up.
+        for gate in self.peers.lock().values() {
+            gate.room.notify_all();
+        }
         self.chord.stop();
         self.transport.shutdown();
         self.events_tx.lock().take();
@@ -784,9 +1003,14 @@ impl NodeInner {
                 match handler.runs {
                     Runs::Inline => incoming.run(&*handler.f),
                     Runs::Pool => {
+                        // Waits while this connection's queue is full.
+                        let Some(ticket) = self.queue_ticket(conn) else {
+                            return;
+                        };
                         let job = Job {
                             handler: handler.f,
                             incoming,
+                            _ticket: ticket,
                         };
                         if let Some(jobs) = self.jobs.lock().as_ref() {
                             let _ = jobs.send(job);
@@ -825,6 +1049,7 @@ impl FrameSink for NodeInner {
     }
 
     fn on_close(&self, conn: &Arc<Conn>) {
+        self.peers.lock().remove(&conn.id);
         log::debug!("connection to {} closed", conn.peer_addr());
     }
 

@@ -95,6 +95,7 @@ impl Rendezvous {
         let secure =
             crate::noise::Local::for_config(crate::identity::Identity::generate()?, &config)?;
         let transport = Transport::new(config, local, secure);
+        transport.threads.set_grace(transport.cfg.shutdown_grace);
         let (stop_tx, stop_rx) = bounded(0);
         let server = Arc::new(Server {
             transport: Arc::clone(&transport),
@@ -143,8 +144,9 @@ impl Rendezvous {
         }
     }
 
-    /// Close every connection and join every thread. Idempotent; dropping
-    /// the `Rendezvous` does the same.
+    /// Close every connection and join every thread, waiting at most
+    /// `Config::shutdown_grace` for them (see [`Node::shutdown`](crate::Node::shutdown)).
+    /// Idempotent; dropping the `Rendezvous` does the same.
     pub fn shutdown(&self) {
         self.server.stop_tx.lock().take();
         self.server.transport.shutdown();

@@ -451,6 +451,7 @@ impl Transport {
         if self.is_stopping() {
             return Err(Error::Shutdown);
         }
+        crate::budget::check(|| format!("connecting to {addr}"))?;
         let mut stream = TcpStream::connect_timeout(&addr, self.cfg.connect_timeout)
             .map_err(|e| Error::io(format!("connecting to {addr}"), e))?;
         self.adopt_outbound(&mut stream, addr)

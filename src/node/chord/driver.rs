@@ -13,24 +13,81 @@ pub(crate) fn spawn_stabilizer(n: &Arc<NodeInner>, threads: &Arc<Threads>) -> Re
         .map_err(|e| Error::io("spawning the stabilizer thread", e))
 }
 
+/// The extra work peers can ask for, spaced out: a round (`stabilize_now`)
+/// or a recount (`recount`) asked for runs at once if the last one was at
+/// least `spacing` ago, else when it will be (one deferred at most). So
+/// however many peers ask however often, the stabilizer does at most one
+/// extra round and one extra recount per `spacing`.
+struct Extra {
+    spacing: Duration,
+    last_round: Option<Instant>,
+    round_at: Option<Instant>,
+    last_recount: Option<Instant>,
+    recount_at: Option<Instant>,
+}
+
+impl Extra {
+    /// When a job asked for at `now`, last run at `last`, may run.
+    fn when(&self, last: Option<Instant>, now: Instant) -> Instant {
+        last.map_or(now, |t| (t + self.spacing).max(now))
+    }
+}
+
 fn run(n: &NodeInner) {
     let interval = n.transport.cfg.stabilize_interval;
     let mut next = Instant::now() + interval;
+    let mut extra = Extra {
+        spacing: interval / 4,
+        last_round: None,
+        round_at: None,
+        last_recount: None,
+        recount_at: None,
+    };
     loop {
-        let wait = next.saturating_duration_since(Instant::now());
+        let due = [Some(next), extra.round_at, extra.recount_at]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(next);
+        let wait = due.saturating_duration_since(Instant::now());
         select! {
             recv(n.chord.stop_rx) -> _ => return,
             recv(n.chord.jobs_rx) -> job => match job {
-                Ok(job) => do_job(n, job),
+                Ok(job) => {
+                    n.chord.taken(&job);
+                    let now = Instant::now();
+                    match job {
+                        Job::StabilizeNow => {
+                            let at = extra.when(extra.last_round, now);
+                            extra.round_at = Some(extra.round_at.map_or(at, |t| t.min(at)));
+                        }
+                        Job::Recount => {
+                            let at = extra.when(extra.last_recount, now);
+                            extra.recount_at = Some(extra.recount_at.map_or(at, |t| t.min(at)));
+                        }
+                        other => do_job(n, other),
+                    }
+                }
                 Err(_) => return,
             },
-            recv(after(wait)) -> _ => {
-                round(n);
-                next = Instant::now() + interval;
-            }
+            recv(after(wait)) -> _ => {}
         }
         if n.transport.is_stopping() {
             return;
+        }
+        let now = Instant::now();
+        if extra.recount_at.is_some_and(|t| t <= now) {
+            extra.recount_at = None;
+            extra.last_recount = Some(now);
+            tell_root(n);
+        }
+        let now = Instant::now();
+        let periodic = next <= now;
+        if periodic || extra.round_at.is_some_and(|t| t <= now) {
+            extra.round_at = None;
+            extra.last_round = Some(now);
+            round(n);
+            next = Instant::now() + interval;
         }
     }
 }
@@ -47,8 +104,8 @@ fn do_job(n: &NodeInner, job: Job) {
         } => {
             spread(n, &origin, limit, &kind, data, body, sig);
         }
-        Job::StabilizeNow => round(n),
-        Job::Recount => tell_root(n),
+        // Spaced out by `run`.
+        Job::StabilizeNow | Job::Recount => {}
         Job::Poke(p) => {
             if let Err(e) = rpc_peer(n, &p, STABILIZE_NOW, json!({})) {
                 log::debug!("asking {} to stabilize: {e}", p.addr);

@@ -17,13 +17,13 @@ use crate::ring::stabilize::{on_stabilize_reply, Action, Stabilizer};
 use crate::ring::{self, RoutingState};
 use crate::transport::Conn;
 use crate::wire::{Frame, Kind};
-use crossbeam_channel::{after, bounded, select, unbounded, Receiver, Sender};
+use crossbeam_channel::{after, bounded, select, Receiver, Sender, TrySendError};
 use parking_lot::{Condvar, Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -328,6 +328,12 @@ impl Ring {
     }
 }
 
+/// Most jobs waiting for the stabilizer thread. Stabilize and recount jobs
+/// are coalesced (one of each at most) and pokes too (one per address), so
+/// only broadcasts to forward can fill it; past it, they are dropped and
+/// counted (see `docs/robustness.md`).
+pub(crate) const RING_JOBS: usize = 256;
+
 enum Job {
     /// Forward a broadcast down the tree below `limit`.
     Forward {
@@ -356,6 +362,14 @@ pub(crate) struct Chord {
     changed_lock: Mutex<()>,
     jobs_tx: Sender<Job>,
     jobs_rx: Receiver<Job>,
+    /// A `StabilizeNow` is queued or deferred: another is not queued.
+    stabilize_pending: AtomicBool,
+    /// A `Recount` is queued or deferred: another is not queued.
+    recount_pending: AtomicBool,
+    /// Addresses with a `Poke` queued.
+    pokes_pending: Mutex<HashSet<SocketAddr>>,
+    /// Jobs dropped because the queue was full.
+    jobs_dropped: AtomicU64,
     stop_tx: Mutex<Option<Sender<()>>>,
     stop_rx: Receiver<()>,
     started: Instant,
@@ -368,7 +382,7 @@ pub(crate) struct Chord {
 
 impl Chord {
     pub(crate) fn new(preferred: Option<NodeId>) -> Chord {
-        let (jobs_tx, jobs_rx) = unbounded();
+        let (jobs_tx, jobs_rx) = bounded(RING_JOBS);
         let (stop_tx, stop_rx) = bounded(0);
         Chord {
             ring: RwLock::new(None),
@@ -378,6 +392,10 @@ impl Chord {
             changed_lock: Mutex::new(()),
             jobs_tx,
             jobs_rx,
+            stabilize_pending: AtomicBool::new(false),
+            recount_pending: AtomicBool::new(false),
+            pokes_pending: Mutex::new(HashSet::new()),
+            jobs_dropped: AtomicU64::new(0),
             stop_tx: Mutex::new(Some(stop_tx)),
             stop_rx,
             started: Instant::now(),
@@ -424,8 +442,43 @@ impl Chord {
         }
     }
 
+    /// Queue `job` for the stabilizer thread, unless the same job waits
+    /// already; never blocks (a full queue drops the job, with a count).
     fn queue(&self, job: Job) {
-        let _ = self.jobs_tx.send(job);
+        let fresh = match &job {
+            Job::StabilizeNow => !self.stabilize_pending.swap(true, Ordering::AcqRel),
+            Job::Recount => !self.recount_pending.swap(true, Ordering::AcqRel),
+            Job::Poke(p) => self.pokes_pending.lock().insert(p.addr.at),
+            Job::Forward { .. } => true,
+        };
+        if !fresh {
+            return;
+        }
+        match self.jobs_tx.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(job)) => {
+                self.taken(&job);
+                let dropped = self.jobs_dropped.fetch_add(1, Ordering::AcqRel) + 1;
+                if dropped.is_power_of_two() {
+                    log::warn!(
+                        "the ring's job queue is full ({RING_JOBS} jobs): dropped {dropped} so far"
+                    );
+                }
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    /// `job` has left the queue: the same job may be queued again.
+    fn taken(&self, job: &Job) {
+        match job {
+            Job::StabilizeNow => self.stabilize_pending.store(false, Ordering::Release),
+            Job::Recount => self.recount_pending.store(false, Ordering::Release),
+            Job::Poke(addr) => {
+                self.pokes_pending.lock().remove(&addr.addr.at);
+            }
+            Job::Forward { .. } => {}
+        }
     }
 }
 
@@ -504,6 +557,14 @@ pub(crate) fn peer_book(n: &NodeInner) -> Vec<Peer> {
 
 pub(crate) fn network_size(n: &NodeInner) -> usize {
     n.chord.ring.read().as_ref().map_or(0, |r| r.size)
+}
+
+pub(crate) fn stabilizer_rounds(n: &NodeInner) -> u64 {
+    n.chord
+        .ring
+        .read()
+        .as_ref()
+        .map_or(0, |r| r.stabilizer.rounds())
 }
 
 /// One request of the ring protocol, with the ring timeout, to the node at
@@ -888,3 +949,66 @@ mod serve;
 
 pub(crate) use driver::spawn_stabilizer;
 pub(crate) use serve::{handle, vet_hello_id};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forward() -> Job {
+        Job::Forward {
+            limit: NodeId(0),
+            origin: peer(1, 1),
+            kind: "B".into(),
+            data: Value::Null,
+            body: None,
+            sig: None,
+        }
+    }
+
+    fn peer(id: u64, port: u16) -> RPeer {
+        ring::Peer::new(
+            NodeId(id),
+            Ep {
+                at: SocketAddr::from(([127, 0, 0, 1], port)),
+                key: None,
+            },
+        )
+    }
+
+    #[test]
+    fn asks_to_stabilize_recount_or_poke_are_queued_once() {
+        let c = Chord::new(None);
+        let (a, b) = (peer(1, 1), peer(2, 2));
+        for _ in 0..1000 {
+            c.queue(Job::StabilizeNow);
+            c.queue(Job::Recount);
+            c.queue(Job::Poke(a.clone()));
+            c.queue(Job::Poke(b.clone()));
+        }
+        assert_eq!(c.jobs_rx.len(), 4);
+        // Once the stabilizer has taken one, the same ask is queued again.
+        let job = c.jobs_rx.recv().unwrap();
+        assert!(matches!(job, Job::StabilizeNow));
+        c.taken(&job);
+        c.queue(Job::StabilizeNow);
+        c.queue(Job::StabilizeNow);
+        assert_eq!(c.jobs_rx.len(), 4);
+    }
+
+    #[test]
+    fn a_full_queue_drops_without_blocking_and_counts() {
+        let c = Chord::new(None);
+        for _ in 0..RING_JOBS + 44 {
+            c.queue(forward());
+        }
+        assert_eq!(c.jobs_rx.len(), RING_JOBS);
+        assert_eq!(c.jobs_dropped.load(Ordering::Acquire), 44);
+        // A stabilize ask dropped for want of room may be asked again.
+        c.queue(Job::StabilizeNow);
+        assert_eq!(c.jobs_dropped.load(Ordering::Acquire), 45);
+        let _ = c.jobs_rx.recv().unwrap();
+        c.queue(Job::StabilizeNow);
+        assert_eq!(c.jobs_rx.len(), RING_JOBS);
+        assert_eq!(c.jobs_dropped.load(Ordering::Acquire), 45);
+    }
+}

@@ -49,6 +49,11 @@ fn reply_json(v: &impl Serialize) -> Result<Message> {
 
 /// Handle a frame of one of the ring's reserved types.
 pub(crate) fn handle(n: &NodeInner, conn: &Arc<Conn>, frame: Frame) {
+    // Frames that make the node do work beyond answering are rate-limited
+    // per connection: past the rate, this reader waits (backpressure).
+    if matches!(frame.msg_type.as_str(), STABILIZE_NOW | RECOUNT | BROADCAST) && !n.throttle(conn) {
+        return;
+    }
     if let Some(id) = frame.data.get("from_id").and_then(Value::as_u64) {
         set_peer_id(n, conn, Some(NodeId(id)));
     }

@@ -722,6 +722,9 @@ pub(crate) fn join(n: &NodeInner, addrs: &[SocketAddr]) -> Result<NodeId> {
         match join_via(n, addr) {
             Ok(id) => return Ok(id),
             Err(e @ Error::IdTaken(_)) | Err(e @ Error::Shutdown) => return Err(e),
+            // With one address, a failed handshake (a network key that
+            // does not match, say) is the answer itself, typed.
+            Err(e @ Error::Handshake { .. }) if addrs.len() == 1 => return Err(e),
             Err(e) => why.push(format!("{addr}: {e}")),
         }
     }

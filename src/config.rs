@@ -66,6 +66,11 @@ pub struct Config {
     pub traversal: Traversal,
     /// How long a hole punch keeps trying before the relay is used (default 10 s).
     pub punch_timeout: Duration,
+    /// How long a connection waits for a hole punch before it uses the
+    /// rendezvous's relay (default 1 s). The punch goes on meanwhile, up to
+    /// `punch_timeout`, and a punched connection replaces the relayed one
+    /// for new traffic as soon as it opens.
+    pub relay_after: Duration,
     /// How often a node refreshes its registration at the rendezvous (default
     /// 10 s); a rendezvous forgets a node silent for three times this.
     pub rendezvous_keepalive: Duration,
@@ -134,6 +139,7 @@ impl Default for Config {
             rendezvous: None,
             traversal: Traversal::Auto,
             punch_timeout: Duration::from_secs(10),
+            relay_after: Duration::from_secs(1),
             rendezvous_keepalive: Duration::from_secs(10),
             relay_rate_limit: 8 * 1024 * 1024,
             relay_peer_cap: 1024 * 1024,

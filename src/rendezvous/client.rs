@@ -397,6 +397,14 @@ impl Client {
         };
         let reply = match self.ask(t, link, addr, want) {
             Ok(r) => r,
+            // A node known to be behind NAT cannot be dialled directly: a
+            // dial would only hang for the connect timeout, holding up every
+            // other caller that waits for this address. Fail now; the next
+            // try goes through the rendezvous again.
+            Err(e) if self.natted.lock().contains(&addr) => {
+                log::debug!("asking the rendezvous about {addr} (behind NAT): {e}");
+                return Err(e);
+            }
             Err(e) => {
                 log::debug!("asking the rendezvous about {addr}: {e}; connecting directly");
                 return t.dial(addr);
@@ -455,7 +463,7 @@ impl Client {
         }
         if mode == Mode::Punch {
             self.punches.fetch_add(1, Ordering::Relaxed);
-            match punch(t, &self.sessions, expect(&peer), true, mark, self.timing()) {
+            match self.punch_or_wait(t, &peer, mark) {
                 Ok(c) => {
                     self.punched.fetch_add(1, Ordering::Relaxed);
                     log::info!(
@@ -495,6 +503,42 @@ impl Client {
             }
         };
         Err(failed)
+    }
+
+    /// Punch to `peer` on a thread of its own, and wait for it at most
+    /// `Config::relay_after`: past that the caller relays at once, and a punch
+    /// that succeeds later still takes over (its connection is preferred).
+    fn punch_or_wait(&self, t: &Arc<Transport>, peer: &Endpoints, mark: u64) -> Result<Arc<Conn>> {
+        let wait = self.cfg.relay_after.min(self.cfg.punch_timeout);
+        let Some(me) = self.me.upgrade() else {
+            return Err(Error::Shutdown);
+        };
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let (t2, expected, timing) = (Arc::clone(t), expect(peer), self.timing());
+        let who_ = who(peer);
+        let spawned = t.threads.spawn(
+            format!("p2prs-punch-{}", t.local_addr().port()),
+            None,
+            move || {
+                let result = punch(&t2, &me.sessions, expected, true, mark, timing);
+                if let Err(Err(e)) = tx.send(result).map_err(|e| e.into_inner()) {
+                    log::debug!("late punch to {who_} failed: {e}");
+                }
+            },
+        );
+        if let Err(e) = spawned {
+            return Err(Error::io("spawning a punch thread", e));
+        }
+        match rx.recv_timeout(wait) {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout {
+                what: format!(
+                    "a punch to {} (it goes on while the relay carries the traffic)",
+                    who(peer)
+                ),
+                after: wait,
+            }),
+        }
     }
 
     /// The relayed connection to `peer`, opened if need be.

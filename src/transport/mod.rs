@@ -58,6 +58,13 @@ pub(crate) struct Transport {
 /// Relay bodies queued for one relayed connection's thread.
 const RELAY_INBOX: usize = 256;
 
+/// Which of several connections to one peer to use: a direct or punched one
+/// over a relayed one (a punch that succeeds after the relay was opened takes
+/// over), then one this node opened (its idle timer is ours).
+fn preference(c: &Conn) -> (bool, bool) {
+    (c.path() != crate::punch::Path::Relayed, c.outbound)
+}
+
 /// Resolve `host:port` text to socket addresses.
 pub(crate) fn resolve(addr: &str) -> Result<Vec<SocketAddr>> {
     let v: Vec<SocketAddr> = addr
@@ -373,17 +380,10 @@ impl Transport {
     /// An open connection to the node listening on `addr`, if there is one.
     pub(crate) fn find(&self, addr: SocketAddr) -> Option<Arc<Conn>> {
         let g = self.conns.lock();
-        let mut best: Option<&Arc<Conn>> = None;
-        for c in g.values() {
-            if c.is_closed() || c.peer_listen != Some(addr) {
-                continue;
-            }
-            // Prefer a connection this node opened: its idle timer is ours.
-            if best.is_none_or(|b| !b.outbound && c.outbound) {
-                best = Some(c);
-            }
-        }
-        best.cloned()
+        g.values()
+            .filter(|c| !c.is_closed() && c.peer_listen == Some(addr))
+            .max_by_key(|c| preference(c))
+            .cloned()
     }
 
     /// Every open connection.
@@ -442,7 +442,7 @@ impl Transport {
         let g = self.conns.lock();
         g.values()
             .filter(|c| !c.is_closed() && c.peer_listen == Some(addr) && c.peer_key() == Some(key))
-            .max_by_key(|c| c.outbound)
+            .max_by_key(|c| preference(c))
             .cloned()
     }
 

@@ -316,8 +316,13 @@ ask b close "$ID_A" >/dev/null
 # Forgetting the mappings broke every link through the NATs: wait for the
 # rendezvous links to come back, from random ports now.
 if until_true 60 linked_again a $((links_a + 1)) && until_true 60 linked_again b $((links_b + 1)); then
+    # Measure a first contact: no connection between A and B is left open.
+    ask a close "$ID_B" >/dev/null
+    ask b close "$ID_A" >/dev/null
     req=$(ask a request "$ID_B" ping-through-the-relay)
     back=$(ask b path "$ID_A")
+    printf 'MEASURE: first request by ID through the relay (punch given up after relay_after): %s ms\n' \
+        "$(jget "$req" ms)"
     if [[ $(jget "$req" reply) == ping-through-the-relay && $(jget "$req" path) == relayed &&
         $(jget "$back" path) == relayed ]]; then
         pass "$step"

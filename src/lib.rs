@@ -27,6 +27,10 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+/// Unstable hooks for the fuzz targets in `fuzz/`; not part of the API.
+#[cfg(feature = "unstable-testing")]
+#[doc(hidden)]
+pub mod __fuzz;
 mod budget;
 mod config;
 mod error;

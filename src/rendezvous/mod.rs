@@ -10,7 +10,7 @@
 
 mod client;
 mod limit;
-mod proto;
+pub(crate) mod proto;
 mod server;
 
 pub(crate) use client::attach;

@@ -4,7 +4,6 @@
 //!
 //! Every wait is on a channel or a condition with a generous deadline; a
 //! process still running when a test ends (passing or failing) is killed.
-#![cfg(feature = "cli")]
 
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};

@@ -1,7 +1,7 @@
 //! `p2prs rendezvous`: run a rendezvous server for nodes behind NAT.
 //! See `docs/nat-traversal.md`.
 
-use super::args::UsageError;
+use crate::args::UsageError;
 use p2prs::{Config, Rendezvous};
 use std::process::ExitCode;
 use std::time::Duration;

@@ -1,5 +1,6 @@
-//! The `p2prs` command line: argument parsing, the `node` and `demo`
-//! subcommands, and what they print.
+//! `p2prs`: run a peer-to-peer node from the command line, or the demo.
+//!
+//! See `docs/cli.md` for every subcommand, flag, stdin command and event.
 
 /// `println!` that does not panic when standard output is a closed pipe
 /// (`p2prs demo | head -1`): what cannot be written is dropped.
@@ -29,7 +30,7 @@ use std::process::ExitCode;
 const USAGE_EXIT: u8 = 2;
 
 /// Parse the command line and run what it asks for.
-pub fn main() -> ExitCode {
+fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     match args::parse(&argv) {
         Ok(command) => run(command),

@@ -46,8 +46,8 @@ pub enum Command {
     Node(NodeOpts),
     /// Run the demo ring.
     Demo(DemoOpts),
-    /// Run a rendezvous server (see `super::rendezvous`).
-    Rendezvous(super::rendezvous::RendezvousOpts),
+    /// Run a rendezvous server (see `crate::rendezvous`).
+    Rendezvous(crate::rendezvous::RendezvousOpts),
 }
 
 /// Flags of `p2prs node`.
@@ -121,7 +121,7 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
         "-V" | "--version" => Ok(Command::Version),
         "node" => parse_node(rest),
         "demo" => parse_demo(rest),
-        "rendezvous" => super::rendezvous::parse(rest).map(Command::Rendezvous),
+        "rendezvous" => crate::rendezvous::parse(rest).map(Command::Rendezvous),
         flag if flag.starts_with('-') => {
             usage(format!("unknown option '{flag}' (see 'p2prs --help')"))
         }
@@ -137,7 +137,7 @@ fn help_topic(rest: &[String]) -> Result<Command, UsageError> {
         Some("node") => Ok(Command::Help(Topic::Node)),
         Some("demo") => Ok(Command::Help(Topic::Demo)),
         Some("rendezvous") => {
-            super::rendezvous::parse(&["--help".to_string()]).map(Command::Rendezvous)
+            crate::rendezvous::parse(&["--help".to_string()]).map(Command::Rendezvous)
         }
         Some(other) => usage(format!(
             "no help for '{other}': try 'p2prs help node', 'p2prs help demo' or 'p2prs help rendezvous'"

@@ -1,10 +1,10 @@
 //! `p2prs demo`: a Chord ring in one process on loopback, exercised and measured.
 
-use super::args::DemoOpts;
-use super::handlers;
-use super::stats::{clock_seed, Rng, Summary};
-use super::svg::{self, RingNode};
-use super::watchdog::Watchdog;
+use crate::args::DemoOpts;
+use crate::handlers;
+use crate::stats::{clock_seed, Rng, Summary};
+use crate::svg::{self, RingNode};
+use crate::watchdog::Watchdog;
 use crossbeam_channel::Receiver;
 use p2prs::{Event, Message, Node, NodeId, PeerInfo};
 use std::collections::HashMap;

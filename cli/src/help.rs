@@ -1,6 +1,6 @@
 //! The help texts of `p2prs`, its subcommands and the node's stdin commands.
 
-use super::args::Topic;
+use crate::args::Topic;
 
 const MAIN: &str = "\
 p2prs: a peer-to-peer node with Chord routing by numeric node ID

@@ -1,8 +1,12 @@
-//! The command line, parsed by hand: `p2prs SUBCOMMAND [FLAGS]`.
+//! The command line: `p2prs SUBCOMMAND [FLAGS]`, split into flags and values
+//! by `lexopt`.
 //!
-//! Pure code: it turns a list of strings into a [`Command`] or a
+//! Pure code: it turns a list of arguments into a [`Command`] or a
 //! [`UsageError`] that says what is wrong and how to fix it.
 
+use lexopt::prelude::*;
+use lexopt::{Arg, Parser};
+use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -33,6 +37,8 @@ pub enum Topic {
     Node,
     /// `p2prs demo --help`.
     Demo,
+    /// `p2prs rendezvous --help`.
+    Rendezvous,
 }
 
 /// What the user asked for.
@@ -111,154 +117,169 @@ impl Default for DemoOpts {
 }
 
 /// Parse the arguments after the program name.
-pub fn parse(args: &[String]) -> Result<Command, UsageError> {
-    let Some((first, rest)) = args.split_first() else {
-        return usage("missing a subcommand: try 'p2prs demo', 'p2prs node' or 'p2prs --help'");
-    };
-    match first.as_str() {
-        "-h" | "--help" => Ok(Command::Help(Topic::Main)),
-        "help" => help_topic(rest),
-        "-V" | "--version" => Ok(Command::Version),
-        "node" => parse_node(rest),
-        "demo" => parse_demo(rest),
-        "rendezvous" => crate::rendezvous::parse(rest).map(Command::Rendezvous),
-        flag if flag.starts_with('-') => {
-            usage(format!("unknown option '{flag}' (see 'p2prs --help')"))
+///
+/// Arguments are taken as `OsString`s, so one that is not valid UTF-8 is a
+/// [`UsageError`] that says so, never a panic.
+pub fn parse<I>(args: I) -> Result<Command, UsageError>
+where
+    I: IntoIterator,
+    I::Item: Into<OsString>,
+{
+    let mut p = Parser::from_args(args);
+    let first = match p.next().map_err(lex_error)? {
+        None => {
+            return usage("missing a subcommand: try 'p2prs demo', 'p2prs node' or 'p2prs --help'")
         }
-        other => usage(format!(
-            "unknown subcommand '{other}': the subcommands are 'node', 'demo' and 'rendezvous' (see 'p2prs --help')"
+        Some(arg) => arg,
+    };
+    match first {
+        Short('h') | Long("help") => Ok(Command::Help(Topic::Main)),
+        Short('V') | Long("version") => Ok(Command::Version),
+        Value(sub) => match utf8(sub)?.as_str() {
+            "help" => help_topic(&mut p),
+            "node" => parse_node(&mut p),
+            "demo" => parse_demo(&mut p),
+            "rendezvous" => crate::rendezvous::parse(&mut p).map(|opts| {
+                if opts.help {
+                    Command::Help(Topic::Rendezvous)
+                } else {
+                    Command::Rendezvous(opts)
+                }
+            }),
+            other => usage(format!(
+                "unknown subcommand '{other}': the subcommands are 'node', 'demo' and 'rendezvous' (see 'p2prs --help')"
+            )),
+        },
+        flag => usage(format!(
+            "unknown option '{}' (see 'p2prs --help')",
+            flag_name(&flag)
         )),
     }
 }
 
-fn help_topic(rest: &[String]) -> Result<Command, UsageError> {
-    match rest.first().map(String::as_str) {
-        None => Ok(Command::Help(Topic::Main)),
-        Some("node") => Ok(Command::Help(Topic::Node)),
-        Some("demo") => Ok(Command::Help(Topic::Demo)),
-        Some("rendezvous") => {
-            crate::rendezvous::parse(&["--help".to_string()]).map(Command::Rendezvous)
-        }
-        Some(other) => usage(format!(
+fn help_topic(p: &mut Parser) -> Result<Command, UsageError> {
+    let topic = match p.next().map_err(lex_error)? {
+        None => return Ok(Command::Help(Topic::Main)),
+        Some(Value(v)) => utf8(v)?,
+        Some(flag) => flag_name(&flag),
+    };
+    match topic.as_str() {
+        "node" => Ok(Command::Help(Topic::Node)),
+        "demo" => Ok(Command::Help(Topic::Demo)),
+        "rendezvous" => Ok(Command::Help(Topic::Rendezvous)),
+        other => usage(format!(
             "no help for '{other}': try 'p2prs help node', 'p2prs help demo' or 'p2prs help rendezvous'"
         )),
     }
 }
 
-fn parse_node(args: &[String]) -> Result<Command, UsageError> {
+fn parse_node(p: &mut Parser) -> Result<Command, UsageError> {
     let mut opts = NodeOpts::default();
-    let mut flags = Flags::new(args);
-    while let Some(flag) = flags.next_flag()? {
-        match flag.as_str() {
-            "-h" | "--help" => return Ok(Command::Help(Topic::Node)),
-            "--host" => opts.host = non_empty(&flag, flags.value(&flag)?)?,
-            "-p" | "--port" => {
-                opts.port = number(&flag, &flags.value(&flag)?, "a port from 0 to 65535")?
+    while let Some(arg) = p.next().map_err(lex_error)? {
+        let flag = flag_name(&arg);
+        match arg {
+            Short('h') | Long("help") => return Ok(Command::Help(Topic::Node)),
+            Long("host") => opts.host = non_empty(&flag, value(p)?)?,
+            Short('p') | Long("port") => {
+                opts.port = number(&flag, &value(p)?, "a port from 0 to 65535")?
             }
-            "-j" | "--join" => opts.join.push(address(&flag, flags.value(&flag)?)?),
-            "--id" => {
-                opts.id = Some(number(
-                    &flag,
-                    &flags.value(&flag)?,
-                    "a node ID (a whole number)",
-                )?)
-            }
-            "--json" => {
-                flags.switch(&flag)?;
-                opts.json = true;
-            }
-            "--rendezvous" => opts.rendezvous = Some(address(&flag, flags.value(&flag)?)?),
+            Short('j') | Long("join") => opts.join.push(address(&flag, value(p)?)?),
+            Long("id") => opts.id = Some(number(&flag, &value(p)?, "a node ID (a whole number)")?),
+            Long("json") => opts.json = true,
+            Long("rendezvous") => opts.rendezvous = Some(address(&flag, value(p)?)?),
+            Value(v) => return unexpected(v),
             _ => return unknown_flag(&flag, "node"),
         }
     }
     Ok(Command::Node(opts))
 }
 
-fn parse_demo(args: &[String]) -> Result<Command, UsageError> {
+fn parse_demo(p: &mut Parser) -> Result<Command, UsageError> {
     let mut opts = DemoOpts::default();
-    let mut flags = Flags::new(args);
-    while let Some(flag) = flags.next_flag()? {
-        match flag.as_str() {
-            "-h" | "--help" => return Ok(Command::Help(Topic::Demo)),
-            "-n" | "--nodes" => opts.nodes = node_count(&flag, &flags.value(&flag)?)?,
-            "--messages" => opts.messages = number(&flag, &flags.value(&flag)?, "a count")?,
-            "--requests" => opts.requests = number(&flag, &flags.value(&flag)?, "a count")?,
-            "--seed" => opts.seed = Some(number(&flag, &flags.value(&flag)?, "a whole number")?),
-            "--svg" => opts.svg = Some(PathBuf::from(non_empty(&flag, flags.value(&flag)?)?)),
-            "-v" | "--verbose" => {
-                flags.switch(&flag)?;
-                opts.verbose = true;
-            }
+    while let Some(arg) = p.next().map_err(lex_error)? {
+        let flag = flag_name(&arg);
+        match arg {
+            Short('h') | Long("help") => return Ok(Command::Help(Topic::Demo)),
+            Short('n') | Long("nodes") => opts.nodes = node_count(&flag, &value(p)?)?,
+            Long("messages") => opts.messages = number(&flag, &value(p)?, "a count")?,
+            Long("requests") => opts.requests = number(&flag, &value(p)?, "a count")?,
+            Long("seed") => opts.seed = Some(number(&flag, &value(p)?, "a whole number")?),
+            Long("svg") => opts.svg = Some(PathBuf::from(non_empty(&flag, value(p)?)?)),
+            Short('v') | Long("verbose") => opts.verbose = true,
+            Value(v) => return unexpected(v),
             _ => return unknown_flag(&flag, "demo"),
         }
     }
     Ok(Command::Demo(opts))
 }
 
-fn unknown_flag<T>(flag: &str, sub: &str) -> Result<T, UsageError> {
+/// A flag as the user wrote it: `-p` or `--port`.
+pub fn flag_name(arg: &Arg<'_>) -> String {
+    match arg {
+        Short(c) => format!("-{c}"),
+        Long(name) => format!("--{name}"),
+        Value(v) => v.to_string_lossy().into_owned(),
+    }
+}
+
+/// The value of the flag just read: after `=`, or the next argument.
+pub fn value(p: &mut Parser) -> Result<String, UsageError> {
+    utf8(p.value().map_err(lex_error)?)
+}
+
+/// An argument as a `String`, or a usage error naming it if it is not UTF-8.
+fn utf8(arg: OsString) -> Result<String, UsageError> {
+    arg.into_string().map_err(|bad| not_utf8(&bad))
+}
+
+fn not_utf8(bad: &OsStr) -> UsageError {
+    UsageError(format!(
+        "argument '{}' is not valid UTF-8 (shown with U+FFFD for the bytes that are not); \
+         p2prs takes its arguments as UTF-8 text",
+        bad.to_string_lossy()
+    ))
+}
+
+/// An argument that is not a flag, where only flags are expected.
+pub fn unexpected<T>(arg: OsString) -> Result<T, UsageError> {
+    Err(not_a_flag(&arg))
+}
+
+fn not_a_flag(arg: &OsStr) -> UsageError {
+    if arg.to_str().is_none() {
+        return not_utf8(arg);
+    }
+    UsageError(format!(
+        "unexpected argument '{}' (flags start with '--')",
+        arg.to_string_lossy()
+    ))
+}
+
+/// The parser's own errors, said the way the rest of the command line says them.
+pub fn lex_error(e: lexopt::Error) -> UsageError {
+    match e {
+        lexopt::Error::NonUnicodeValue(bad) => not_utf8(&bad),
+        lexopt::Error::UnexpectedArgument(arg) => not_a_flag(&arg),
+        lexopt::Error::MissingValue { option: Some(flag) } => {
+            UsageError(format!("{flag} needs a value"))
+        }
+        lexopt::Error::UnexpectedValue { option, value } => UsageError(format!(
+            "{option} takes no value (got '{}')",
+            value.to_string_lossy()
+        )),
+        other => UsageError(other.to_string()),
+    }
+}
+
+/// An unknown flag of subcommand `sub`.
+pub fn unknown_flag<T>(flag: &str, sub: &str) -> Result<T, UsageError> {
     usage(format!(
         "unknown option '{flag}' for 'p2prs {sub}' (see 'p2prs {sub} --help')"
     ))
 }
 
-/// Walks the flags of a subcommand: `--flag value`, `--flag=value`, `--switch`.
-struct Flags<'a> {
-    args: &'a [String],
-    pos: usize,
-    inline: Option<String>,
-}
-
-impl<'a> Flags<'a> {
-    fn new(args: &'a [String]) -> Self {
-        Flags {
-            args,
-            pos: 0,
-            inline: None,
-        }
-    }
-
-    /// The next flag's name; `--flag=value` keeps the value for [`Flags::value`].
-    fn next_flag(&mut self) -> Result<Option<String>, UsageError> {
-        let Some(arg) = self.args.get(self.pos) else {
-            return Ok(None);
-        };
-        self.pos += 1;
-        if !arg.starts_with('-') || arg == "-" {
-            return usage(format!(
-                "unexpected argument '{arg}' (flags start with '--')"
-            ));
-        }
-        match arg.split_once('=') {
-            Some((name, value)) if name.starts_with("--") => {
-                self.inline = Some(value.to_string());
-                Ok(Some(name.to_string()))
-            }
-            _ => Ok(Some(arg.clone())),
-        }
-    }
-
-    /// The value of `flag`: after `=`, or the next argument.
-    fn value(&mut self, flag: &str) -> Result<String, UsageError> {
-        if let Some(v) = self.inline.take() {
-            return Ok(v);
-        }
-        let Some(v) = self.args.get(self.pos) else {
-            return usage(format!("{flag} needs a value"));
-        };
-        self.pos += 1;
-        Ok(v.clone())
-    }
-
-    /// A flag without a value: refuses `--flag=value`.
-    fn switch(&mut self, flag: &str) -> Result<(), UsageError> {
-        match self.inline.take() {
-            Some(v) => usage(format!("{flag} takes no value (got '{v}')")),
-            None => Ok(()),
-        }
-    }
-}
-
-fn number<T: FromStr>(flag: &str, value: &str, what: &str) -> Result<T, UsageError> {
+/// Parse `value` as a number, or say what `flag` expects.
+pub fn number<T: FromStr>(flag: &str, value: &str, what: &str) -> Result<T, UsageError> {
     value
         .parse()
         .or_else(|_| usage(format!("{flag} expects {what}, got '{value}'")))
@@ -274,7 +295,8 @@ fn node_count(flag: &str, value: &str) -> Result<usize, UsageError> {
     }
 }
 
-fn non_empty(flag: &str, value: String) -> Result<String, UsageError> {
+/// `value`, unless it is empty or blank.
+pub fn non_empty(flag: &str, value: String) -> Result<String, UsageError> {
     if value.trim().is_empty() {
         usage(format!("{flag} needs a non-empty value"))
     } else {
@@ -301,8 +323,7 @@ mod tests {
     use super::*;
 
     fn parse_str(line: &str) -> Result<Command, UsageError> {
-        let args: Vec<String> = line.split_whitespace().map(String::from).collect();
-        parse(&args)
+        parse(line.split_whitespace())
     }
 
     #[test]
@@ -369,5 +390,49 @@ mod tests {
         assert!(error_of("demo --nodes 1").contains("from 2 to 256"));
         assert!(error_of("demo --nodes many").contains("got 'many'"));
         assert!(error_of("demo --svg=").contains("non-empty"));
+        assert!(error_of("--bogus").contains("unknown option '--bogus' (see 'p2prs --help')"));
+        assert!(error_of("demo -x").contains("unknown option '-x' for 'p2prs demo'"));
+        assert!(error_of("rendezvous --json").contains("for 'p2prs rendezvous'"));
+        assert!(error_of("help fly").contains("no help for 'fly'"));
+    }
+
+    #[test]
+    fn short_flags_and_rendezvous_help() {
+        let cmd = parse_str("demo -n 4 -v");
+        let want = DemoOpts {
+            nodes: 4,
+            verbose: true,
+            ..DemoOpts::default()
+        };
+        assert_eq!(cmd, Ok(Command::Demo(want)));
+        assert_eq!(parse_str("-V"), Ok(Command::Version));
+        assert_eq!(parse_str("help"), Ok(Command::Help(Topic::Main)));
+        assert_eq!(
+            parse_str("help rendezvous"),
+            Ok(Command::Help(Topic::Rendezvous))
+        );
+        assert_eq!(
+            parse_str("rendezvous --help"),
+            Ok(Command::Help(Topic::Rendezvous))
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn non_utf8_arguments_are_usage_errors() {
+        use std::os::unix::ffi::OsStringExt;
+        let bad = || OsString::from_vec(b"4\xff44".to_vec());
+        for args in [
+            vec![bad()],
+            vec!["node".into(), bad()],
+            vec!["node".into(), "--port".into(), bad()],
+            vec!["node".into(), OsString::from_vec(b"--port=\xff".to_vec())],
+            vec!["demo".into(), "--svg".into(), bad()],
+        ] {
+            match parse(args.clone()) {
+                Err(UsageError(msg)) => assert!(msg.contains("not valid UTF-8"), "{args:?}: {msg}"),
+                Ok(cmd) => panic!("{args:?} parsed as {cmd:?}"),
+            }
+        }
     }
 }

@@ -1,7 +1,11 @@
 //! `p2prs rendezvous`: run a rendezvous server for nodes behind NAT.
 //! See `docs/nat-traversal.md`.
 
-use crate::args::UsageError;
+use crate::args::{
+    flag_name, lex_error, non_empty, number, unexpected, unknown_flag, value, UsageError,
+};
+use lexopt::prelude::*;
+use lexopt::Parser;
 use p2prs::{Config, Rendezvous};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -36,7 +40,8 @@ impl Default for RendezvousOpts {
     }
 }
 
-const HELP: &str = "\
+/// The help text of `p2prs rendezvous`.
+pub const HELP: &str = "\
 p2prs rendezvous: run a rendezvous server for nodes behind NAT
 
 Usage:
@@ -56,56 +61,31 @@ tells each its public endpoint, introduces two nodes behind NAT to each other
 for a hole punch, and relays their frames when punching fails. It runs until
 it is killed. See docs/nat-traversal.md.";
 
-fn usage<T>(msg: impl Into<String>) -> Result<T, UsageError> {
-    Err(UsageError(msg.into()))
-}
-
 /// Parse the flags after `p2prs rendezvous`.
-pub fn parse(args: &[String]) -> Result<RendezvousOpts, UsageError> {
+pub fn parse(p: &mut Parser) -> Result<RendezvousOpts, UsageError> {
     let mut opts = RendezvousOpts::default();
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
-            _ => (arg.as_str(), None),
-        };
-        let mut value = || -> Result<String, UsageError> {
-            match inline.clone().or_else(|| it.next().cloned()) {
-                Some(v) if !v.trim().is_empty() => Ok(v),
-                _ => usage(format!("{flag} needs a value")),
+    while let Some(arg) = p.next().map_err(lex_error)? {
+        let flag = flag_name(&arg);
+        match arg {
+            Short('h') | Long("help") => opts.help = true,
+            Long("host") => opts.host = non_empty(&flag, value(p)?)?,
+            Short('p') | Long("port") => {
+                opts.port = number(&flag, &value(p)?, "a port from 0 to 65535")?
             }
-        };
-        match flag {
-            "-h" | "--help" => opts.help = true,
-            "--host" => opts.host = value()?,
-            "-p" | "--port" => {
-                let v = value()?;
-                opts.port = v.parse().or_else(|_| {
-                    usage(format!("{flag} expects a port from 0 to 65535, got '{v}'"))
-                })?;
+            Long("relay-rate-limit") => {
+                opts.relay_rate_limit = Some(number(&flag, &value(p)?, BYTES_PER_SECOND)?)
             }
-            "--relay-rate-limit" | "--relay-peer-cap" => {
-                let v = value()?;
-                let n: u64 = v.parse().or_else(|_| {
-                    usage(format!(
-                        "{flag} expects bytes per second (0: unlimited), got '{v}'"
-                    ))
-                })?;
-                if flag == "--relay-rate-limit" {
-                    opts.relay_rate_limit = Some(n);
-                } else {
-                    opts.relay_peer_cap = Some(n);
-                }
+            Long("relay-peer-cap") => {
+                opts.relay_peer_cap = Some(number(&flag, &value(p)?, BYTES_PER_SECOND)?)
             }
-            other => {
-                return usage(format!(
-                "unknown option '{other}' for 'p2prs rendezvous' (see 'p2prs rendezvous --help')"
-            ))
-            }
+            Value(v) => return unexpected(v),
+            _ => return unknown_flag(&flag, "rendezvous"),
         }
     }
     Ok(opts)
 }
+
+const BYTES_PER_SECOND: &str = "bytes per second (0: unlimited)";
 
 /// Run the rendezvous until the process is killed.
 pub fn run(opts: &RendezvousOpts) -> ExitCode {
@@ -151,8 +131,7 @@ mod tests {
     use super::*;
 
     fn p(line: &str) -> Result<RendezvousOpts, UsageError> {
-        let args: Vec<String> = line.split_whitespace().map(String::from).collect();
-        parse(&args)
+        parse(&mut Parser::from_args(line.split_whitespace()))
     }
 
     #[test]

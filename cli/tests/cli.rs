@@ -77,6 +77,8 @@ struct Proc {
     /// Every stdout line so far, to explain failures.
     log: Vec<String>,
     stderr: Arc<Mutex<Vec<String>>>,
+    /// The thread that reads stderr; it ends when the process has exited.
+    stderr_reader: Option<thread::JoinHandle<()>>,
     eof: bool,
 }
 
@@ -107,7 +109,7 @@ impl Proc {
             .expect("a stdout reader thread");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&lines);
-        thread::Builder::new()
+        let stderr_reader = thread::Builder::new()
             .name(format!("{name} stderr"))
             .spawn(move || {
                 for line in BufReader::new(stderr).lines() {
@@ -125,6 +127,7 @@ impl Proc {
             unasked: Vec::new(),
             log: Vec::new(),
             stderr: lines,
+            stderr_reader: Some(stderr_reader),
             eof: false,
         }
     }
@@ -258,6 +261,17 @@ impl Proc {
                 Pulled::Timeout => self.fail(format!("stdout still open after {PATIENCE:?}")),
             }
         }
+    }
+
+    /// Every line the process wrote to stderr; call once it has exited.
+    fn whole_stderr(&mut self) -> Vec<String> {
+        if let Some(reader) = self.stderr_reader.take() {
+            reader.join().expect("the stderr reader");
+        }
+        self.stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Wait (with a deadline) for the process to exit.
@@ -540,6 +554,15 @@ fn processes_join_one_ring_and_talk_by_id() {
     // Nothing else arrived (the expected messages were taken above), and
     // each node served exactly the requests made of it, naming who asked.
     for (j, p) in nodes.iter_mut().enumerate() {
+        // Each TEXT received was printed once, as its event on stdout, not
+        // also as a log line on stderr.
+        let stderr = p.whole_stderr();
+        for &from in ids.iter().filter(|&&from| from != ids[j]) {
+            let text = text_for(from, ids[j]);
+            if let Some(line) = stderr.iter().find(|l| l.contains(&text)) {
+                p.fail(format!("logged a received TEXT on stderr too: {line}"));
+            }
+        }
         let extra = p.take_unasked("message");
         if !extra.is_empty() {
             p.fail(format!("unexpected or duplicated messages: {extra:?}"));
@@ -573,6 +596,37 @@ fn processes_join_one_ring_and_talk_by_id() {
     }
 }
 
+/// A non-UTF-8 argument, anywhere, is a bad command line: exit 2 and a
+/// message that names it, not a panic.
+#[cfg(unix)]
+#[test]
+fn non_utf8_argument_exits_2_with_a_clear_error() {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt;
+    for args in [
+        vec![OsString::from_vec(b"n\xffde".to_vec())],
+        vec![
+            "node".into(),
+            "--host".into(),
+            OsString::from_vec(b"h\xffst".to_vec()),
+        ],
+    ] {
+        let out = Command::new(BIN)
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("running {BIN} {args:?}: {e}"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: stderr {stderr}");
+        assert!(
+            stderr.starts_with("p2prs: argument '") && stderr.contains("is not valid UTF-8"),
+            "{args:?}: stderr {stderr:?}"
+        );
+        assert!(!stderr.contains("panicked"), "{args:?}: stderr {stderr:?}");
+        assert!(out.stdout.is_empty(), "{args:?} printed on stdout");
+    }
+}
+
 /// Run the binary with `args` and no stdin.
 fn run(args: &[&str]) -> Output {
     Command::new(BIN)
@@ -598,6 +652,15 @@ fn bad_command_lines_exit_2_and_help_exits_0() {
             "p2prs: --join expects an address as host:port",
         ),
         (&["fly"][..], "unknown subcommand 'fly'"),
+        (
+            &["--bogus"][..],
+            "p2prs: unknown option '--bogus' (see 'p2prs --help')",
+        ),
+        (
+            &["demo", "-x"][..],
+            "p2prs: unknown option '-x' for 'p2prs demo'",
+        ),
+        (&["node", "--json=yes"][..], "--json takes no value"),
     ] {
         let out = run(args);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -610,6 +673,7 @@ fn bad_command_lines_exit_2_and_help_exits_0() {
         &["-h"],
         &["node", "--help"],
         &["help", "node"],
+        &["help", "rendezvous"],
     ] {
         let out = run(args);
         let stdout = String::from_utf8_lossy(&out.stdout);

@@ -2,11 +2,12 @@
 
 use crate::args::DemoOpts;
 use crate::handlers;
-use crate::stats::{clock_seed, Rng, Summary};
+use crate::stats::Summary;
 use crate::svg::{self, RingNode};
 use crate::watchdog::Watchdog;
 use crossbeam_channel::Receiver;
 use p2prs::{Event, Message, Node, NodeId, PeerInfo};
+use p2prs_rng::{clock_seed, Rng};
 use std::collections::HashMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};

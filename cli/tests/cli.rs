@@ -5,6 +5,7 @@
 //! Every wait is on a channel or a condition with a generous deadline; a
 //! process still running when a test ends (passing or failing) is killed.
 
+use p2prs_rng::Rng;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{BufRead, BufReader, Write};
@@ -30,30 +31,16 @@ const UNASKED: &[&str] = &["message", "served", "peer_joined", "peer_left", "joi
 /// How many lines of a process's stderr to show when a test fails.
 const STDERR_TAIL: usize = 40;
 
-/// Seeded xorshift, so that a failing run's choices can be repeated with
-/// `P2PRS_TEST_SEED=<seed>`.
-struct Rng(u64);
-
-impl Rng {
-    fn new() -> Rng {
-        let seed = std::env::var("P2PRS_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_nanos() as u64)
-            });
-        println!("seed {seed} (repeat with P2PRS_TEST_SEED={seed})");
-        Rng(seed | 1)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
-    }
+/// The seeded generator of the test's random choices: the seed comes from
+/// `P2PRS_TEST_SEED` or the clock, and is printed, so that a failing run's
+/// choices can be repeated with `P2PRS_TEST_SEED=<seed>`.
+fn test_rng() -> Rng {
+    let seed = std::env::var("P2PRS_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(p2prs_rng::clock_seed);
+    println!("seed {seed} (repeat with P2PRS_TEST_SEED={seed})");
+    Rng::new(seed)
 }
 
 /// What one wait on a process's stdout gave.
@@ -354,7 +341,7 @@ fn dead_addr() -> String {
 
 #[test]
 fn processes_join_one_ring_and_talk_by_id() {
-    let mut rng = Rng::new();
+    let mut rng = test_rng();
     let mut nodes: Vec<Proc> = Vec::new();
     let mut addrs: Vec<String> = Vec::new();
     let mut ids: Vec<u64> = Vec::new();

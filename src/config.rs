@@ -15,7 +15,7 @@ use std::time::Duration;
 /// };
 /// assert_eq!(cfg.max_frame_size, 16 * 1024 * 1024);
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Largest frame accepted or sent, header and body together (default 16 MiB).
     pub max_frame_size: usize,

@@ -71,6 +71,18 @@ pub struct Incoming {
     answered: bool,
 }
 
+impl std::fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Incoming")
+            .field("message", &self.msg)
+            .field("from", &self.from)
+            .field("request", &self.req)
+            .field("bounces", &self.bounces)
+            .field("answered", &self.answered)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A request bounced this many times is not bounced again: it is answered
 /// with an error (a cycle of bounces would otherwise go round for ever).
 pub const MAX_BOUNCES: u32 = 16;

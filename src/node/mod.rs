@@ -30,7 +30,7 @@ pub const RESERVED_PREFIX: &str = "p2prs.";
 
 /// Something that happened on the node, for programs that want to watch.
 /// See [`Node::events`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Event {
     /// A message arrived whose type has no handler (the built-in `TEXT`
@@ -84,6 +84,19 @@ pub struct NodeBuilder {
 enum Ident {
     Given(Identity),
     File(std::path::PathBuf),
+}
+
+impl std::fmt::Debug for NodeBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let handlers: Vec<&str> = self.handlers.iter().map(|(t, _)| t.as_str()).collect();
+        f.debug_struct("NodeBuilder")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("id", &self.id)
+            .field("handlers", &handlers)
+            .field("config", &self.config)
+            .finish()
+    }
 }
 
 impl NodeBuilder {

@@ -203,11 +203,35 @@ impl Connection {
     }
 
     /// Send a one-way message.
+    ///
+    /// ```
+    /// use p2prs::{Message, Node};
+    /// let a = Node::builder().start()?;
+    /// let b = Node::builder().start()?;
+    /// let conn = b.connect(a.local_addr())?;
+    /// conn.send(Message::text("one"))?;
+    /// conn.send(Message::bytes("BLOB", vec![1, 2, 3]))?;
+    /// # Ok::<(), p2prs::Error>(())
+    /// ```
     pub fn send(&self, msg: Message) -> Result<()> {
         super::send_message(self.open()?, msg)
     }
 
     /// Send a request and wait for its answer, up to the node's request timeout.
+    ///
+    /// ```
+    /// use p2prs::{Message, Node};
+    /// let a = Node::builder().start()?;
+    /// a.add_handler("ADD", |req| {
+    ///     let n: i64 = req.message().data()?;
+    ///     req.respond(Message::new("ADD RESP", n + 1))?;
+    ///     Ok(())
+    /// })?;
+    /// let b = Node::builder().start()?;
+    /// let conn = b.connect(a.local_addr())?;
+    /// assert_eq!(conn.request(Message::new("ADD", 41))?.data::<i64>()?, 42);
+    /// # Ok::<(), p2prs::Error>(())
+    /// ```
     pub fn request(&self, msg: Message) -> Result<Message> {
         let timeout = self
             .node
@@ -228,6 +252,17 @@ impl Connection {
     /// `Connection` from [`Node::connect`](crate::Node::connect), or the ring,
     /// for a connection to a ring neighbour), only this handle is closed: it
     /// then reports closed and refuses to send, while the others go on.
+    ///
+    /// ```
+    /// use p2prs::{Message, Node};
+    /// let a = Node::builder().start()?;
+    /// let b = Node::builder().start()?;
+    /// let conn = b.connect(a.local_addr())?;
+    /// conn.close();
+    /// assert!(!conn.is_open());
+    /// assert!(conn.send(Message::text("too late")).is_err());
+    /// # Ok::<(), p2prs::Error>(())
+    /// ```
     pub fn close(&self) {
         match &self.pin {
             Some(pin) => {

@@ -139,13 +139,7 @@ where
             "help" => help_topic(&mut p),
             "node" => parse_node(&mut p),
             "demo" => parse_demo(&mut p),
-            "rendezvous" => crate::rendezvous::parse(&mut p).map(|opts| {
-                if opts.help {
-                    Command::Help(Topic::Rendezvous)
-                } else {
-                    Command::Rendezvous(opts)
-                }
-            }),
+            "rendezvous" => crate::rendezvous::parse(&mut p),
             other => usage(format!(
                 "unknown subcommand '{other}': the subcommands are 'node', 'demo' and 'rendezvous' (see 'p2prs --help')"
             )),

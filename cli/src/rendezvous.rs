@@ -2,7 +2,8 @@
 //! See `docs/nat-traversal.md`.
 
 use crate::args::{
-    flag_name, lex_error, non_empty, number, unexpected, unknown_flag, value, UsageError,
+    flag_name, lex_error, non_empty, number, unexpected, unknown_flag, value, Command, Topic,
+    UsageError,
 };
 use lexopt::prelude::*;
 use lexopt::Parser;
@@ -24,8 +25,6 @@ pub struct RendezvousOpts {
     pub relay_rate_limit: Option<u64>,
     /// Bytes per second one node may relay (0: unlimited).
     pub relay_peer_cap: Option<u64>,
-    /// Print the help instead.
-    pub help: bool,
 }
 
 impl Default for RendezvousOpts {
@@ -35,7 +34,6 @@ impl Default for RendezvousOpts {
             port: DEFAULT_PORT,
             relay_rate_limit: None,
             relay_peer_cap: None,
-            help: false,
         }
     }
 }
@@ -61,13 +59,13 @@ tells each its public endpoint, introduces two nodes behind NAT to each other
 for a hole punch, and relays their frames when punching fails. It runs until
 it is killed. See docs/nat-traversal.md.";
 
-/// Parse the flags after `p2prs rendezvous`.
-pub fn parse(p: &mut Parser) -> Result<RendezvousOpts, UsageError> {
+/// Parse the flags after `p2prs rendezvous`: its options, or its help.
+pub fn parse(p: &mut Parser) -> Result<Command, UsageError> {
     let mut opts = RendezvousOpts::default();
     while let Some(arg) = p.next().map_err(lex_error)? {
         let flag = flag_name(&arg);
         match arg {
-            Short('h') | Long("help") => opts.help = true,
+            Short('h') | Long("help") => return Ok(Command::Help(Topic::Rendezvous)),
             Long("host") => opts.host = non_empty(&flag, value(p)?)?,
             Short('p') | Long("port") => {
                 opts.port = number(&flag, &value(p)?, "a port from 0 to 65535")?
@@ -82,17 +80,13 @@ pub fn parse(p: &mut Parser) -> Result<RendezvousOpts, UsageError> {
             _ => return unknown_flag(&flag, "rendezvous"),
         }
     }
-    Ok(opts)
+    Ok(Command::Rendezvous(opts))
 }
 
 const BYTES_PER_SECOND: &str = "bytes per second (0: unlimited)";
 
 /// Run the rendezvous until the process is killed.
 pub fn run(opts: &RendezvousOpts) -> ExitCode {
-    if opts.help {
-        say!("{HELP}");
-        return ExitCode::SUCCESS;
-    }
     let mut cfg = Config::default();
     if let Some(n) = opts.relay_rate_limit {
         cfg.relay_rate_limit = n;
@@ -130,19 +124,27 @@ pub fn run(opts: &RendezvousOpts) -> ExitCode {
 mod tests {
     use super::*;
 
-    fn p(line: &str) -> Result<RendezvousOpts, UsageError> {
+    fn p(line: &str) -> Result<Command, UsageError> {
         parse(&mut Parser::from_args(line.split_whitespace()))
+    }
+
+    fn opts(line: &str) -> RendezvousOpts {
+        match p(line) {
+            Ok(Command::Rendezvous(opts)) => opts,
+            other => panic!("{line:?} gave {other:?}"),
+        }
     }
 
     #[test]
     fn defaults_and_flags() {
-        assert_eq!(p(""), Ok(RendezvousOpts::default()));
-        let o = p("--host 10.0.0.1 --port=9100 --relay-peer-cap 0 --relay-rate-limit 5").unwrap();
+        assert_eq!(opts(""), RendezvousOpts::default());
+        let o = opts("--host 10.0.0.1 --port=9100 --relay-peer-cap 0 --relay-rate-limit 5");
         assert_eq!(o.host, "10.0.0.1");
         assert_eq!(o.port, 9100);
         assert_eq!(o.relay_peer_cap, Some(0));
         assert_eq!(o.relay_rate_limit, Some(5));
-        assert!(p("-h").unwrap().help);
+        assert_eq!(p("-h"), Ok(Command::Help(Topic::Rendezvous)));
+        assert_eq!(p("--port 1 --help"), Ok(Command::Help(Topic::Rendezvous)));
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub(crate) const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// };
 /// assert_eq!(cfg.max_frame_size, 16 * 1024 * 1024);
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Largest frame accepted or sent, header and body together (default 16 MiB).
     pub max_frame_size: usize,

@@ -71,6 +71,30 @@ impl From<u64> for NodeId {
     }
 }
 
+impl From<NodeId> for u64 {
+    fn from(id: NodeId) -> Self {
+        id.0
+    }
+}
+
+/// Parses a node ID written as its [`Display`](fmt::Display) form, a plain
+/// whole number.
+///
+/// ```
+/// use p2prs::NodeId;
+/// let id: NodeId = "42".parse().expect("a number");
+/// assert_eq!(id, NodeId(42));
+/// assert_eq!(id.to_string().parse::<NodeId>(), Ok(id));
+/// assert!("ID 42".parse::<NodeId>().is_err());
+/// ```
+impl std::str::FromStr for NodeId {
+    type Err = std::num::ParseIntError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(NodeId)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,6 +125,16 @@ mod tests {
     fn whole_ring_when_equal() {
         assert!(NodeId(0).in_half_open(NodeId(5), NodeId(5)));
         assert!(NodeId(5).in_half_open(NodeId(5), NodeId(5)));
+    }
+
+    #[test]
+    fn parses_what_it_displays() {
+        for id in [NodeId(0), NodeId(7), NodeId(u64::MAX)] {
+            assert_eq!(id.to_string().parse(), Ok(id));
+        }
+        assert!("".parse::<NodeId>().is_err());
+        assert!("-1".parse::<NodeId>().is_err());
+        assert!("18446744073709551616".parse::<NodeId>().is_err());
     }
 
     #[test]

@@ -26,6 +26,7 @@
 //! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+#![deny(missing_debug_implementations)]
 
 /// Unstable hooks for the fuzz targets in `fuzz/`; not part of the API.
 #[cfg(feature = "unstable-testing")]
@@ -61,6 +62,24 @@ pub use node::{
 pub use noise::{Cipher, HandshakeError};
 pub use punch::{Path, Traversal};
 pub use rendezvous::{NatStatus, Rendezvous, RendezvousStats};
+
+// The handles a program shares between threads are Send + Sync + 'static;
+// this fails to compile if a change takes that away.
+const _: () = {
+    const fn shareable<T: Send + Sync + 'static>() {}
+    shareable::<Node>();
+    shareable::<NodeBuilder>();
+    shareable::<Connection>();
+    shareable::<Rendezvous>();
+    shareable::<Error>();
+    shareable::<Message>();
+    shareable::<Event>();
+    shareable::<Config>();
+    shareable::<Target>();
+    shareable::<NodeId>();
+    shareable::<PeerInfo>();
+    shareable::<Incoming>();
+};
 
 /// The README's examples, compiled as doc tests so they stay true.
 #[cfg(doctest)]

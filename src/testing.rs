@@ -24,6 +24,16 @@ pub struct SecureStream {
     pub peer_key: Option<PublicKey>,
 }
 
+impl std::fmt::Debug for SecureStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecureStream")
+            .field("peer", &self.stream.peer_addr().ok())
+            .field("peer_key", &self.peer_key)
+            .field("buffered", &self.plain.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl SecureStream {
     /// Connect to `addr` as `identity`, with an optional network key, saying
     /// `hello` (raw JSON bytes, which may be malformed on purpose).

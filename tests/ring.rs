@@ -3,6 +3,7 @@
 mod support;
 
 use p2prs::{Error, Event, Message, Node, NodeId};
+use p2prs_rng::Rng;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -11,21 +12,6 @@ use support::{node_with, wait_until};
 
 const INTERVAL: Duration = Duration::from_millis(40);
 const PATIENCE: Duration = Duration::from_secs(30);
-
-/// A small seeded PRNG (splitmix64), so the tests are repeatable.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 fn ring_node() -> Node {
     let n = node_with(|c| {
@@ -69,7 +55,7 @@ fn all_reach_all(nodes: &[&Node]) -> bool {
 
 #[test]
 fn ring_of_32_routes_by_id() {
-    let mut rng = Rng(32);
+    let mut rng = Rng::new(32);
     let nodes = spawn_ring(32, &mut rng);
     let ids: BTreeSet<NodeId> = nodes.iter().filter_map(|n| n.id()).collect();
     assert_eq!(ids, (0..32).map(NodeId).collect(), "IDs are 0..32");
@@ -138,7 +124,7 @@ fn ring_of_32_routes_by_id() {
 
 #[test]
 fn ring_heals_after_losing_a_quarter() {
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     let nodes = spawn_ring(32, &mut rng);
     let all: Vec<&Node> = nodes.iter().collect();
     assert!(wait_until(PATIENCE, || sizes_are(&all, 32)));
@@ -181,7 +167,7 @@ fn ring_heals_after_losing_a_quarter() {
 
 #[test]
 fn graceful_leave_links_neighbours_and_frees_the_id() {
-    let mut rng = Rng(3);
+    let mut rng = Rng::new(3);
     let nodes = spawn_ring(8, &mut rng);
     let all: Vec<&Node> = nodes.iter().collect();
     assert!(wait_until(PATIENCE, || sizes_are(&all, 8)));
@@ -237,7 +223,7 @@ fn graceful_leave_links_neighbours_and_frees_the_id() {
 
 #[test]
 fn concurrent_joins_get_distinct_ids() {
-    let mut rng = Rng(11);
+    let mut rng = Rng::new(11);
     let nodes = spawn_ring(8, &mut rng);
     let joiners: Vec<Node> = (0..8).map(|_| ring_node()).collect();
     let ids: Vec<NodeId> = std::thread::scope(|s| {
@@ -298,7 +284,7 @@ fn explicit_ids_and_refusals() {
 
 #[test]
 fn broadcast_reaches_every_node_once() {
-    let mut rng = Rng(5);
+    let mut rng = Rng::new(5);
     let nodes = spawn_ring(16, &mut rng);
     let all: Vec<&Node> = nodes.iter().collect();
     assert!(wait_until(PATIENCE, || sizes_are(&all, 16)));

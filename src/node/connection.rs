@@ -5,7 +5,7 @@ use crate::error::Result;
 use crate::id::NodeId;
 use crate::message::Message;
 use crate::transport::Conn;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -14,9 +14,15 @@ use std::time::Duration;
 ///
 /// ```
 /// use p2prs::{NodeId, Target};
+/// use std::net::{IpAddr, Ipv4Addr};
 /// let by_addr: Target = "127.0.0.1:4444".into();
+/// let from_config = String::from("localhost:4444");
+/// let by_string: Target = (&from_config).into();
+/// let by_ip: Target = (IpAddr::V4(Ipv4Addr::LOCALHOST), 4444).into();
 /// let by_id: Target = NodeId(7).into();
 /// assert!(matches!(by_id, Target::Id(NodeId(7))));
+/// assert!(matches!(by_string, Target::Addr(ref a) if a == "localhost:4444"));
+/// assert!(matches!(by_ip, Target::Socket(a) if a.port() == 4444));
 /// # let _ = by_addr;
 /// ```
 #[derive(Clone, Debug)]
@@ -42,9 +48,24 @@ impl From<String> for Target {
         Target::Addr(s)
     }
 }
+impl From<&String> for Target {
+    fn from(s: &String) -> Self {
+        Target::Addr(s.clone())
+    }
+}
 impl From<(&str, u16)> for Target {
     fn from((h, p): (&str, u16)) -> Self {
         Target::Addr(format!("{h}:{p}"))
+    }
+}
+impl From<(String, u16)> for Target {
+    fn from((h, p): (String, u16)) -> Self {
+        Target::Addr(format!("{h}:{p}"))
+    }
+}
+impl From<(IpAddr, u16)> for Target {
+    fn from(a: (IpAddr, u16)) -> Self {
+        Target::Socket(a.into())
     }
 }
 impl From<SocketAddr> for Target {
@@ -60,6 +81,11 @@ impl From<&SocketAddr> for Target {
 impl From<NodeId> for Target {
     fn from(id: NodeId) -> Self {
         Target::Id(id)
+    }
+}
+impl From<&NodeId> for Target {
+    fn from(id: &NodeId) -> Self {
+        Target::Id(*id)
     }
 }
 impl From<Connection> for Target {
@@ -177,11 +203,35 @@ impl Connection {
     }
 
     /// Send a one-way message.
+    ///
+    /// ```
+    /// use p2prs::{Message, Node};
+    /// let a = Node::builder().start()?;
+    /// let b = Node::builder().start()?;
+    /// let conn = b.connect(a.local_addr())?;
+    /// conn.send(Message::text("one"))?;
+    /// conn.send(Message::bytes("BLOB", vec![1, 2, 3]))?;
+    /// # Ok::<(), p2prs::Error>(())
+    /// ```
     pub fn send(&self, msg: Message) -> Result<()> {
         super::send_message(self.open()?, msg)
     }
 
     /// Send a request and wait for its answer, up to the node's request timeout.
+    ///
+    /// ```
+    /// use p2prs::{Message, Node};
+    /// let a = Node::builder().start()?;
+    /// a.add_handler("ADD", |req| {
+    ///     let n: i64 = req.message().data()?;
+    ///     req.respond(Message::new("ADD RESP", n + 1))?;
+    ///     Ok(())
+    /// })?;
+    /// let b = Node::builder().start()?;
+    /// let conn = b.connect(a.local_addr())?;
+    /// assert_eq!(conn.request(Message::new("ADD", 41))?.data::<i64>()?, 42);
+    /// # Ok::<(), p2prs::Error>(())
+    /// ```
     pub fn request(&self, msg: Message) -> Result<Message> {
         let timeout = self
             .node
@@ -202,6 +252,17 @@ impl Connection {
     /// `Connection` from [`Node::connect`](crate::Node::connect), or the ring,
     /// for a connection to a ring neighbour), only this handle is closed: it
     /// then reports closed and refuses to send, while the others go on.
+    ///
+    /// ```
+    /// use p2prs::{Message, Node};
+    /// let a = Node::builder().start()?;
+    /// let b = Node::builder().start()?;
+    /// let conn = b.connect(a.local_addr())?;
+    /// conn.close();
+    /// assert!(!conn.is_open());
+    /// assert!(conn.send(Message::text("too late")).is_err());
+    /// # Ok::<(), p2prs::Error>(())
+    /// ```
     pub fn close(&self) {
         match &self.pin {
             Some(pin) => {

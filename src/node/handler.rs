@@ -71,6 +71,18 @@ pub struct Incoming {
     answered: bool,
 }
 
+impl std::fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Incoming")
+            .field("message", &self.msg)
+            .field("from", &self.from)
+            .field("request", &self.req)
+            .field("bounces", &self.bounces)
+            .field("answered", &self.answered)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A request bounced this many times is not bounced again: it is answered
 /// with an error (a cycle of bounces would otherwise go round for ever).
 pub const MAX_BOUNCES: u32 = 16;
@@ -147,6 +159,20 @@ impl Incoming {
     }
 
     /// Answer the request with `response`.
+    ///
+    /// ```
+    /// use p2prs::{Message, Node};
+    /// let a = Node::builder().start()?;
+    /// a.add_handler("WHO", |req| {
+    ///     let who = req.from().addr.to_string();
+    ///     req.respond(Message::new("WHO RESP", who))?;
+    ///     Ok(())
+    /// })?;
+    /// let b = Node::builder().start()?;
+    /// let answer = b.request(a.local_addr(), Message::new("WHO", ()))?;
+    /// assert_eq!(answer.data::<String>()?, b.local_addr().to_string());
+    /// # Ok::<(), p2prs::Error>(())
+    /// ```
     pub fn respond(&mut self, response: Message) -> Result<()> {
         let req = self.open_request()?;
         self.conn
@@ -158,6 +184,26 @@ impl Incoming {
     /// Pass the request on to another node; its answer goes back to the
     /// original requester as if this node had given it. A request that has
     /// been bounced [`MAX_BOUNCES`] times already is refused.
+    ///
+    /// ```
+    /// use p2prs::{Message, Node};
+    /// // c answers; a does not, and passes each request on to c.
+    /// let c = Node::builder().start()?;
+    /// c.add_handler("ADD", |req| {
+    ///     let n: i64 = req.message().data()?;
+    ///     req.respond(Message::new("ADD RESP", n + 1))?;
+    ///     Ok(())
+    /// })?;
+    /// let a = Node::builder().start()?;
+    /// let c_addr = c.local_addr();
+    /// a.add_handler("ADD", move |req| {
+    ///     req.bounce(c_addr)?;
+    ///     Ok(())
+    /// })?;
+    /// let b = Node::builder().start()?;
+    /// assert_eq!(b.request(a.local_addr(), Message::new("ADD", 1))?.data::<i64>()?, 2);
+    /// # Ok::<(), p2prs::Error>(())
+    /// ```
     pub fn bounce(&mut self, target: impl Into<Target>) -> Result<()> {
         let req = self.open_request()?;
         if self.bounces >= MAX_BOUNCES {

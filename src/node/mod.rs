@@ -30,7 +30,7 @@ pub const RESERVED_PREFIX: &str = "p2prs.";
 
 /// Something that happened on the node, for programs that want to watch.
 /// See [`Node::events`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Event {
     /// A message arrived whose type has no handler (the built-in `TEXT`
@@ -84,6 +84,19 @@ pub struct NodeBuilder {
 enum Ident {
     Given(Identity),
     File(std::path::PathBuf),
+}
+
+impl std::fmt::Debug for NodeBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let handlers: Vec<&str> = self.handlers.iter().map(|(t, _)| t.as_str()).collect();
+        f.debug_struct("NodeBuilder")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("id", &self.id)
+            .field("handlers", &handlers)
+            .field("config", &self.config)
+            .finish()
+    }
 }
 
 impl NodeBuilder {
@@ -430,6 +443,12 @@ pub(crate) fn send_message(conn: &Conn, msg: Message) -> Result<()> {
 
 impl Node {
     /// A builder for a node on 127.0.0.1 and any free port.
+    ///
+    /// ```
+    /// let node = p2prs::Node::builder().port(0).start()?;
+    /// println!("listening on {}", node.local_addr());
+    /// # Ok::<(), p2prs::Error>(())
+    /// ```
     pub fn builder() -> NodeBuilder {
         NodeBuilder {
             host: "127.0.0.1".into(),
@@ -492,6 +511,19 @@ impl Node {
     /// it had (the built-in `TEXT` handler included). Handlers run on the
     /// node's handler threads ([`Config::handler_threads`]), so they may
     /// block, send and make requests themselves.
+    ///
+    /// ```
+    /// use p2prs::{Message, Node};
+    /// let a = Node::builder().start()?;
+    /// a.add_handler("ADD", |req| {
+    ///     let n: i64 = req.message().data()?;
+    ///     req.respond(Message::new("ADD RESP", n + 1))?;
+    ///     Ok(())
+    /// })?;
+    /// let b = Node::builder().start()?;
+    /// assert_eq!(b.request(a.local_addr(), Message::new("ADD", 1))?.data::<i64>()?, 2);
+    /// # Ok::<(), p2prs::Error>(())
+    /// ```
     pub fn add_handler(
         &self,
         kind: impl Into<String>,
@@ -556,6 +588,14 @@ impl Node {
     }
 
     /// Remove the handler for `kind`; returns whether there was one.
+    ///
+    /// ```
+    /// let node = p2prs::Node::builder().start()?;
+    /// node.add_handler("PING", |_req| Ok(()))?;
+    /// assert!(node.remove_handler("PING"));
+    /// assert!(!node.remove_handler("PING"));
+    /// # Ok::<(), p2prs::Error>(())
+    /// ```
     pub fn remove_handler(&self, kind: &str) -> bool {
         self.inner().handlers.write().remove(kind).is_some()
     }
@@ -588,17 +628,49 @@ impl Node {
     }
 
     /// Send a one-way message to `target` (an address, a node ID, or a connection).
+    ///
+    /// ```
+    /// use p2prs::{Event, Message, Node};
+    /// use std::time::Duration;
+    ///
+    /// let a = Node::builder().start()?;
+    /// let events = a.events();
+    /// let b = Node::builder().start()?;
+    /// b.send(a.local_addr(), Message::text("Hi!"))?;          // or a NodeId, or a Connection
+    /// match events.recv_timeout(Duration::from_secs(10)) {
+    ///     Ok(Event::Message { message, .. }) => assert_eq!(message.as_text(), Some("Hi!")),
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// # Ok::<(), p2prs::Error>(())
+    /// ```
     pub fn send(&self, target: impl Into<Target>, msg: Message) -> Result<()> {
         self.inner().send(target.into(), msg)
     }
 
     /// Send a one-way message to the node listening at `addr`, over the open
     /// connection to it if there is one, else over a temporary one.
+    ///
+    /// ```
+    /// use p2prs::{Message, Node};
+    /// let a = Node::builder().start()?;
+    /// let b = Node::builder().start()?;
+    /// b.send_to_address(("127.0.0.1", a.local_addr().port()), Message::text("Hi!"))?;
+    /// # Ok::<(), p2prs::Error>(())
+    /// ```
     pub fn send_to_address(&self, addr: impl ToSocketAddrs, msg: Message) -> Result<()> {
         self.send(first_addr(addr)?, msg)
     }
 
     /// Send a one-way message over `conn`.
+    ///
+    /// ```
+    /// use p2prs::{Message, Node};
+    /// let a = Node::builder().start()?;
+    /// let b = Node::builder().start()?;
+    /// let conn = b.connect(a.local_addr())?;
+    /// b.send_to_connection(&conn, Message::text("Hi!"))?;
+    /// # Ok::<(), p2prs::Error>(())
+    /// ```
     pub fn send_to_connection(&self, conn: &Connection, msg: Message) -> Result<()> {
         conn.send(msg)
     }
@@ -606,12 +678,46 @@ impl Node {
     /// Send a request and wait for its answer, up to
     /// [`Config::request_timeout`]. A remote failure is
     /// [`Error::Remote`]; a lost connection is [`Error::ConnectionClosed`] at once.
+    ///
+    /// ```
+    /// use p2prs::{Error, Message, Node};
+    /// let a = Node::builder()
+    ///     .handler("ECHO", |req| {
+    ///         let m = req.message().clone();
+    ///         req.respond(m)?;
+    ///         Ok(())
+    ///     })
+    ///     .start()?;
+    /// let b = Node::builder().start()?;
+    /// let answer = b.request(a.local_addr(), Message::new("ECHO", "ping"))?;
+    /// assert_eq!(answer.data::<String>()?, "ping");
+    /// // A type the other node has no handler for fails at once, saying why.
+    /// let err = b.request(a.local_addr(), Message::new("NOPE", ())).unwrap_err();
+    /// assert!(matches!(err, Error::Remote { .. }), "{err}");
+    /// # Ok::<(), p2prs::Error>(())
+    /// ```
     pub fn request(&self, target: impl Into<Target>, msg: Message) -> Result<Message> {
         let t = self.inner().transport.cfg.request_timeout;
         self.request_timeout(target, msg, t)
     }
 
     /// [`request`](Self::request) with its own timeout.
+    ///
+    /// ```
+    /// use p2prs::{Message, Node};
+    /// use std::time::Duration;
+    /// let a = Node::builder()
+    ///     .handler("ECHO", |req| {
+    ///         let m = req.message().clone();
+    ///         req.respond(m)?;
+    ///         Ok(())
+    ///     })
+    ///     .start()?;
+    /// let b = Node::builder().start()?;
+    /// let answer = b.request_timeout(a.local_addr(), Message::new("ECHO", 7), Duration::from_secs(2))?;
+    /// assert_eq!(answer.data::<i32>()?, 7);
+    /// # Ok::<(), p2prs::Error>(())
+    /// ```
     pub fn request_timeout(
         &self,
         target: impl Into<Target>,
@@ -623,6 +729,25 @@ impl Node {
     }
 
     /// Open (or reuse) a constant connection to `target`.
+    ///
+    /// ```
+    /// use p2prs::{Message, Node};
+    /// let a = Node::builder()
+    ///     .handler("ECHO", |req| {
+    ///         let m = req.message().clone();
+    ///         req.respond(m)?;
+    ///         Ok(())
+    ///     })
+    ///     .start()?;
+    /// let b = Node::builder().start()?;
+    /// let conn = b.connect(a.local_addr())?;                  // stays open until closed
+    /// assert_eq!(conn.peer_addr(), a.local_addr());
+    /// for i in 0..3 {
+    ///     assert_eq!(conn.request(Message::new("ECHO", i))?.data::<i32>()?, i);
+    /// }
+    /// conn.close();
+    /// # Ok::<(), p2prs::Error>(())
+    /// ```
     pub fn connect(&self, target: impl Into<Target>) -> Result<Connection> {
         let conn = self.inner().conn_for(target.into())?;
         Ok(Connection::pinned(conn, Arc::downgrade(self.inner())))
@@ -648,6 +773,17 @@ impl Node {
     /// when it goes on (every operation answers [`Error::Shutdown`]), and
     /// counts against [`max_threads`](crate::max_threads) until it ends.
     /// Called from a handler, it does not wait for that handler itself.
+    ///
+    /// ```
+    /// use p2prs::{Error, Message, Node};
+    /// let node = Node::builder().start()?;
+    /// node.shutdown();
+    /// node.shutdown();                                          // idempotent
+    /// assert!(node.is_shut_down());
+    /// let err = node.send("127.0.0.1:9", Message::text("too late")).unwrap_err();
+    /// assert!(matches!(err, Error::Shutdown));
+    /// # Ok::<(), p2prs::Error>(())
+    /// ```
     pub fn shutdown(&self) {
         self.inner().shutdown();
     }
@@ -662,6 +798,14 @@ impl Node {
     /// Start a new network of one, holding the builder's ID (default 0).
     /// A node that has not joined does this by itself when another node
     /// joins through it, so the first node of a network need not call it.
+    ///
+    /// ```
+    /// use p2prs::{Node, NodeId};
+    /// let node = Node::builder().id(100).start()?;
+    /// assert_eq!(node.create_network()?, NodeId(100));
+    /// assert_eq!(node.id(), Some(NodeId(100)));
+    /// # Ok::<(), p2prs::Error>(())
+    /// ```
     pub fn create_network(&self) -> Result<NodeId> {
         chord::create(self.inner())
     }
@@ -709,6 +853,16 @@ impl Node {
 
     /// Leave the network gracefully: the neighbours are linked to each other
     /// before this node goes, and its ID becomes free.
+    ///
+    /// ```
+    /// use p2prs::{Node, NodeId};
+    /// let a = Node::builder().start()?;
+    /// let b = Node::builder().start()?;
+    /// assert_eq!(b.join_network(&[a.local_addr()])?, NodeId(1));
+    /// b.leave()?;
+    /// assert_eq!(b.id(), None);                                 // ID 1 is free again
+    /// # Ok::<(), p2prs::Error>(())
+    /// ```
     pub fn leave(&self) -> Result<()> {
         chord::leave(self.inner())
     }
@@ -716,28 +870,91 @@ impl Node {
     /// Find the node responsible for `id` (the first node at or after it)
     /// through the ring, in O(log N) hops. `route.owner.id == id` tells
     /// whether a node holds `id` itself.
+    ///
+    /// ```
+    /// use p2prs::{Node, NodeId};
+    /// let a = Node::builder().start()?;
+    /// let b = Node::builder().start()?;
+    /// b.join_network(&[a.local_addr()])?;
+    /// let route = b.lookup(NodeId(0))?;
+    /// assert_eq!(route.owner.id, NodeId(0));
+    /// assert_eq!(route.owner.addr, a.local_addr());
+    /// println!("found in {} hops", route.hops);
+    /// # Ok::<(), p2prs::Error>(())
+    /// ```
     pub fn lookup(&self, id: NodeId) -> Result<Route> {
         chord::lookup(self.inner(), id)
     }
 
     /// Send a one-way message to the node holding `id`.
     /// [`Error::NoSuchNode`] if no node holds it.
+    ///
+    /// ```
+    /// use p2prs::{Error, Event, Message, Node, NodeId};
+    /// use std::time::Duration;
+    ///
+    /// let a = Node::builder().start()?;
+    /// let events = a.events();
+    /// let b = Node::builder().start()?;
+    /// b.join_network(&[a.local_addr()])?;                      // a holds ID 0, b ID 1
+    /// b.send_to_id(NodeId(0), Message::text("Hi!"))?;
+    /// let (from, message) = loop {
+    ///     match events.recv_timeout(Duration::from_secs(10)) {
+    ///         Ok(Event::Message { from, message }) => break (from, message),
+    ///         Ok(_) => continue, // Joined, PeerJoined, ...
+    ///         Err(e) => panic!("no message: {e}"),
+    ///     }
+    /// };
+    /// assert_eq!(message.as_text(), Some("Hi!"));
+    /// assert_eq!(from.addr, b.local_addr());
+    /// let err = b.send_to_id(NodeId(9), Message::text("anyone?")).unwrap_err();
+    /// assert!(matches!(err, Error::NoSuchNode(NodeId(9))), "{err}");
+    /// # Ok::<(), p2prs::Error>(())
+    /// ```
     pub fn send_to_id(&self, id: NodeId, msg: Message) -> Result<()> {
         self.send(id, msg)
     }
 
     /// Open (or reuse) a constant connection to the node holding `id`.
+    ///
+    /// ```
+    /// use p2prs::{Node, NodeId};
+    /// let a = Node::builder().start()?;
+    /// let b = Node::builder().start()?;
+    /// b.join_network(&[a.local_addr()])?;
+    /// let conn = b.connect_to_id(NodeId(0))?;
+    /// assert_eq!(conn.peer_addr(), a.local_addr());
+    /// # Ok::<(), p2prs::Error>(())
+    /// ```
     pub fn connect_to_id(&self, id: NodeId) -> Result<Connection> {
         self.connect(id)
     }
 
     /// The routing neighbours: predecessor, successors and fingers.
+    ///
+    /// ```no_run
+    /// let node = p2prs::Node::builder().port(4445).start()?;
+    /// node.join_network(&["127.0.0.1:4444"])?;
+    /// for peer in node.peer_book() {
+    ///     println!("{} at {}", peer.id, peer.addr);
+    /// }
+    /// # Ok::<(), p2prs::Error>(())
+    /// ```
     pub fn peer_book(&self) -> Vec<Peer> {
         chord::peer_book(self.inner())
     }
 
     /// Send `msg` to every peer in the peer book except those in `exclude`;
     /// returns how many it reached.
+    ///
+    /// ```no_run
+    /// use p2prs::{Message, Node, NodeId};
+    /// let node = Node::builder().port(4445).start()?;
+    /// node.join_network(&["127.0.0.1:4444"])?;
+    /// let reached = node.send_to_peer_book(Message::text("hello, neighbours"), &[NodeId(0)])?;
+    /// println!("{reached} neighbours reached");
+    /// # Ok::<(), p2prs::Error>(())
+    /// ```
     pub fn send_to_peer_book(&self, msg: Message, exclude: &[NodeId]) -> Result<usize> {
         let mut sent = 0;
         for p in self.peer_book() {
@@ -753,6 +970,14 @@ impl Node {
     }
 
     /// How many nodes the network has, this one included (0 before joining).
+    ///
+    /// ```no_run
+    /// let node = p2prs::Node::builder().port(4445).start()?;
+    /// assert_eq!(node.network_size(), 0);                       // not in a network yet
+    /// node.join_network(&["127.0.0.1:4444"])?;
+    /// println!("{} nodes", node.network_size());                // counted by the ring, soon exact
+    /// # Ok::<(), p2prs::Error>(())
+    /// ```
     pub fn network_size(&self) -> usize {
         chord::network_size(self.inner())
     }
@@ -768,6 +993,15 @@ impl Node {
     /// Deliver `msg` to every other node of the network once, over a
     /// spanning tree of the finger tables; returns how many nodes this node
     /// sent it to directly.
+    ///
+    /// ```no_run
+    /// use p2prs::{Message, Node};
+    /// let node = Node::builder().port(4445).start()?;
+    /// node.join_network(&["127.0.0.1:4444"])?;
+    /// let direct = node.broadcast(Message::text("hello, everyone"))?;
+    /// println!("sent to {direct} nodes myself; they pass it on to the rest");
+    /// # Ok::<(), p2prs::Error>(())
+    /// ```
     pub fn broadcast(&self, msg: Message) -> Result<usize> {
         chord::broadcast(self.inner(), msg)
     }

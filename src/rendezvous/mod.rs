@@ -45,6 +45,16 @@ impl Node {
     /// How frames to `target` travel now, if a connection to it is open:
     /// [`Path::Direct`], [`Path::Punched`] or [`Path::Relayed`]. Opens
     /// nothing. With several connections to one node, the best path counts.
+    ///
+    /// ```
+    /// use p2prs::{Node, Path};
+    /// let a = Node::builder().start()?;
+    /// let b = Node::builder().start()?;
+    /// assert_eq!(b.path(a.local_addr()), None);                 // nothing open yet
+    /// let _conn = b.connect(a.local_addr())?;
+    /// assert_eq!(b.path(a.local_addr()), Some(Path::Direct));
+    /// # Ok::<(), p2prs::Error>(())
+    /// ```
     pub fn path(&self, target: impl Into<Target>) -> Option<Path> {
         let t = &self.inner().transport;
         let rank = |p: Path| match p {
@@ -73,6 +83,16 @@ impl Node {
     /// by the ring; returns how many were closed. Requests in flight on them
     /// fail at once. The next send to the peer opens a new connection (a new
     /// punch, for a peer behind NAT).
+    ///
+    /// ```
+    /// use p2prs::Node;
+    /// let a = Node::builder().start()?;
+    /// let b = Node::builder().start()?;
+    /// let conn = b.connect(a.local_addr())?;
+    /// assert_eq!(b.disconnect(a.local_addr()), 1);
+    /// assert!(!conn.is_open());
+    /// # Ok::<(), p2prs::Error>(())
+    /// ```
     pub fn disconnect(&self, target: impl Into<Target>) -> usize {
         let t = &self.inner().transport;
         let target = target.into();
@@ -102,6 +122,12 @@ impl Node {
     /// What this node knows of its rendezvous: whether the link is up, its
     /// public and private endpoints, punch and relay counters. `None` for a
     /// node without a rendezvous.
+    ///
+    /// ```
+    /// let node = p2prs::Node::builder().start()?;
+    /// assert_eq!(node.nat_status(), None);                      // no rendezvous configured
+    /// # Ok::<(), p2prs::Error>(())
+    /// ```
     pub fn nat_status(&self) -> Option<NatStatus> {
         client::of(&self.inner().transport).map(|c| c.status())
     }

@@ -267,6 +267,11 @@ struct Server {
     refused_frames: AtomicU64,
 }
 
+/// A node's ID for a log line: `ID 1`, or `no ID yet`.
+fn id_text(id: Option<NodeId>) -> String {
+    id.map_or_else(|| "no ID yet".to_string(), |id| format!("ID {id}"))
+}
+
 fn bad(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Remote {
         code: "bad_request".into(),
@@ -368,9 +373,9 @@ impl Server {
                 "behind NAT"
             };
             log::info!(
-                "registered {} (ID {:?}): public {}, private {} ({nat})",
+                "registered {} ({}): public {}, private {} ({nat})",
                 req.listen,
-                req.id,
+                id_text(req.id),
                 conn.remote,
                 req.private
             );
@@ -438,11 +443,11 @@ impl Server {
             }
             self.introductions.fetch_add(1, Ordering::Relaxed);
             log::info!(
-                "introduction {token}: {} (ID {:?}) <-> {} (ID {:?})",
+                "introduction {token}: {} ({}) <-> {} ({})",
                 conn.remote,
-                req.from_id,
+                id_text(req.from_id),
                 peer.public,
-                peer.id
+                id_text(peer.id)
             );
         }
         ok(&ConnectReply {
@@ -593,7 +598,7 @@ impl FrameSink for Server {
                 .collect();
             (reg, partners)
         };
-        log::info!("{} (ID {:?}) left the rendezvous", reg.listen, reg.id);
+        log::info!("{} ({}) left the rendezvous", reg.listen, id_text(reg.id));
         let g = Gone {
             session: sid,
             reason: "the peer's link to the rendezvous closed".into(),

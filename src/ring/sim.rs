@@ -15,34 +15,12 @@ use super::lookup::{Lookup, LookupError, LookupStep};
 use super::stabilize::{on_stabilize_reply, Action, Stabilizer};
 use super::{Peer, RoutingState, FINGER_COUNT};
 use crate::id::NodeId;
+use p2prs_rng::Rng;
 
 /// Fake milliseconds per stabilizer round.
 const ROUND_MS: u64 = 100;
 /// How long an ID grant lasts.
 const CLAIM_TTL_MS: u64 = 30 * ROUND_MS;
-
-/// splitmix64: tiny, seeded, good enough for a simulation.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
-    }
-
-    fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            v.swap(i, self.below(i + 1));
-        }
-    }
-}
 
 struct SimNode {
     state: RoutingState<usize>,
@@ -110,7 +88,7 @@ impl Net {
     fn new(seed: u64, r: usize, fingers_per_round: usize) -> Self {
         Net {
             nodes: Vec::new(),
-            rng: Rng(seed),
+            rng: Rng::new(seed),
             now_ms: 0,
             r,
             fingers_per_round,

@@ -81,7 +81,7 @@ if [[ ${#missing[@]} -gt 0 ]]; then
 fi
 
 log "building the driver"
-(cd "$ROOT" && cargo build --quiet --no-default-features --example nat-driver) || exit 1
+(cd "$ROOT" && cargo build --quiet -p p2prs --example nat-driver) || exit 1
 DRIVER=$TARGET/debug/examples/nat-driver
 [[ -x $DRIVER ]] || { echo "no driver at $DRIVER" >&2; exit 1; }
 

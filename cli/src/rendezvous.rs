@@ -1,7 +1,12 @@
 //! `p2prs rendezvous`: run a rendezvous server for nodes behind NAT.
 //! See `docs/nat-traversal.md`.
 
-use super::args::UsageError;
+use crate::args::{
+    flag_name, lex_error, non_empty, number, unexpected, unknown_flag, value, Command, Topic,
+    UsageError,
+};
+use lexopt::prelude::*;
+use lexopt::Parser;
 use p2prs::{Config, Rendezvous};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -20,8 +25,6 @@ pub struct RendezvousOpts {
     pub relay_rate_limit: Option<u64>,
     /// Bytes per second one node may relay (0: unlimited).
     pub relay_peer_cap: Option<u64>,
-    /// Print the help instead.
-    pub help: bool,
 }
 
 impl Default for RendezvousOpts {
@@ -31,12 +34,12 @@ impl Default for RendezvousOpts {
             port: DEFAULT_PORT,
             relay_rate_limit: None,
             relay_peer_cap: None,
-            help: false,
         }
     }
 }
 
-const HELP: &str = "\
+/// The help text of `p2prs rendezvous`.
+pub const HELP: &str = "\
 p2prs rendezvous: run a rendezvous server for nodes behind NAT
 
 Usage:
@@ -56,63 +59,34 @@ tells each its public endpoint, introduces two nodes behind NAT to each other
 for a hole punch, and relays their frames when punching fails. It runs until
 it is killed. See docs/nat-traversal.md.";
 
-fn usage<T>(msg: impl Into<String>) -> Result<T, UsageError> {
-    Err(UsageError(msg.into()))
-}
-
-/// Parse the flags after `p2prs rendezvous`.
-pub fn parse(args: &[String]) -> Result<RendezvousOpts, UsageError> {
+/// Parse the flags after `p2prs rendezvous`: its options, or its help.
+pub fn parse(p: &mut Parser) -> Result<Command, UsageError> {
     let mut opts = RendezvousOpts::default();
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
-            _ => (arg.as_str(), None),
-        };
-        let mut value = || -> Result<String, UsageError> {
-            match inline.clone().or_else(|| it.next().cloned()) {
-                Some(v) if !v.trim().is_empty() => Ok(v),
-                _ => usage(format!("{flag} needs a value")),
+    while let Some(arg) = p.next().map_err(lex_error)? {
+        let flag = flag_name(&arg);
+        match arg {
+            Short('h') | Long("help") => return Ok(Command::Help(Topic::Rendezvous)),
+            Long("host") => opts.host = non_empty(&flag, value(p)?)?,
+            Short('p') | Long("port") => {
+                opts.port = number(&flag, &value(p)?, "a port from 0 to 65535")?
             }
-        };
-        match flag {
-            "-h" | "--help" => opts.help = true,
-            "--host" => opts.host = value()?,
-            "-p" | "--port" => {
-                let v = value()?;
-                opts.port = v.parse().or_else(|_| {
-                    usage(format!("{flag} expects a port from 0 to 65535, got '{v}'"))
-                })?;
+            Long("relay-rate-limit") => {
+                opts.relay_rate_limit = Some(number(&flag, &value(p)?, BYTES_PER_SECOND)?)
             }
-            "--relay-rate-limit" | "--relay-peer-cap" => {
-                let v = value()?;
-                let n: u64 = v.parse().or_else(|_| {
-                    usage(format!(
-                        "{flag} expects bytes per second (0: unlimited), got '{v}'"
-                    ))
-                })?;
-                if flag == "--relay-rate-limit" {
-                    opts.relay_rate_limit = Some(n);
-                } else {
-                    opts.relay_peer_cap = Some(n);
-                }
+            Long("relay-peer-cap") => {
+                opts.relay_peer_cap = Some(number(&flag, &value(p)?, BYTES_PER_SECOND)?)
             }
-            other => {
-                return usage(format!(
-                "unknown option '{other}' for 'p2prs rendezvous' (see 'p2prs rendezvous --help')"
-            ))
-            }
+            Value(v) => return unexpected(v),
+            _ => return unknown_flag(&flag, "rendezvous"),
         }
     }
-    Ok(opts)
+    Ok(Command::Rendezvous(opts))
 }
+
+const BYTES_PER_SECOND: &str = "bytes per second (0: unlimited)";
 
 /// Run the rendezvous until the process is killed.
 pub fn run(opts: &RendezvousOpts) -> ExitCode {
-    if opts.help {
-        say!("{HELP}");
-        return ExitCode::SUCCESS;
-    }
     let mut cfg = Config::default();
     if let Some(n) = opts.relay_rate_limit {
         cfg.relay_rate_limit = n;
@@ -150,20 +124,27 @@ pub fn run(opts: &RendezvousOpts) -> ExitCode {
 mod tests {
     use super::*;
 
-    fn p(line: &str) -> Result<RendezvousOpts, UsageError> {
-        let args: Vec<String> = line.split_whitespace().map(String::from).collect();
-        parse(&args)
+    fn p(line: &str) -> Result<Command, UsageError> {
+        parse(&mut Parser::from_args(line.split_whitespace()))
+    }
+
+    fn opts(line: &str) -> RendezvousOpts {
+        match p(line) {
+            Ok(Command::Rendezvous(opts)) => opts,
+            other => panic!("{line:?} gave {other:?}"),
+        }
     }
 
     #[test]
     fn defaults_and_flags() {
-        assert_eq!(p(""), Ok(RendezvousOpts::default()));
-        let o = p("--host 10.0.0.1 --port=9100 --relay-peer-cap 0 --relay-rate-limit 5").unwrap();
+        assert_eq!(opts(""), RendezvousOpts::default());
+        let o = opts("--host 10.0.0.1 --port=9100 --relay-peer-cap 0 --relay-rate-limit 5");
         assert_eq!(o.host, "10.0.0.1");
         assert_eq!(o.port, 9100);
         assert_eq!(o.relay_peer_cap, Some(0));
         assert_eq!(o.relay_rate_limit, Some(5));
-        assert!(p("-h").unwrap().help);
+        assert_eq!(p("-h"), Ok(Command::Help(Topic::Rendezvous)));
+        assert_eq!(p("--port 1 --help"), Ok(Command::Help(Topic::Rendezvous)));
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //!
 //! Every wait is on a channel or a condition with a generous deadline; a
 //! process still running when a test ends (passing or failing) is killed.
-#![cfg(feature = "cli")]
 
+use p2prs_rng::Rng;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{BufRead, BufReader, Write};
@@ -31,30 +31,16 @@ const UNASKED: &[&str] = &["message", "served", "peer_joined", "peer_left", "joi
 /// How many lines of a process's stderr to show when a test fails.
 const STDERR_TAIL: usize = 40;
 
-/// Seeded xorshift, so that a failing run's choices can be repeated with
-/// `P2PRS_TEST_SEED=<seed>`.
-struct Rng(u64);
-
-impl Rng {
-    fn new() -> Rng {
-        let seed = std::env::var("P2PRS_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_nanos() as u64)
-            });
-        println!("seed {seed} (repeat with P2PRS_TEST_SEED={seed})");
-        Rng(seed | 1)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
-    }
+/// The seeded generator of the test's random choices: the seed comes from
+/// `P2PRS_TEST_SEED` or the clock, and is printed, so that a failing run's
+/// choices can be repeated with `P2PRS_TEST_SEED=<seed>`.
+fn test_rng() -> Rng {
+    let seed = std::env::var("P2PRS_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(p2prs_rng::clock_seed);
+    println!("seed {seed} (repeat with P2PRS_TEST_SEED={seed})");
+    Rng::new(seed)
 }
 
 /// What one wait on a process's stdout gave.
@@ -78,6 +64,8 @@ struct Proc {
     /// Every stdout line so far, to explain failures.
     log: Vec<String>,
     stderr: Arc<Mutex<Vec<String>>>,
+    /// The thread that reads stderr; it ends when the process has exited.
+    stderr_reader: Option<thread::JoinHandle<()>>,
     eof: bool,
 }
 
@@ -108,7 +96,7 @@ impl Proc {
             .expect("a stdout reader thread");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&lines);
-        thread::Builder::new()
+        let stderr_reader = thread::Builder::new()
             .name(format!("{name} stderr"))
             .spawn(move || {
                 for line in BufReader::new(stderr).lines() {
@@ -126,6 +114,7 @@ impl Proc {
             unasked: Vec::new(),
             log: Vec::new(),
             stderr: lines,
+            stderr_reader: Some(stderr_reader),
             eof: false,
         }
     }
@@ -261,6 +250,17 @@ impl Proc {
         }
     }
 
+    /// Every line the process wrote to stderr; call once it has exited.
+    fn whole_stderr(&mut self) -> Vec<String> {
+        if let Some(reader) = self.stderr_reader.take() {
+            reader.join().expect("the stderr reader");
+        }
+        self.stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Wait (with a deadline) for the process to exit.
     fn exit_status(&mut self) -> ExitStatus {
         let deadline = Instant::now() + PATIENCE;
@@ -341,7 +341,7 @@ fn dead_addr() -> String {
 
 #[test]
 fn processes_join_one_ring_and_talk_by_id() {
-    let mut rng = Rng::new();
+    let mut rng = test_rng();
     let mut nodes: Vec<Proc> = Vec::new();
     let mut addrs: Vec<String> = Vec::new();
     let mut ids: Vec<u64> = Vec::new();
@@ -541,6 +541,15 @@ fn processes_join_one_ring_and_talk_by_id() {
     // Nothing else arrived (the expected messages were taken above), and
     // each node served exactly the requests made of it, naming who asked.
     for (j, p) in nodes.iter_mut().enumerate() {
+        // Each TEXT received was printed once, as its event on stdout, not
+        // also as a log line on stderr.
+        let stderr = p.whole_stderr();
+        for &from in ids.iter().filter(|&&from| from != ids[j]) {
+            let text = text_for(from, ids[j]);
+            if let Some(line) = stderr.iter().find(|l| l.contains(&text)) {
+                p.fail(format!("logged a received TEXT on stderr too: {line}"));
+            }
+        }
         let extra = p.take_unasked("message");
         if !extra.is_empty() {
             p.fail(format!("unexpected or duplicated messages: {extra:?}"));
@@ -574,6 +583,37 @@ fn processes_join_one_ring_and_talk_by_id() {
     }
 }
 
+/// A non-UTF-8 argument, anywhere, is a bad command line: exit 2 and a
+/// message that names it, not a panic.
+#[cfg(unix)]
+#[test]
+fn non_utf8_argument_exits_2_with_a_clear_error() {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt;
+    for args in [
+        vec![OsString::from_vec(b"n\xffde".to_vec())],
+        vec![
+            "node".into(),
+            "--host".into(),
+            OsString::from_vec(b"h\xffst".to_vec()),
+        ],
+    ] {
+        let out = Command::new(BIN)
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("running {BIN} {args:?}: {e}"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: stderr {stderr}");
+        assert!(
+            stderr.starts_with("p2prs: argument '") && stderr.contains("is not valid UTF-8"),
+            "{args:?}: stderr {stderr:?}"
+        );
+        assert!(!stderr.contains("panicked"), "{args:?}: stderr {stderr:?}");
+        assert!(out.stdout.is_empty(), "{args:?} printed on stdout");
+    }
+}
+
 /// Run the binary with `args` and no stdin.
 fn run(args: &[&str]) -> Output {
     Command::new(BIN)
@@ -599,6 +639,15 @@ fn bad_command_lines_exit_2_and_help_exits_0() {
             "p2prs: --join expects an address as host:port",
         ),
         (&["fly"][..], "unknown subcommand 'fly'"),
+        (
+            &["--bogus"][..],
+            "p2prs: unknown option '--bogus' (see 'p2prs --help')",
+        ),
+        (
+            &["demo", "-x"][..],
+            "p2prs: unknown option '-x' for 'p2prs demo'",
+        ),
+        (&["node", "--json=yes"][..], "--json takes no value"),
     ] {
         let out = run(args);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -611,6 +660,7 @@ fn bad_command_lines_exit_2_and_help_exits_0() {
         &["-h"],
         &["node", "--help"],
         &["help", "node"],
+        &["help", "rendezvous"],
     ] {
         let out = run(args);
         let stdout = String::from_utf8_lossy(&out.stdout);

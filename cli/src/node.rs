@@ -1,10 +1,10 @@
 //! `p2prs node`: one node, driven by commands on stdin, printing its events.
 
-use super::args::NodeOpts;
-use super::handlers;
-use super::help::NODE_COMMANDS;
-use super::input::{parse_line, Input, TargetArg};
-use super::output::{Out, Printer};
+use crate::args::NodeOpts;
+use crate::handlers;
+use crate::help::NODE_COMMANDS;
+use crate::input::{parse_line, Input, TargetArg};
+use crate::output::{Out, Printer};
 use crossbeam_channel::{bounded, select, Receiver, Sender};
 use p2prs::{Event, HandlerResult, Incoming, Message, Node};
 use std::io::BufRead;

@@ -1,6 +1,6 @@
 //! The help texts of `p2prs`, its subcommands and the node's stdin commands.
 
-use super::args::Topic;
+use crate::args::Topic;
 
 const MAIN: &str = "\
 p2prs: a peer-to-peer node with Chord routing by numeric node ID
@@ -9,7 +9,7 @@ Usage:
   p2prs demo [--nodes N] [--svg FILE]      build a ring in this process and show it working
   p2prs node [--port P] [--join ADDR]...   run one node, driven by commands on stdin
   p2prs rendezvous [--host H] [--port P]   run a rendezvous server for nodes behind NAT
-  p2prs help [node|demo]                   show help for a subcommand
+  p2prs help [node|demo|rendezvous]        show help for a subcommand
 
 Options:
   -h, --help       show this help
@@ -81,5 +81,6 @@ pub fn text(topic: Topic) -> String {
         Topic::Main => MAIN.to_string(),
         Topic::Node => format!("{NODE}{NODE_COMMANDS}"),
         Topic::Demo => DEMO.to_string(),
+        Topic::Rendezvous => crate::rendezvous::HELP.to_string(),
     }
 }

@@ -22,7 +22,7 @@ impl TargetArg {
                 .map(|n| TargetArg::Id(NodeId(n)))
                 .map_err(|_| format!("node ID {s} is too large (the largest is {})", u64::MAX));
         }
-        super::args::address("TARGET", s.to_string())
+        crate::args::address("TARGET", s.to_string())
             .map(TargetArg::Addr)
             .map_err(|_| {
                 format!("TARGET must be host:port or a node ID (a plain number), got '{s}'")

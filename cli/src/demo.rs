@@ -1,12 +1,13 @@
 //! `p2prs demo`: a Chord ring in one process on loopback, exercised and measured.
 
-use super::args::DemoOpts;
-use super::handlers;
-use super::stats::{clock_seed, Rng, Summary};
-use super::svg::{self, RingNode};
-use super::watchdog::Watchdog;
+use crate::args::DemoOpts;
+use crate::handlers;
+use crate::stats::Summary;
+use crate::svg::{self, RingNode};
+use crate::watchdog::Watchdog;
 use crossbeam_channel::Receiver;
 use p2prs::{Event, Message, Node, NodeId, PeerInfo};
+use p2prs_rng::{clock_seed, Rng};
 use std::collections::HashMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};

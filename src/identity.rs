@@ -231,8 +231,8 @@ fn warn_if_readable_by_others(_: &Path) {}
 /// same key fail the handshake before anything else happens.
 ///
 /// Any string works, but the handshake lets an active attacker test guesses
-/// offline: use a long random key (for example 32 random bytes in hex, as
-/// `p2prs keygen` prints), not a password.
+/// offline: use a long random key (for example 32 random bytes in hex:
+/// `head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'`), not a password.
 #[derive(Clone, PartialEq, Eq)]
 pub struct NetworkKey([u8; 32]);
 

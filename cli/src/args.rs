@@ -71,6 +71,10 @@ pub struct NodeOpts {
     pub json: bool,
     /// The rendezvous server to keep a link to (NAT traversal).
     pub rendezvous: Option<String>,
+    /// The identity file (created on the first start).
+    pub identity: Option<PathBuf>,
+    /// The network key (else from `P2PRS_NETWORK_KEY`).
+    pub network_key: Option<String>,
 }
 
 impl Default for NodeOpts {
@@ -82,8 +86,18 @@ impl Default for NodeOpts {
             id: None,
             json: false,
             rendezvous: None,
+            identity: None,
+            network_key: None,
         }
     }
+}
+
+/// The network key: the flag's value, else the `P2PRS_NETWORK_KEY`
+/// environment variable (which `ps` does not show), else none.
+pub fn network_key(flag: &Option<String>) -> Option<String> {
+    flag.clone()
+        .or_else(|| std::env::var("P2PRS_NETWORK_KEY").ok())
+        .filter(|k| !k.is_empty())
 }
 
 /// Flags of `p2prs demo`.
@@ -181,6 +195,8 @@ fn parse_node(p: &mut Parser) -> Result<Command, UsageError> {
             Long("id") => opts.id = Some(number(&flag, &value(p)?, "a node ID (a whole number)")?),
             Long("json") => opts.json = true,
             Long("rendezvous") => opts.rendezvous = Some(address(&flag, value(p)?)?),
+            Long("identity") => opts.identity = Some(PathBuf::from(value(p)?)),
+            Long("network-key") => opts.network_key = Some(non_empty(&flag, value(p)?)?),
             Value(v) => return unexpected(v),
             _ => return unknown_flag(&flag, "node"),
         }
@@ -327,7 +343,10 @@ mod tests {
 
     #[test]
     fn node_all_flags() {
-        let cmd = parse_str("node --host 0.0.0.0 --port=4444 --join a:1 -j b:2 --id 7 --json");
+        let cmd = parse_str(
+            "node --host 0.0.0.0 --port=4444 --join a:1 -j b:2 --id 7 --json \
+             --identity id.key --network-key k3y",
+        );
         let want = NodeOpts {
             host: "0.0.0.0".into(),
             port: 4444,
@@ -335,6 +354,8 @@ mod tests {
             id: Some(7),
             json: true,
             rendezvous: None,
+            identity: Some("id.key".into()),
+            network_key: Some("k3y".into()),
         };
         assert_eq!(cmd, Ok(Command::Node(want)));
     }

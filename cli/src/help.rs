@@ -24,6 +24,7 @@ p2prs node: run one node and drive it with commands on stdin
 
 Usage:
   p2prs node [--host H] [--port P] [--join ADDR]... [--id N] [--json]
+             [--rendezvous ADDR] [--identity FILE] [--network-key KEY]
 
 Options:
       --host H       host or IP address to listen on (default 127.0.0.1)
@@ -35,6 +36,13 @@ Options:
       --json         print each event as one JSON object per line
       --rendezvous ADDR  keep a link to the rendezvous server at ADDR (host:port)
                      and reach peers behind NAT by hole punching or its relay
+      --identity FILE    the node's key pair: loaded from FILE, or created there
+                     (mode 0600) on the first start, so a restarted node is the
+                     same peer (default: a new key pair at each start)
+      --network-key KEY  join and admit only nodes with this network key
+                     (default: the P2PRS_NETWORK_KEY environment variable,
+                     which ps does not show; none: an open network, still
+                     encrypted)
   -h, --help         show this help
 
 The node answers ECHO requests (with the same data) and ADD requests (n -> n+1).

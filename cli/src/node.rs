@@ -27,6 +27,7 @@ pub fn run(opts: NodeOpts) -> ExitCode {
     let events = node.events();
     printer.print(&Out::Listening {
         addr: node.local_addr(),
+        key: node.public_key().to_string(),
     });
     let watcher = match Watcher::spawn(events, Arc::clone(&printer), node.local_addr()) {
         Ok(w) => w,
@@ -61,6 +62,12 @@ fn start(opts: &NodeOpts, printer: &Arc<Printer>) -> p2prs::Result<Node> {
     }
     if let Some(rv) = &opts.rendezvous {
         builder = builder.rendezvous(rv.clone());
+    }
+    if let Some(path) = &opts.identity {
+        builder = builder.identity_file(path);
+    }
+    if let Some(key) = crate::args::network_key(&opts.network_key) {
+        builder = builder.network_key(key);
     }
     builder.start()
 }

@@ -13,6 +13,8 @@ pub enum Out {
     Listening {
         /// Where.
         addr: SocketAddr,
+        /// The node's public key (its identity), in hex.
+        key: String,
     },
     /// The node joined a network.
     Joined {
@@ -113,7 +115,7 @@ impl Out {
     /// The event as one JSON object with an `"event"` field.
     pub fn json(&self) -> Value {
         match self {
-            Out::Listening { addr } => json!({"event": "listening", "addr": addr}),
+            Out::Listening { addr, key } => json!({"event": "listening", "addr": addr, "key": key}),
             Out::Joined { id, addr } => json!({"event": "joined", "id": id, "addr": addr}),
             Out::Left { id } => json!({"event": "left", "id": id}),
             Out::PeerJoined { id, addr } => json!({"event": "peer_joined", "id": id, "addr": addr}),
@@ -152,7 +154,7 @@ impl Out {
     /// The event as a readable one-liner (`help` spans several lines).
     pub fn text(&self) -> String {
         match self {
-            Out::Listening { addr } => format!("Listening on {addr}"),
+            Out::Listening { addr, key } => format!("Listening on {addr} (public key {key})"),
             Out::Joined { id, addr } => format!("Joined the network: ID {id} at {addr}"),
             Out::Left { id: Some(id) } => format!("Left the network (ID {id} is free again)"),
             Out::Left { id: None } => "Left the network".into(),
@@ -309,12 +311,24 @@ mod tests {
 
     #[test]
     fn listening_json_is_the_documented_line() {
-        let out = Out::Listening { addr: addr(4444) };
+        let out = Out::Listening {
+            addr: addr(4444),
+            key: "ab".repeat(32),
+        };
         assert_eq!(
             out.json_line(),
-            r#"{"event":"listening","addr":"127.0.0.1:4444"}"#
+            format!(
+                r#"{{"event":"listening","addr":"127.0.0.1:4444","key":"{}"}}"#,
+                "ab".repeat(32)
+            )
         );
-        assert_eq!(out.text(), "Listening on 127.0.0.1:4444");
+        assert_eq!(
+            out.text(),
+            format!(
+                "Listening on 127.0.0.1:4444 (public key {})",
+                "ab".repeat(32)
+            )
+        );
     }
 
     #[test]

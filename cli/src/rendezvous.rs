@@ -25,6 +25,8 @@ pub struct RendezvousOpts {
     pub relay_rate_limit: Option<u64>,
     /// Bytes per second one node may relay (0: unlimited).
     pub relay_peer_cap: Option<u64>,
+    /// The network key (else from `P2PRS_NETWORK_KEY`).
+    pub network_key: Option<String>,
 }
 
 impl Default for RendezvousOpts {
@@ -34,6 +36,7 @@ impl Default for RendezvousOpts {
             port: DEFAULT_PORT,
             relay_rate_limit: None,
             relay_peer_cap: None,
+            network_key: None,
         }
     }
 }
@@ -44,14 +47,18 @@ p2prs rendezvous: run a rendezvous server for nodes behind NAT
 
 Usage:
   p2prs rendezvous [--host H] [--port P] [--relay-rate-limit B] [--relay-peer-cap B]
+                   [--network-key KEY]
 
 Options:
       --host H               host or IP address to listen on (default 0.0.0.0)
   -p, --port P               port to listen on (default 9000)
       --relay-rate-limit B   bytes per second the relay forwards in all
                              (default 8388608; 0: unlimited)
-      --relay-peer-cap B     bytes per second one node may send or receive
-                             through the relay (default 1048576; 0: unlimited)
+      --relay-peer-cap B     bytes per second one node may send through the
+                             relay (default 1048576; 0: unlimited)
+      --network-key KEY      serve only nodes with this network key (default:
+                             the P2PRS_NETWORK_KEY environment variable; none:
+                             any node may register)
   -h, --help                 show this help
 
 Nodes use it with 'p2prs node --rendezvous HOST:PORT'. It registers them,
@@ -76,6 +83,7 @@ pub fn parse(p: &mut Parser) -> Result<Command, UsageError> {
             Long("relay-peer-cap") => {
                 opts.relay_peer_cap = Some(number(&flag, &value(p)?, BYTES_PER_SECOND)?)
             }
+            Long("network-key") => opts.network_key = Some(non_empty(&flag, value(p)?)?),
             Value(v) => return unexpected(v),
             _ => return unknown_flag(&flag, "rendezvous"),
         }
@@ -94,6 +102,7 @@ pub fn run(opts: &RendezvousOpts) -> ExitCode {
     if let Some(n) = opts.relay_peer_cap {
         cfg.relay_peer_cap = n;
     }
+    cfg.network_key = crate::args::network_key(&opts.network_key).map(p2prs::NetworkKey::new);
     let rv = match Rendezvous::start_with_config(&opts.host, opts.port, cfg) {
         Ok(rv) => rv,
         Err(e) => {

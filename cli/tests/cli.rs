@@ -71,8 +71,14 @@ struct Proc {
 
 impl Proc {
     fn spawn(name: &str, args: &[&str]) -> Proc {
+        Proc::spawn_env(name, args, &[])
+    }
+
+    fn spawn_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
         let mut child = Command::new(BIN)
             .args(args)
+            .env_remove("P2PRS_NETWORK_KEY")
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -235,6 +241,20 @@ impl Proc {
             _ => self.fail(format!(
                 "a listening event without a loopback port: {event}"
             )),
+        }
+    }
+
+    /// The public key of the node's `listening` event (read before or now).
+    fn expect_listening_key(&mut self) -> String {
+        let listening = self
+            .log
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|e| e["event"] == "listening")
+            .unwrap_or_else(|| self.expect("listening"));
+        match listening["key"].as_str() {
+            Some(k) if k.len() == 64 => k.to_string(),
+            _ => self.fail(format!("a listening event without a key: {listening}")),
         }
     }
 
@@ -586,6 +606,56 @@ fn processes_join_one_ring_and_talk_by_id() {
 /// A non-UTF-8 argument, anywhere, is a bad command line: exit 2 and a
 /// message that names it, not a panic.
 #[cfg(unix)]
+#[test]
+fn network_keys_and_identity_files_on_the_command_line() {
+    let dir = std::env::temp_dir().join(format!("p2prs-cli-id-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let id_file = dir.join("node.key");
+    let _ = std::fs::remove_file(&id_file);
+    let id_path = id_file.to_str().expect("utf-8 temp path");
+    // A keyed network: the key from the environment for the first node, from
+    // the flag for the member.
+    let mut first = Proc::spawn_env(
+        "keyed #0",
+        &["node", "--json", "--identity", id_path],
+        &[("P2PRS_NETWORK_KEY", "s3cret network key")],
+    );
+    let addr = first.listening();
+    let mut member = Proc::spawn(
+        "member",
+        &[
+            "node",
+            "--json",
+            "--network-key",
+            "s3cret network key",
+            "--join",
+            &addr,
+        ],
+    );
+    member.listening();
+    member.wait_unasked("'joined' event", |e| e["event"] == "joined");
+    // A stranger with another key is refused at once and says why.
+    let mut stranger = Proc::spawn(
+        "stranger",
+        &["node", "--json", "--network-key", "wrong", "--join", &addr],
+    );
+    stranger.listening();
+    let error = stranger.expect("error");
+    let why = error["error"].as_str().unwrap_or_default();
+    assert!(why.contains("network key mismatch"), "{error}");
+    stranger.drain();
+    assert!(!stranger.exit_status().success());
+    // The identity file keeps the key across restarts.
+    let key = {
+        let listening = first.expect_listening_key();
+        drop(first);
+        listening
+    };
+    let mut again = Proc::spawn("keyed again", &["node", "--json", "--identity", id_path]);
+    assert_eq!(again.expect_listening_key(), key);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn non_utf8_argument_exits_2_with_a_clear_error() {
     use std::ffi::OsString;

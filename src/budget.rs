@@ -79,17 +79,13 @@ impl Drop for Slot {
     }
 }
 
-/// Fail with [`Error::ResourceExhausted`](crate::Error::ResourceExhausted)
-/// if the budget is spent now, before starting work (a connection) that
-/// would need a thread.
-pub(crate) fn check(context: impl FnOnce() -> String) -> crate::Result<()> {
+/// Fail if the budget is spent now, before starting work (a connection)
+/// that would need a thread. The caller reports it as
+/// [`Error::ResourceExhausted`](crate::Error::ResourceExhausted).
+pub(crate) fn check() -> Result<(), Exhausted> {
     let limit = max_threads();
     if running_threads() >= limit {
-        return Err(crate::Error::ResourceExhausted {
-            what: "threads".into(),
-            limit,
-            context: context(),
-        });
+        return Err(Exhausted { limit });
     }
     Ok(())
 }

@@ -1,8 +1,6 @@
 //! Tunable settings: intervals, timeouts, sizes.
 
 use crate::identity::NetworkKey;
-use crate::noise::Cipher;
-use crate::punch::Traversal;
 use std::time::Duration;
 
 /// The default of [`Config::shutdown_grace`].
@@ -150,6 +148,47 @@ impl Default for Config {
             handler_queue_len: 64,
             events_capacity: 1024,
             ring_control_rate: 200,
+        }
+    }
+}
+
+/// How a node with a rendezvous reaches peers that registered there too.
+/// Set in [`Config::traversal`](crate::Config::traversal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Traversal {
+    /// Connect directly to a peer that registered a public endpoint equal to
+    /// its private one; punch to a peer behind NAT; relay when punching
+    /// fails. The default.
+    #[default]
+    Auto,
+    /// Punch to every registered peer, even one that looks public; relay
+    /// when punching fails.
+    Punch,
+    /// Relay every connection to a registered peer (for networks known to
+    /// defeat punching, and for tests).
+    Relay,
+}
+
+/// The AEAD cipher of the Noise handshake and records. Both ends must use
+/// the same one; a mismatch fails the handshake with a clear error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Cipher {
+    /// ChaCha20-Poly1305 (`Noise_XX_25519_ChaChaPoly_BLAKE2s`).
+    ChaChaPoly,
+    /// AES-256-GCM (`Noise_XX_25519_AESGCM_BLAKE2s`), the default: faster
+    /// on processors with AES instructions (see `docs/performance.md`).
+    #[default]
+    AesGcm,
+}
+
+impl Cipher {
+    /// The cipher's name in a Noise protocol name.
+    pub(crate) fn noise_name(self) -> &'static str {
+        match self {
+            Cipher::ChaChaPoly => "ChaChaPoly",
+            Cipher::AesGcm => "AESGCM",
         }
     }
 }

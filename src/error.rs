@@ -80,7 +80,7 @@ pub enum Error {
         /// The peer's address.
         peer: String,
         /// What went wrong.
-        error: crate::noise::HandshakeError,
+        error: HandshakeError,
     },
     /// The node reached at an address proved another identity than the one
     /// the ring binds to the node wanted there.
@@ -88,9 +88,9 @@ pub enum Error {
         /// The address dialled.
         addr: String,
         /// The key expected there.
-        expected: crate::identity::PublicKey,
+        expected: crate::id::PublicKey,
         /// The key the peer proved (none in plaintext mode).
-        found: Option<crate::identity::PublicKey>,
+        found: Option<crate::id::PublicKey>,
     },
     /// A process-wide limit of p2prs is reached (such as the thread budget,
     /// [`set_max_threads`](crate::set_max_threads)): nothing was started.
@@ -202,7 +202,7 @@ impl Error {
     /// assert!(!e.is_network_key_mismatch());
     /// ```
     pub fn is_network_key_mismatch(&self) -> bool {
-        use crate::noise::HandshakeError as H;
+        use HandshakeError as H;
         match self {
             Error::Handshake { error, .. } => matches!(
                 error,
@@ -267,5 +267,100 @@ mod tests {
         assert_eq!(e.wire_code(), "resource_exhausted");
         let other = Error::io("x", io::Error::other("boom"));
         assert!(matches!(other, Error::Io { .. }));
+    }
+}
+
+/// Why a handshake failed. Holds no I/O error, so it compares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HandshakeError {
+    /// The peer's first bytes are not `P2PR`.
+    NotP2prs(Vec<u8>),
+    /// The peer speaks another protocol version.
+    Version {
+        /// Its version.
+        theirs: u16,
+        /// Ours.
+        ours: u16,
+    },
+    /// One side has a network key and the other has none.
+    NetworkKeyPresence {
+        /// Whether this node has one.
+        ours: bool,
+    },
+    /// The handshake did not verify: the network keys differ (or the bytes
+    /// were altered in transit).
+    NetworkKeyMismatch,
+    /// One side is in insecure plaintext mode and the other is not.
+    PlaintextMismatch {
+        /// Whether this node is in plaintext mode.
+        ours: bool,
+    },
+    /// The two sides use different ciphers.
+    CipherMismatch {
+        /// Ours, as named in the Noise protocol name (`AESGCM`, `ChaChaPoly`).
+        ours: String,
+    },
+    /// The peer's identity proof is invalid.
+    BadIdentity(String),
+    /// The peer's hello is not valid.
+    BadHello(String),
+    /// A handshake message was malformed or did not decrypt.
+    Noise(String),
+    /// The peer's handshake did not verify on its side: it refused ours.
+    Refused,
+}
+
+impl fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HandshakeError::NotP2prs(b) => {
+                write!(f, "not a p2prs peer: it began with {}", shown(b))
+            }
+            HandshakeError::Version { theirs, ours } => write!(
+                f,
+                "peer speaks protocol version {theirs}, this node speaks {ours}"
+            ),
+            HandshakeError::NetworkKeyPresence { ours: true } => write!(
+                f,
+                "network key mismatch: this node has a network key and the peer has none"
+            ),
+            HandshakeError::NetworkKeyPresence { ours: false } => write!(
+                f,
+                "network key mismatch: the peer requires a network key and this node has none"
+            ),
+            HandshakeError::NetworkKeyMismatch => write!(
+                f,
+                "network key mismatch: the peer's handshake does not verify with this node's \
+                 network key (or it was altered in transit)"
+            ),
+            HandshakeError::PlaintextMismatch { ours } => write!(
+                f,
+                "{} is in insecure plaintext mode and the other side is not",
+                if *ours { "this node" } else { "the peer" }
+            ),
+            HandshakeError::CipherMismatch { ours } => {
+                write!(f, "the peer uses another cipher than this node's {ours}")
+            }
+            HandshakeError::BadIdentity(e) => write!(f, "invalid identity proof: {e}"),
+            HandshakeError::BadHello(e) => write!(f, "invalid hello: {e}"),
+            HandshakeError::Noise(e) => write!(f, "handshake failed: {e}"),
+            HandshakeError::Refused => write!(
+                f,
+                "network key mismatch: the peer could not verify this node's handshake"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for HandshakeError {}
+
+/// The first bytes of a peer, as text when they are printable, else hex.
+fn shown(b: &[u8]) -> String {
+    if !b.is_empty() && b.iter().all(|c| c.is_ascii_graphic() || *c == b' ') {
+        format!("{:?}", String::from_utf8_lossy(b))
+    } else {
+        let hex: Vec<String> = b.iter().map(|c| format!("{c:02x}")).collect();
+        format!("bytes {}", hex.join(" "))
     }
 }

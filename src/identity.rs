@@ -5,93 +5,15 @@
 //! keys, files and their text forms.
 
 use crate::error::{Error, Result};
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use crate::id::PublicKey;
+use ed25519_dalek::{Signer, SigningKey};
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::io::Write;
 use std::path::Path;
-use std::str::FromStr;
 
 /// The first line of an identity file.
 const FILE_HEADER: &str = "p2prs identity v1";
-
-/// A node's public key (Ed25519): who the node is, whatever its address or ID.
-///
-/// Written as 64 hexadecimal digits.
-///
-/// ```
-/// let id = p2prs::Identity::generate()?;
-/// let key = id.public_key();
-/// let text = key.to_string();
-/// assert_eq!(text.len(), 64);
-/// assert_eq!(text.parse::<p2prs::PublicKey>()?, key);
-/// # Ok::<(), p2prs::Error>(())
-/// ```
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PublicKey([u8; 32]);
-
-impl PublicKey {
-    /// The key's 32 bytes.
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-
-    /// A key from its 32 bytes, if they are a valid Ed25519 point.
-    pub fn from_bytes(bytes: [u8; 32]) -> Result<PublicKey> {
-        VerifyingKey::from_bytes(&bytes)
-            .map(|_| PublicKey(bytes))
-            .map_err(|_| Error::InvalidArgument("not an Ed25519 public key".into()))
-    }
-
-    /// Whether `sig` is this key's signature of `msg`.
-    pub(crate) fn verify(&self, msg: &[u8], sig: &[u8]) -> bool {
-        let Ok(sig) = Signature::from_slice(sig) else {
-            return false;
-        };
-        VerifyingKey::from_bytes(&self.0).is_ok_and(|k| k.verify(msg, &sig).is_ok())
-    }
-
-    /// The first bytes in hex, for log lines.
-    pub fn short(&self) -> String {
-        hex(&self.0[..4])
-    }
-}
-
-impl fmt::Display for PublicKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex(&self.0))
-    }
-}
-
-impl fmt::Debug for PublicKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PublicKey({})", self.short())
-    }
-}
-
-impl FromStr for PublicKey {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<PublicKey> {
-        let bytes = unhex::<32>(s.trim())
-            .ok_or_else(|| Error::InvalidArgument(format!("{s:?} is not 64 hex digits")))?;
-        PublicKey::from_bytes(bytes)
-    }
-}
-
-impl Serialize for PublicKey {
-    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_string())
-    }
-}
-
-impl<'de> Deserialize<'de> for PublicKey {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<PublicKey, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
 
 /// A node's long-term key pair. A node started without one generates a new
 /// one; one started with the same identity (for example from the same file,
@@ -138,7 +60,7 @@ impl Identity {
 
     /// This identity's public key.
     pub fn public_key(&self) -> PublicKey {
-        PublicKey(self.key.verifying_key().to_bytes())
+        PublicKey::from_verifying_key(&self.key.verifying_key())
     }
 
     /// Sign `msg`.
@@ -257,20 +179,7 @@ impl fmt::Debug for NetworkKey {
     }
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    if s.len() != 2 * N || !s.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; N];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
-}
+pub(crate) use crate::id::{hex, unhex};
 
 #[cfg(test)]
 mod tests {

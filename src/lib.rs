@@ -51,17 +51,18 @@ pub mod wire;
 
 pub use budget::{max_threads, running_threads, set_max_threads, DEFAULT_MAX_THREADS};
 pub use config::Config;
-pub use error::{Error, Result};
-pub use id::NodeId;
-pub use identity::{Identity, NetworkKey, PublicKey};
+pub use error::{Error, HandshakeError, Result};
+pub use id::{NodeId, ParseKeyError, PublicKey};
+pub use identity::{Identity, NetworkKey};
 pub use message::{Message, TEXT};
 pub use node::{
     Connection, Event, HandlerResult, Incoming, Node, NodeBuilder, Peer, PeerInfo, Route, Target,
     MAX_BOUNCES, RESERVED_PREFIX,
 };
-pub use noise::{Cipher, HandshakeError};
-pub use punch::{Path, Traversal};
-pub use rendezvous::{NatStatus, Rendezvous, RendezvousStats};
+
+pub use config::{Cipher, Traversal};
+pub use rendezvous::{Rendezvous, RendezvousStats};
+pub use transport::{NatStatus, Path};
 
 // The handles a program shares between threads are Send + Sync + 'static;
 // this fails to compile if a change takes that away.

@@ -10,7 +10,10 @@
 //! `length (u16) | ciphertext`, each holding up to [`MAX_PLAIN`] bytes of the
 //! frame stream. The Noise cryptography is the `snow` crate's.
 
-use crate::identity::{Identity, NetworkKey, PublicKey};
+pub(crate) use crate::config::Cipher;
+pub use crate::error::HandshakeError;
+use crate::id::PublicKey;
+use crate::identity::{Identity, NetworkKey};
 use crate::wire::{Hello, MAGIC};
 use snow::params::NoiseParams;
 use snow::{HandshakeState, StatelessTransportState};
@@ -35,123 +38,6 @@ const MAX_HELLO: usize = 16 * 1024;
 const FLAG_NETWORK_KEY: u8 = 1;
 const FLAG_PLAINTEXT: u8 = 2;
 const FLAG_AES: u8 = 4;
-
-/// The AEAD cipher of the Noise handshake and records. Both ends must use
-/// the same one; a mismatch fails the handshake with a clear error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-#[non_exhaustive]
-pub enum Cipher {
-    /// ChaCha20-Poly1305 (`Noise_XX_25519_ChaChaPoly_BLAKE2s`).
-    ChaChaPoly,
-    /// AES-256-GCM (`Noise_XX_25519_AESGCM_BLAKE2s`), the default: faster
-    /// on processors with AES instructions (see `docs/performance.md`).
-    #[default]
-    AesGcm,
-}
-
-impl Cipher {
-    fn noise_name(self) -> &'static str {
-        match self {
-            Cipher::ChaChaPoly => "ChaChaPoly",
-            Cipher::AesGcm => "AESGCM",
-        }
-    }
-}
-
-/// Why a handshake failed. Holds no I/O error, so it compares.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum HandshakeError {
-    /// The peer's first bytes are not `P2PR`.
-    NotP2prs(Vec<u8>),
-    /// The peer speaks another protocol version.
-    Version {
-        /// Its version.
-        theirs: u16,
-        /// Ours.
-        ours: u16,
-    },
-    /// One side has a network key and the other has none.
-    NetworkKeyPresence {
-        /// Whether this node has one.
-        ours: bool,
-    },
-    /// The handshake did not verify: the network keys differ (or the bytes
-    /// were altered in transit).
-    NetworkKeyMismatch,
-    /// One side is in insecure plaintext mode and the other is not.
-    PlaintextMismatch {
-        /// Whether this node is in plaintext mode.
-        ours: bool,
-    },
-    /// The two sides use different ciphers.
-    CipherMismatch {
-        /// Ours.
-        ours: Cipher,
-    },
-    /// The peer's identity proof is invalid.
-    BadIdentity(String),
-    /// The peer's hello is not valid.
-    BadHello(String),
-    /// A handshake message was malformed or did not decrypt.
-    Noise(String),
-    /// The peer's handshake did not verify on its side: it refused ours.
-    Refused,
-}
-
-impl fmt::Display for HandshakeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            HandshakeError::NotP2prs(b) => {
-                write!(f, "not a p2prs peer: it began with {}", shown(b))
-            }
-            HandshakeError::Version { theirs, ours } => write!(
-                f,
-                "peer speaks protocol version {theirs}, this node speaks {ours}"
-            ),
-            HandshakeError::NetworkKeyPresence { ours: true } => write!(
-                f,
-                "network key mismatch: this node has a network key and the peer has none"
-            ),
-            HandshakeError::NetworkKeyPresence { ours: false } => write!(
-                f,
-                "network key mismatch: the peer requires a network key and this node has none"
-            ),
-            HandshakeError::NetworkKeyMismatch => write!(
-                f,
-                "network key mismatch: the peer's handshake does not verify with this node's \
-                 network key (or it was altered in transit)"
-            ),
-            HandshakeError::PlaintextMismatch { ours } => write!(
-                f,
-                "{} is in insecure plaintext mode and the other side is not",
-                if *ours { "this node" } else { "the peer" }
-            ),
-            HandshakeError::CipherMismatch { ours } => {
-                write!(f, "the peer uses another cipher than this node's {ours:?}")
-            }
-            HandshakeError::BadIdentity(e) => write!(f, "invalid identity proof: {e}"),
-            HandshakeError::BadHello(e) => write!(f, "invalid hello: {e}"),
-            HandshakeError::Noise(e) => write!(f, "handshake failed: {e}"),
-            HandshakeError::Refused => write!(
-                f,
-                "network key mismatch: the peer could not verify this node's handshake"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for HandshakeError {}
-
-/// The first bytes of a peer, as text when they are printable, else hex.
-fn shown(b: &[u8]) -> String {
-    if !b.is_empty() && b.iter().all(|c| c.is_ascii_graphic() || *c == b' ') {
-        format!("{:?}", String::from_utf8_lossy(b))
-    } else {
-        let hex: Vec<String> = b.iter().map(|c| format!("{c:02x}")).collect();
-        format!("bytes {}", hex.join(" "))
-    }
-}
 
 /// What this node brings to every handshake. Built once per node.
 pub(crate) struct Local {
@@ -198,25 +84,6 @@ impl Local {
             cipher,
             static_private: kp.private,
             proof,
-        })
-    }
-
-    /// Handshake material for a node with `identity` and the security
-    /// settings of `cfg`.
-    pub(crate) fn for_config(
-        identity: Identity,
-        cfg: &crate::config::Config,
-    ) -> crate::error::Result<Arc<Local>> {
-        Local::new(
-            identity,
-            cfg.network_key.clone(),
-            cfg.insecure_plaintext,
-            cfg.cipher,
-        )
-        .map(Arc::new)
-        .map_err(|error| crate::error::Error::Handshake {
-            peer: "(none: setting up this node's keys)".into(),
-            error,
         })
     }
 
@@ -440,7 +307,7 @@ impl Handshaker {
         }
         if (mine ^ theirs) & FLAG_AES != 0 {
             return Err(HandshakeError::CipherMismatch {
-                ours: self.local.cipher,
+                ours: self.local.cipher.noise_name().into(),
             });
         }
         let their_nonce = &p[8..16];

@@ -21,62 +21,11 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use parking_lot::Mutex;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::collections::HashMap;
-use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// How frames to a peer travel. See [`Node::path`](crate::Node::path).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Path {
-    /// An ordinary TCP connection, opened by one side.
-    Direct = 0,
-    /// A TCP connection punched through NAT by simultaneous open.
-    Punched = 1,
-    /// Frames go through the rendezvous server, which forwards them.
-    Relayed = 2,
-}
-
-impl Path {
-    pub(crate) fn from_u8(v: u8) -> Path {
-        match v {
-            1 => Path::Punched,
-            2 => Path::Relayed,
-            _ => Path::Direct,
-        }
-    }
-}
-
-impl fmt::Display for Path {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Path::Direct => "direct",
-            Path::Punched => "punched",
-            Path::Relayed => "relayed",
-        })
-    }
-}
-
-/// How a node with a rendezvous reaches peers that registered there too.
-/// Set in [`Config::traversal`](crate::Config::traversal).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum Traversal {
-    /// Connect directly to a peer that registered a public endpoint equal to
-    /// its private one; punch to a peer behind NAT; relay when punching
-    /// fails. The default.
-    #[default]
-    Auto,
-    /// Punch to every registered peer, even one that looks public; relay
-    /// when punching fails.
-    Punch,
-    /// Relay every connection to a registered peer (for networks known to
-    /// defeat punching, and for tests).
-    Relay,
-}
 
 /// What an attempt loop should do next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

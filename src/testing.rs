@@ -4,7 +4,8 @@
 //! the `unstable-testing` feature; not covered by semver.
 
 use crate::error::{Error, Result};
-use crate::identity::{Identity, NetworkKey, PublicKey};
+use crate::id::PublicKey;
+use crate::identity::{Identity, NetworkKey};
 use crate::noise::{Cipher, Handshaker, Local, Opener, Sealer};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};

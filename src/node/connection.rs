@@ -177,7 +177,7 @@ impl Connection {
 
     /// The peer's public key, proven in the handshake (`None` only for a
     /// node in insecure plaintext mode).
-    pub fn peer_key(&self) -> Option<crate::identity::PublicKey> {
+    pub fn peer_key(&self) -> Option<crate::id::PublicKey> {
         self.conn.peer_key()
     }
 

@@ -3,6 +3,7 @@
 mod chord;
 mod connection;
 mod handler;
+mod nat;
 
 pub use chord::{Peer, Route};
 
@@ -12,8 +13,10 @@ pub use handler::{HandlerResult, Incoming, PeerInfo, MAX_BOUNCES};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::id::NodeId;
-use crate::identity::{Identity, NetworkKey, PublicKey};
+use crate::id::PublicKey;
+use crate::identity::{Identity, NetworkKey};
 use crate::message::{Message, TEXT};
+pub(crate) use crate::transport::reply;
 use crate::transport::{self, Conn, FrameSink, Transport};
 use crate::wire::{Frame, Kind};
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender, TrySendError};
@@ -227,7 +230,7 @@ impl NodeBuilder {
             Some(Ident::File(path)) => Identity::load_or_generate(path)?,
             None => Identity::generate()?,
         };
-        let secure = crate::noise::Local::for_config(identity, &cfg)?;
+        let secure = transport::secure_for(identity, &cfg)?;
         let transport = Transport::new(cfg, local, secure);
         transport.threads.set_grace(transport.cfg.shutdown_grace);
         let (events_tx, events_rx) = bounded(transport.cfg.events_capacity.max(1));
@@ -1204,24 +1207,6 @@ impl NodeInner {
             );
         }
         self.emit(Event::Message { from, message });
-    }
-}
-
-/// Answer `frame` (if it is a request) with `answer`.
-pub(crate) fn reply(conn: &Conn, frame: &Frame, answer: Result<Message>) {
-    let Some(req) = frame.req.filter(|_| frame.kind == Kind::Request) else {
-        if let Err(e) = answer {
-            log::debug!("{}: {:?}: {e}", conn.peer_addr(), frame.msg_type);
-        }
-        return;
-    };
-    let out = match answer {
-        Ok(msg) => msg.into_frame(Kind::Response, Some(req)),
-        Err(Error::Remote { code, message }) => Frame::error(req, &code, message),
-        Err(e) => Frame::error(req, e.wire_code(), e.to_string()),
-    };
-    if let Err(e) = conn.send_frame(&out) {
-        log::debug!("answering {}: {e}", conn.peer_addr());
     }
 }
 

@@ -5,10 +5,11 @@
 
 use super::proto::*;
 use crate::config::Config;
+use crate::config::Traversal;
 use crate::error::{Error, Result};
 use crate::message::Message;
-use crate::punch::{bound_socket, punch, Expect, PunchTiming, Sessions, Traversal};
-use crate::transport::{self, Conn, FrameSink, NatHook, Transport};
+use crate::punch::{bound_socket, punch, Expect, PunchTiming, Sessions};
+use crate::transport::{self, Conn, FrameSink, NatHook, NatStatus, Transport};
 use crate::wire::{Frame, Kind};
 use crossbeam_channel::{after, bounded, select, unbounded, Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
@@ -31,37 +32,6 @@ const PUNCH_ATTEMPT: Duration = Duration::from_secs(1);
 const PUNCH_PAUSE: Duration = Duration::from_millis(100);
 /// Most punches asked for by the rendezvous running at once; more are ignored.
 const MAX_PUNCHES: usize = 64;
-
-/// What a node knows of its rendezvous. See [`Node::nat_status`](crate::Node::nat_status).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct NatStatus {
-    /// The rendezvous address, as configured.
-    pub rendezvous: String,
-    /// Whether the link to the rendezvous is up and registered.
-    pub connected: bool,
-    /// This node's public endpoint, as the rendezvous last saw it.
-    pub public_addr: Option<SocketAddr>,
-    /// This node's private endpoint (the local address of its link).
-    pub private_addr: Option<SocketAddr>,
-    /// Registrations and refreshes the rendezvous answered.
-    pub registrations: u64,
-    /// Times the link was (re)established.
-    pub links: u64,
-    /// Hole punches this node started (as the asking side).
-    pub punches: u64,
-    /// Of those, how many succeeded.
-    pub punched: u64,
-    /// Relayed connections this node opened.
-    pub relays: u64,
-}
-
-impl NatStatus {
-    /// Whether the rendezvous sees this node at another address than its own.
-    pub fn behind_nat(&self) -> bool {
-        matches!((self.public_addr, self.private_addr), (Some(a), Some(b)) if a != b)
-    }
-}
 
 struct Relay {
     conn: Arc<Conn>,
@@ -700,7 +670,7 @@ impl FrameSink for Client {
             GONE => self.on_gone(frame),
             other => {
                 if frame.kind == Kind::Request {
-                    crate::node::reply(
+                    crate::transport::reply(
                         conn,
                         &frame,
                         Err(Error::Remote {
@@ -820,12 +790,7 @@ impl NatHook for Client {
         self.sessions.stop_all();
     }
 
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
+    fn status(&self) -> NatStatus {
+        Client::status(self)
     }
-}
-
-/// The client plugged into `t`, if any.
-pub(crate) fn of(t: &Transport) -> Option<&Client> {
-    t.traversal()?.as_any().downcast_ref::<Client>()
 }

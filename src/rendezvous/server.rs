@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::id::NodeId;
 use crate::message::Message;
-use crate::node::reply;
+use crate::transport::reply;
 use crate::transport::{self, Conn, FrameSink, Transport};
 use crate::wire::{Frame, Kind};
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -92,8 +92,7 @@ impl Rendezvous {
             .map_err(|e| Error::io("reading the listening address", e))?;
         let started = Instant::now();
         let total = Bucket::new(config.relay_rate_limit, Duration::ZERO);
-        let secure =
-            crate::noise::Local::for_config(crate::identity::Identity::generate()?, &config)?;
+        let secure = transport::secure_for(crate::identity::Identity::generate()?, &config)?;
         let transport = Transport::new(config, local, secure);
         transport.threads.set_grace(transport.cfg.shutdown_grace);
         let (stop_tx, stop_rx) = bounded(0);
@@ -162,7 +161,7 @@ impl Drop for Rendezvous {
 struct Reg {
     conn: Arc<Conn>,
     /// The key the node proved on its link: the registration is bound to it.
-    key: Option<crate::identity::PublicKey>,
+    key: Option<crate::id::PublicKey>,
     id: Option<NodeId>,
     listen: SocketAddr,
     private: SocketAddr,

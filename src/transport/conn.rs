@@ -1,12 +1,12 @@
 //! One connection: its write half, its pending requests, and the read loop
 //! that runs on the connection's own thread.
 
+use super::Path;
 use crate::error::{Error, Result};
 use crate::id::NodeId;
-use crate::identity::PublicKey;
+use crate::id::PublicKey;
 use crate::message::Message;
 use crate::noise::{Handshaker, Local, Opener, PeerProof, Sealer, Session};
-use crate::punch::Path;
 use crate::wire::{self, Decoder, Frame, Hello, Kind};
 use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError, Sender};
 use parking_lot::{Condvar, Mutex};
@@ -983,4 +983,22 @@ pub(crate) fn handshake(
         session,
         rest,
     })
+}
+
+/// Answer `frame` (if it is a request) with `answer`.
+pub(crate) fn reply(conn: &Conn, frame: &Frame, answer: Result<Message>) {
+    let Some(req) = frame.req.filter(|_| frame.kind == Kind::Request) else {
+        if let Err(e) = answer {
+            log::debug!("{}: {:?}: {e}", conn.peer_addr(), frame.msg_type);
+        }
+        return;
+    };
+    let out = match answer {
+        Ok(msg) => msg.into_frame(Kind::Response, Some(req)),
+        Err(Error::Remote { code, message }) => Frame::error(req, &code, message),
+        Err(e) => Frame::error(req, e.wire_code(), e.to_string()),
+    };
+    if let Err(e) = conn.send_frame(&out) {
+        log::debug!("answering {}: {e}", conn.peer_addr());
+    }
 }

@@ -3,19 +3,20 @@
 mod conn;
 mod threads;
 
-pub(crate) use conn::{handshake, Conn, FrameSink, Greeted, Inbound, RELAY_TYPE};
+pub(crate) use conn::{handshake, reply, Conn, FrameSink, Greeted, Inbound, RELAY_TYPE};
 pub(crate) use threads::Threads;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::id::NodeId;
-use crate::identity::PublicKey;
+use crate::id::PublicKey;
 use crate::noise::{Handshaker, Local};
 use crate::wire::Hello;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::Mutex;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::collections::HashMap;
+use std::fmt;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -31,8 +32,39 @@ pub(crate) trait NatHook: Send + Sync {
     fn id_changed(&self);
     /// The transport begins to shut down: stop the traversal's threads.
     fn stop(&self);
-    /// For downcasting to the implementation.
-    fn as_any(&self) -> &dyn std::any::Any;
+    /// What the traversal knows of its rendezvous.
+    fn status(&self) -> NatStatus;
+}
+
+/// What a node knows of its rendezvous. See [`Node::nat_status`](crate::Node::nat_status).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NatStatus {
+    /// The rendezvous address, as configured.
+    pub rendezvous: String,
+    /// Whether the link to the rendezvous is up and registered.
+    pub connected: bool,
+    /// This node's public endpoint, as the rendezvous last saw it.
+    pub public_addr: Option<SocketAddr>,
+    /// This node's private endpoint (the local address of its link).
+    pub private_addr: Option<SocketAddr>,
+    /// Registrations and refreshes the rendezvous answered.
+    pub registrations: u64,
+    /// Times the link was (re)established.
+    pub links: u64,
+    /// Hole punches this node started (as the asking side).
+    pub punches: u64,
+    /// Of those, how many succeeded.
+    pub punched: u64,
+    /// Relayed connections this node opened.
+    pub relays: u64,
+}
+
+impl NatStatus {
+    /// Whether the rendezvous sees this node at another address than its own.
+    pub fn behind_nat(&self) -> bool {
+        matches!((self.public_addr, self.private_addr), (Some(a), Some(b)) if a != b)
+    }
 }
 
 /// Open connections and the threads that serve them.
@@ -55,6 +87,38 @@ pub(crate) struct Transport {
     traversal: OnceLock<Arc<dyn NatHook>>,
 }
 
+/// How frames to a peer travel. See [`Node::path`](crate::Node::path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Path {
+    /// An ordinary TCP connection, opened by one side.
+    Direct = 0,
+    /// A TCP connection punched through NAT by simultaneous open.
+    Punched = 1,
+    /// Frames go through the rendezvous server, which forwards them.
+    Relayed = 2,
+}
+
+impl Path {
+    pub(crate) fn from_u8(v: u8) -> Path {
+        match v {
+            1 => Path::Punched,
+            2 => Path::Relayed,
+            _ => Path::Direct,
+        }
+    }
+}
+
+impl fmt::Display for Path {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Path::Direct => "direct",
+            Path::Punched => "punched",
+            Path::Relayed => "relayed",
+        })
+    }
+}
+
 /// Relay bodies queued for one relayed connection's thread.
 const RELAY_INBOX: usize = 256;
 
@@ -62,7 +126,23 @@ const RELAY_INBOX: usize = 256;
 /// over a relayed one (a punch that succeeds after the relay was opened takes
 /// over), then one this node opened (its idle timer is ours).
 fn preference(c: &Conn) -> (bool, bool) {
-    (c.path() != crate::punch::Path::Relayed, c.outbound)
+    (c.path() != Path::Relayed, c.outbound)
+}
+
+/// Handshake material for a node (or rendezvous) with `identity` and the
+/// security settings of `cfg`.
+pub(crate) fn secure_for(identity: crate::identity::Identity, cfg: &Config) -> Result<Arc<Local>> {
+    Local::new(
+        identity,
+        cfg.network_key.clone(),
+        cfg.insecure_plaintext,
+        cfg.cipher,
+    )
+    .map(Arc::new)
+    .map_err(|error| Error::Handshake {
+        peer: "(none: setting up this node's keys)".into(),
+        error,
+    })
 }
 
 /// Resolve `host:port` text to socket addresses.
@@ -451,7 +531,8 @@ impl Transport {
         if self.is_stopping() {
             return Err(Error::Shutdown);
         }
-        crate::budget::check(|| format!("connecting to {addr}"))?;
+        crate::budget::check()
+            .map_err(|e| Error::io(format!("connecting to {addr}"), std::io::Error::other(e)))?;
         let mut stream = TcpStream::connect_timeout(&addr, self.cfg.connect_timeout)
             .map_err(|e| Error::io(format!("connecting to {addr}"), e))?;
         self.adopt_outbound(&mut stream, addr)

@@ -8,7 +8,7 @@
 use super::{reply, NodeInner, PeerInfo};
 use crate::error::{Error, Result};
 use crate::id::NodeId;
-use crate::identity::PublicKey;
+use crate::id::PublicKey;
 use crate::message::Message;
 use crate::ring::alloc::{self, ClaimError, Reservations};
 use crate::ring::broadcast::broadcast_targets;

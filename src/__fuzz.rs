@@ -5,19 +5,18 @@
 //! rendezvous messages, which are crate-internal.
 
 use crate::rendezvous::proto::*;
-use crate::wire::{Decoder, Frame, Kind};
+use crate::wire::{Frame, Kind};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
 /// Parse `frame` the way a rendezvous server and a rendezvous client would
-/// (by its message type, into the structures of `rendezvous::proto`), and for
-/// a relay frame decode the relayed frames in its body with a decoder of
-/// `max_frame` bytes, as the client does. Returns how many messages parsed.
+/// (by its message type, into the structures of `rendezvous::proto`).
+/// Returns how many messages parsed.
 ///
 /// Panics if a message that parsed does not survive re-encoding (encode,
 /// parse again, encode again: the same JSON).
-pub fn rendezvous_frame(frame: &Frame, max_frame: usize) -> usize {
+pub fn rendezvous_frame(frame: &Frame) -> usize {
     let mut parsed = 0;
     let data = &frame.data;
     match frame.kind {
@@ -34,19 +33,12 @@ pub fn rendezvous_frame(frame: &Frame, max_frame: usize) -> usize {
             // What the client parses.
             PUNCH => parsed += usize::from(reparse::<PunchGo>(data, true).is_some()),
             GONE => parsed += usize::from(reparse::<Gone>(data, true).is_some()),
-            // Both ways: a node sends `RelayOut`, the server forwards `RelayIn`.
+            // Both ways: a node sends `RelayOut`, the server forwards
+            // `RelayIn`. The body is ciphertext for the relayed connection:
+            // it is handed over undecoded.
             RELAY => {
                 parsed += usize::from(reparse::<RelayOut>(data, true).is_some());
-                if let Some(head) = reparse::<RelayIn>(data, true) {
-                    parsed += 1;
-                    if !head.close {
-                        let mut d = Decoder::new(max_frame);
-                        d.push(frame.body.as_deref().unwrap_or(&[]));
-                        while let Ok(Some(_)) = d.next_frame() {
-                            parsed += 1;
-                        }
-                    }
-                }
+                parsed += usize::from(reparse::<RelayIn>(data, true).is_some());
             }
             _ => {}
         },

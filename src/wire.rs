@@ -2,9 +2,9 @@
 //!
 //! Pure code over byte buffers: no sockets. See `docs/protocol.md`.
 //!
-//! A connection starts with a *hello* from each side:
-//! `MAGIC (4 bytes "P2PR") | version (u16 BE) | length (u32 BE) | hello JSON`.
-//! Then frames follow:
+//! A connection starts with the secure handshake (`crate::noise`), which
+//! carries each side's [`Hello`]. Then frames follow, inside the encrypted
+//! records:
 //! `header length (u32 BE) | body length (u32 BE) | header JSON | body bytes`.
 //! Both lengths are checked against the maximum frame size before anything
 //! is allocated.
@@ -16,27 +16,13 @@ use std::io::{self, Write};
 
 /// The four bytes every p2prs connection starts with.
 pub const MAGIC: [u8; 4] = *b"P2PR";
-/// The protocol version this build speaks.
-pub const VERSION: u16 = 1;
-/// The largest hello accepted, in bytes.
-pub const MAX_HELLO: usize = 64 * 1024;
 /// Bytes in a frame prefix (two u32 lengths).
 pub const FRAME_PREFIX: usize = 8;
-const HELLO_PREFIX: usize = 10;
 
 /// Why bytes from a peer were refused. Holds no I/O error, so it compares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum WireError {
-    /// The connection did not start with `P2PR`.
-    BadMagic(Vec<u8>),
-    /// The peer speaks another protocol version.
-    UnsupportedVersion {
-        /// The version the peer announced.
-        theirs: u16,
-        /// The version this build speaks.
-        ours: u16,
-    },
     /// A frame (or hello) is larger than allowed.
     FrameTooLarge {
         /// Announced size in bytes.
@@ -57,15 +43,6 @@ pub enum WireError {
 impl fmt::Display for WireError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            WireError::BadMagic(b) => {
-                write!(f, "not a p2prs peer (connection began with {b:02x?})")
-            }
-            WireError::UnsupportedVersion { theirs, ours } => {
-                write!(
-                    f,
-                    "peer speaks protocol version {theirs}, this node speaks {ours}"
-                )
-            }
             WireError::FrameTooLarge { size, max } => {
                 write!(f, "frame of {size} bytes exceeds the maximum of {max}")
             }
@@ -205,17 +182,6 @@ impl Frame {
     }
 }
 
-/// Encode this node's hello.
-pub fn encode_hello(hello: &Hello) -> Vec<u8> {
-    let json = serde_json::to_vec(hello).unwrap_or_else(|_| b"{}".to_vec());
-    let mut out = Vec::with_capacity(HELLO_PREFIX + json.len());
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&VERSION.to_be_bytes());
-    out.extend_from_slice(&(json.len() as u32).to_be_bytes());
-    out.extend_from_slice(&json);
-    out
-}
-
 /// Write one frame to `w`, refusing it if it would exceed `max` bytes.
 /// The body is written straight from the caller's slice, without a copy.
 pub fn write_frame(w: &mut impl Write, frame: &Frame, max: usize) -> io::Result<()> {
@@ -305,17 +271,7 @@ fn decode_header(bytes: &[u8], body: Option<Vec<u8>>) -> Result<Frame, WireError
     })
 }
 
-/// Turns a stream of bytes, fed in pieces of any size, into a hello and then frames.
-///
-/// ```
-/// use p2prs::wire::{encode_hello, Decoder, Hello};
-/// let bytes = encode_hello(&Hello { listen: Some("127.0.0.1:4444".into()), id: None });
-/// let mut d = Decoder::new(1 << 20);
-/// d.push(&bytes[..3]);
-/// assert_eq!(d.next_hello(), Ok(None));
-/// d.push(&bytes[3..]);
-/// assert_eq!(d.next_hello().unwrap().unwrap().listen.as_deref(), Some("127.0.0.1:4444"));
-/// ```
+/// Turns a stream of bytes, fed in pieces of any size, into frames.
 #[derive(Debug)]
 pub struct Decoder {
     buf: Vec<u8>,
@@ -352,6 +308,10 @@ impl Decoder {
 
     /// How many more bytes the frame under way needs, at least; 0 if unknown.
     /// Lets a reader size its next read for large bodies.
+    #[cfg_attr(
+        not(feature = "unstable-testing"),
+        allow(dead_code, reason = "used by the fuzz targets")
+    )]
     pub fn wanted(&self) -> usize {
         let pending = &self.buf[self.start..];
         if pending.len() < FRAME_PREFIX {
@@ -359,40 +319,6 @@ impl Decoder {
         }
         let (h, b) = prefix_lengths(pending);
         (FRAME_PREFIX + h + b).saturating_sub(pending.len())
-    }
-
-    /// Decode the peer's hello, once enough bytes have arrived.
-    /// Wrong magic is reported as soon as the first bytes differ.
-    pub fn next_hello(&mut self) -> Result<Option<Hello>, WireError> {
-        let pending = &self.buf[self.start..];
-        let n = pending.len().min(MAGIC.len());
-        if pending[..n] != MAGIC[..n] {
-            return Err(WireError::BadMagic(pending[..n].to_vec()));
-        }
-        if pending.len() < HELLO_PREFIX {
-            return Ok(None);
-        }
-        let version = u16::from_be_bytes([pending[4], pending[5]]);
-        if version != VERSION {
-            return Err(WireError::UnsupportedVersion {
-                theirs: version,
-                ours: VERSION,
-            });
-        }
-        let len = u32::from_be_bytes([pending[6], pending[7], pending[8], pending[9]]) as usize;
-        if len > MAX_HELLO {
-            return Err(WireError::FrameTooLarge {
-                size: len as u64,
-                max: MAX_HELLO as u64,
-            });
-        }
-        if pending.len() < HELLO_PREFIX + len {
-            return Ok(None);
-        }
-        let hello: Hello = serde_json::from_slice(&pending[HELLO_PREFIX..HELLO_PREFIX + len])
-            .map_err(|e| WireError::BadHeader(e.to_string()))?;
-        self.start += HELLO_PREFIX + len;
-        Ok(Some(hello))
     }
 
     /// Decode the next complete frame, if one has arrived.
@@ -458,58 +384,24 @@ mod tests {
 
     #[test]
     fn round_trip_cut_at_every_byte() {
-        let hello = Hello {
-            listen: Some("10.0.0.1:9".into()),
-            id: Some(3),
-        };
-        let mut bytes = encode_hello(&hello);
-        bytes.extend(encode(&sample()));
+        let mut bytes = encode(&sample());
         bytes.extend(encode(&Frame::error(42, "no_handler", "none")));
         for cut in 0..=bytes.len() {
             let mut d = Decoder::new(1 << 20);
             d.push(&bytes[..cut]);
-            let mut got_hello = d.next_hello().unwrap();
             let mut frames = Vec::new();
-            if got_hello.is_some() {
-                while let Some(f) = d.next_frame().unwrap() {
-                    frames.push(f);
-                }
-            }
-            d.push(&bytes[cut..]);
-            if got_hello.is_none() {
-                got_hello = d.next_hello().unwrap();
-            }
             while let Some(f) = d.next_frame().unwrap() {
                 frames.push(f);
             }
-            assert_eq!(got_hello.as_ref(), Some(&hello), "cut at {cut}");
+            d.push(&bytes[cut..]);
+            while let Some(f) = d.next_frame().unwrap() {
+                frames.push(f);
+            }
             assert_eq!(frames.len(), 2, "cut at {cut}");
             assert_eq!(frames[0], sample());
             assert_eq!(frames[1].error.as_ref().unwrap().code, "no_handler");
             assert!(d.finish().is_ok());
         }
-    }
-
-    #[test]
-    fn bad_magic_detected_on_first_byte() {
-        let mut d = Decoder::new(1024);
-        d.push(b"G");
-        assert_eq!(d.next_hello(), Err(WireError::BadMagic(b"G".to_vec())));
-    }
-
-    #[test]
-    fn version_mismatch() {
-        let mut b = encode_hello(&Hello::default());
-        b[5] = 9;
-        let mut d = Decoder::new(1024);
-        d.push(&b);
-        assert_eq!(
-            d.next_hello(),
-            Err(WireError::UnsupportedVersion {
-                theirs: 9,
-                ours: VERSION
-            })
-        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! `cargo run --example gen_corpus`. Crash inputs found later are committed
 //! next to these by hand (named `crash-*`), not written here.
 
-use p2prs::wire::{encode_hello, write_frame, Frame, Hello, Kind};
+use p2prs::wire::{write_frame, Frame, Kind};
 use p2prs_fuzz::encode_input;
 use serde_json::{json, Value};
 use std::fs;
@@ -36,14 +36,6 @@ fn raw(h: u32, b: u32, rest: &[u8]) -> Vec<u8> {
     let mut v = h.to_be_bytes().to_vec();
     v.extend(b.to_be_bytes());
     v.extend_from_slice(rest);
-    v
-}
-
-fn hello_raw(version: u16, len: u32, json: &[u8]) -> Vec<u8> {
-    let mut v = b"P2PR".to_vec();
-    v.extend(version.to_be_bytes());
-    v.extend(len.to_be_bytes());
-    v.extend_from_slice(json);
     v
 }
 
@@ -138,77 +130,51 @@ fn main() {
         &encode_input(2, &[5], &full[..full.len() - 1]),
     );
 
-    // handshake: the same layout; the stream starts with a hello.
-    let t = "handshake";
-    let hello = encode_hello(&Hello {
-        listen: Some("10.0.0.1:9".into()),
-        id: Some(3),
-    });
+    // noise_handshake: the same layout; the stream is what a stranger
+    // sends: a preamble (magic, version, flags, tie-break), then Noise
+    // messages (u16 length + bytes). Bit 0 of the first byte: a keyed node.
+    let t = "noise_handshake";
+    let pre = |flags: u8, version: u16, nonce: u8| {
+        let mut v = b"P2PR".to_vec();
+        v.extend_from_slice(&version.to_be_bytes());
+        v.extend_from_slice(&[flags, 0]);
+        v.extend_from_slice(&[nonce; 8]);
+        v
+    };
+    let msg = |len: usize| {
+        let mut v = (len as u16).to_be_bytes().to_vec();
+        v.extend((0..len).map(|i| i as u8));
+        v
+    };
     write(
         t,
-        "hello-two-frames-byte-by-byte",
-        &encode_input(
-            2,
-            &[0],
-            &cat(&[hello.clone(), frame(&with_body), frame(&error)]),
-        ),
+        "preamble-initiator-then-msg1",
+        &encode_input(0, &[], &cat(&[pre(4, 2, 0xff), msg(32)])),
+    );
+    write(t, "preamble-responder-waits", &encode_input(0, &[], &pre(4, 2, 0)));
+    write(
+        t,
+        "preamble-keyed",
+        &encode_input(1, &[], &cat(&[pre(5, 2, 0xff), vec![0, 48], vec![0; 48]])),
     );
     write(
         t,
-        "hello-empty",
-        &encode_input(2, &[], &encode_hello(&Hello::default())),
+        "preamble-plaintext",
+        &encode_input(0, &[], &cat(&[pre(6, 2, 1), vec![0, 0, 0, 2], b"{}".to_vec()])),
+    );
+    write(t, "preamble-wrong-version", &encode_input(0, &[], &pre(4, 1, 1)));
+    write(t, "preamble-chacha", &encode_input(0, &[], &pre(0, 2, 1)));
+    write(t, "not-p2prs-http", &encode_input(0, &[], b"GET / HTTP/1.1\r\n\r\n"));
+    write(
+        t,
+        "refusal-after-preamble",
+        &encode_input(0, &[3], &cat(&[pre(4, 2, 0), vec![0, 0]])),
     );
     write(
         t,
-        "hello-ipv6-then-message",
-        &encode_input(
-            3,
-            &[1, 6],
-            &cat(&[
-                encode_hello(&Hello {
-                    listen: Some("[::1]:4444".into()),
-                    id: Some(u64::MAX),
-                }),
-                frame(&text),
-            ]),
-        ),
+        "byte-by-byte",
+        &encode_input(0, &[0], &cat(&[pre(4, 2, 0xff), vec![0, 96], vec![0; 96]])),
     );
-    write(
-        t,
-        "bad-magic-http",
-        &encode_input(2, &[], b"GET / HTTP/1.1\r\n\r\n"),
-    );
-    write(t, "bad-magic-late", &encode_input(2, &[0], b"P2PX"));
-    write(
-        t,
-        "wrong-version",
-        &encode_input(2, &[], &hello_raw(9, 2, b"{}")),
-    );
-    write(
-        t,
-        "hello-too-large",
-        &encode_input(2, &[], &hello_raw(1, 64 * 1024 + 1, b"{")),
-    );
-    write(
-        t,
-        "hello-bad-json",
-        &encode_input(2, &[], &hello_raw(1, 5, b"{\"id\"")),
-    );
-    write(
-        t,
-        "hello-unknown-field",
-        &encode_input(
-            2,
-            &[3],
-            &hello_raw(1, 27, br#"{"listen":null,"extra":[1]}"#),
-        ),
-    );
-    write(
-        t,
-        "hello-then-truncated",
-        &encode_input(0, &[], &cat(&[hello.clone(), raw(10, 0, b"{")])),
-    );
-    write(t, "hello-prefix-only", &encode_input(2, &[2], &hello[..7]));
 
     // rendezvous: `header JSON [0x00 body]`.
     let t = "rendezvous";

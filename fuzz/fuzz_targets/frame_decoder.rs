@@ -7,5 +7,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    p2prs_fuzz::decode_both_ways(data, false);
+    p2prs_fuzz::decode_both_ways(data);
 });

@@ -1,6 +1,6 @@
 //! What the fuzz targets share: how an input picks the decoder's maximum
 //! frame size and the points where the byte stream is cut, and the checks
-//! every decoded hello and frame must pass.
+//! every decoded frame must pass.
 //!
 //! A stream input is laid out as
 //! `size selector (1 byte) | n (1 byte) | n cut lengths (1 byte each) | stream`:
@@ -8,15 +8,11 @@
 //! cycled), as a socket would deliver it. Missing bytes read as zero.
 
 pub use p2prs::wire::FRAME_PREFIX;
-use p2prs::wire::{encode_hello, write_frame, Decoder, Frame, Hello, Kind, WireError};
-use p2prs::wire::{MAGIC, MAX_HELLO};
+use p2prs::wire::{write_frame, Decoder, Frame, Kind, WireError};
 use serde_json::Value;
 
 /// The maximum frame sizes a decoder is tried with; the last is p2prs's default.
 pub const MAX_FRAMES: [usize; 4] = [64, 4096, 1 << 20, 16 << 20];
-
-/// Bytes in a hello's prefix: magic, version, length.
-const HELLO_PREFIX: usize = 10;
 
 /// A fuzz input split into its parts.
 #[derive(Debug, Clone, Copy)]
@@ -74,8 +70,6 @@ pub fn encode_input(sel: u8, cuts: &[u8], stream: &[u8]) -> Vec<u8> {
 /// Everything a decoder made of a stream: what a connection would see.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
-    /// The hello, when one was expected and arrived.
-    pub hello: Option<Hello>,
     /// The frames decoded, in order.
     pub frames: Vec<Frame>,
     /// The error that would close the connection, if any.
@@ -84,42 +78,21 @@ pub struct Outcome {
     pub buffered: usize,
 }
 
-/// Feed `chunks` to a decoder of `max_frame` bytes as a connection does:
-/// the hello first when `with_hello` (asking before the first byte, as the
-/// handshake does), then frames after each piece, stopping at the first
-/// error. Every step is checked with [`check_hello`] and [`check_frame`].
-pub fn decode(chunks: &[&[u8]], max_frame: usize, with_hello: bool, stream: &[u8]) -> Outcome {
+/// Feed `chunks` to a decoder of `max_frame` bytes as a connection does
+/// (after the handshake): frames after each piece, stopping at the first
+/// error. Every frame is checked with [`check_frame`].
+pub fn decode(chunks: &[&[u8]], max_frame: usize) -> Outcome {
     let mut d = Decoder::new(max_frame);
     let mut out = Outcome {
-        hello: None,
         frames: Vec::new(),
         error: None,
         buffered: 0,
     };
-    let mut need_hello = with_hello;
     let mut pieces = chunks.iter();
     loop {
-        if need_hello {
-            let before = d.buffered();
-            match d.next_hello() {
-                Ok(Some(h)) => {
-                    check_hello(&h, before - d.buffered());
-                    out.hello = Some(h);
-                    need_hello = false;
-                }
-                Ok(None) => assert_eq!(d.buffered(), before, "a hello in waiting took bytes"),
-                Err(e) => {
-                    check_hello_error(&e, stream);
-                    out.error = Some(e);
-                    break;
-                }
-            }
-        }
-        if !need_hello {
-            if let Err(e) = drain(&mut d, max_frame, &mut out.frames) {
-                out.error = Some(e);
-                break;
-            }
+        if let Err(e) = drain(&mut d, max_frame, &mut out.frames) {
+            out.error = Some(e);
+            break;
         }
         match pieces.next() {
             Some(p) => d.push(p),
@@ -155,34 +128,6 @@ fn drain(d: &mut Decoder, max_frame: usize, frames: &mut Vec<Frame>) -> Result<(
                 return Err(e);
             }
         }
-    }
-}
-
-/// A decoded hello took at most the largest hello, and re-encodes to itself.
-pub fn check_hello(h: &Hello, consumed: usize) {
-    assert!((HELLO_PREFIX..=HELLO_PREFIX + MAX_HELLO).contains(&consumed));
-    let mut d = Decoder::new(0);
-    d.push(&encode_hello(h));
-    assert_eq!(
-        d.next_hello().as_ref(),
-        Ok(&Some(h.clone())),
-        "hello round trip"
-    );
-    assert_eq!(d.buffered(), 0);
-}
-
-fn check_hello_error(e: &WireError, stream: &[u8]) {
-    match e {
-        WireError::BadMagic(b) => {
-            assert!(!b.is_empty() && b.len() <= MAGIC.len());
-            assert_eq!(&stream[..b.len()], &b[..], "bad magic not from the stream");
-            assert_ne!(&b[..], &MAGIC[..b.len()], "good magic refused");
-        }
-        WireError::FrameTooLarge { size, max } => {
-            assert_eq!(*max, MAX_HELLO as u64);
-            assert!(size > max);
-        }
-        _ => {}
     }
 }
 
@@ -248,24 +193,12 @@ pub fn same_json(a: &Value, b: &Value) -> bool {
     }
 }
 
-/// Decode `input` in one piece and in the pieces it chose: the same hello,
-/// frames and error either way (a bad magic may show fewer bytes when the
-/// stream arrives in pieces).
-pub fn decode_both_ways(data: &[u8], with_hello: bool) -> Outcome {
+/// Decode `input` in one piece and in the pieces it chose: the same frames
+/// and error either way.
+pub fn decode_both_ways(data: &[u8]) -> Outcome {
     let input = Input::parse(data);
-    let whole = decode(&[input.stream], input.max_frame, with_hello, input.stream);
-    let cut = decode(&input.chunks(), input.max_frame, with_hello, input.stream);
-    let norm = |o: &Outcome| {
-        let mut o = o.clone();
-        if let Some(WireError::BadMagic(_)) = o.error {
-            o.error = Some(WireError::BadMagic(Vec::new()));
-        }
-        o
-    };
-    assert_eq!(
-        norm(&whole),
-        norm(&cut),
-        "decoding depends on how the bytes arrive"
-    );
+    let whole = decode(&[input.stream], input.max_frame);
+    let cut = decode(&input.chunks(), input.max_frame);
+    assert_eq!(whole, cut, "decoding depends on how the bytes arrive");
     whole
 }

@@ -12,7 +12,6 @@
 mod common;
 
 use common::Result;
-use crossbeam_channel::{select, unbounded, Receiver};
 use p2prs::{Event, Message, Node};
 use serde::{Deserialize, Serialize};
 use std::io::BufRead;
@@ -44,44 +43,21 @@ fn run(args: &Args) -> Result<()> {
         node.join_network(&[addr.as_str()])?;
     }
     println!("* type a line to send it to everyone; Ctrl-D to leave");
-    let lines = read_lines();
-    chat(&node, &args.name, &events, &lines);
+    // Events are printed on a thread of their own, until the node shuts down.
+    let printer = std::thread::Builder::new()
+        .name("chat-events".into())
+        .spawn(move || events.iter().for_each(show))
+        .map_err(|e| p2prs::Error::InvalidArgument(format!("no thread for events: {e}")))?;
+    for line in std::io::stdin().lock().lines().map_while(|l| l.ok()) {
+        say(&node, &args.name, line);
+    }
     if node.joined() {
         node.leave()?;
     }
     node.shutdown();
+    let _ = printer.join();
     println!("* left");
     Ok(())
-}
-
-/// Lines of stdin on a channel, so one loop can wait for them and for events.
-/// The reading thread ends by itself at the end of input.
-fn read_lines() -> Receiver<String> {
-    let (tx, rx) = unbounded();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines().map_while(|l| l.ok()) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-/// Print what arrives and send what is typed, until the end of input.
-fn chat(node: &Node, name: &str, events: &Receiver<Event>, lines: &Receiver<String>) {
-    loop {
-        select! {
-            recv(events) -> event => match event {
-                Ok(event) => show(event),
-                Err(_) => return,
-            },
-            recv(lines) -> line => match line {
-                Ok(line) => say(node, name, line),
-                Err(_) => return,
-            },
-        }
-    }
 }
 
 fn say(node: &Node, name: &str, text: String) {

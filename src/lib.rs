@@ -67,8 +67,8 @@ pub use id::{NodeId, ParseKeyError, PublicKey};
 pub use identity::{Identity, NetworkKey};
 pub use message::{Message, TEXT};
 pub use node::{
-    Connection, Event, HandlerResult, Incoming, Node, NodeBuilder, Peer, PeerInfo, Route, Target,
-    MAX_BOUNCES, RESERVED_PREFIX,
+    Connection, Event, Events, HandlerResult, Incoming, Node, NodeBuilder, Peer, PeerInfo,
+    RecvError, Route, Target, MAX_BOUNCES, RESERVED_PREFIX,
 };
 
 pub use config::{Cipher, Traversal};

@@ -5,8 +5,8 @@ use crate::handlers;
 use crate::stats::Summary;
 use crate::svg::{self, RingNode};
 use crate::watchdog::Watchdog;
-use crossbeam_channel::Receiver;
-use p2prs::{Event, Message, Node, NodeId, PeerInfo};
+
+use p2prs::{Event, Events, Message, Node, NodeId, PeerInfo};
 use p2prs_rng::{clock_seed, Rng};
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -68,7 +68,7 @@ fn build_deadline(n: usize) -> Duration {
 /// The nodes of the ring, each with its events and its ID.
 struct Member {
     node: Node,
-    events: Receiver<Event>,
+    events: Events,
     id: NodeId,
 }
 
@@ -86,7 +86,7 @@ impl Ring {
         let started = Instant::now();
         let nodes = start_nodes(n)?;
         say!("started {n} nodes in {} ms", started.elapsed().as_millis());
-        let events: Vec<Receiver<Event>> = nodes.iter().map(Node::events).collect();
+        let events: Vec<Events> = nodes.iter().map(Node::events).collect();
         let join_ms = form_ring(&nodes, rng)?;
         let members = nodes
             .into_iter()

@@ -5,8 +5,8 @@ use crate::handlers;
 use crate::help::NODE_COMMANDS;
 use crate::input::{parse_line, Input, TargetArg};
 use crate::output::{Out, Printer};
-use crossbeam_channel::{bounded, select, Receiver, Sender};
-use p2prs::{Event, HandlerResult, Incoming, Message, Node};
+
+use p2prs::{Event, Events, HandlerResult, Incoming, Message, Node};
 use std::io::BufRead;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -223,46 +223,29 @@ fn stop(node: &Node, printer: &Printer) {
     node.shutdown();
 }
 
-/// A thread that prints the node's events until stopped.
+/// A thread that prints the node's events until the node shuts down.
 struct Watcher {
-    stop: Sender<()>,
     thread: JoinHandle<()>,
 }
 
 impl Watcher {
-    fn spawn(
-        events: Receiver<Event>,
-        printer: Arc<Printer>,
-        me: SocketAddr,
-    ) -> std::io::Result<Watcher> {
-        let (stop, stopped) = bounded::<()>(0);
+    fn spawn(events: Events, printer: Arc<Printer>, me: SocketAddr) -> std::io::Result<Watcher> {
         let thread = std::thread::Builder::new()
             .name("p2prs-cli-events".into())
-            .spawn(move || watch(&events, &stopped, &printer, me))?;
-        Ok(Watcher { stop, thread })
+            .spawn(move || {
+                for ev in &events {
+                    print_event(&printer, ev, me);
+                }
+            })?;
+        Ok(Watcher { thread })
     }
 
-    /// Stop the thread (after it printed what had arrived) and join it.
+    /// Join the thread: call it once the node has shut down, which ends its
+    /// events after the last one has been printed.
     fn stop(self) {
-        drop(self.stop);
         if self.thread.join().is_err() {
             log::error!("the event thread panicked");
         }
-    }
-}
-
-fn watch(events: &Receiver<Event>, stopped: &Receiver<()>, printer: &Printer, me: SocketAddr) {
-    loop {
-        select! {
-            recv(events) -> ev => match ev {
-                Ok(ev) => print_event(printer, ev, me),
-                Err(_) => return,
-            },
-            recv(stopped) -> _ => break,
-        }
-    }
-    for ev in events.try_iter() {
-        print_event(printer, ev, me);
     }
 }
 
@@ -355,7 +338,9 @@ mod tests {
         assert_eq!(ev[4]["command"], "bogus");
         assert_eq!(ev[5]["id"], Value::Null);
         // The TEXT frame went before the requests on the same connection, so
-        // it is in A's events by now; stopping the watcher prints it.
+        // it is in A's events by now; shutting A down ends its events, and
+        // the watcher prints what was queued before it stops.
+        a.shutdown();
         watcher.stop();
         // Handler threads and the watcher print in any order.
         let got = a_out.events();

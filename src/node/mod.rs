@@ -2,12 +2,14 @@
 
 mod chord;
 mod connection;
+mod events;
 mod handler;
 mod nat;
 
 pub use chord::{Peer, Route};
 
 pub use connection::{Connection, Target};
+pub use events::{Events, RecvError};
 pub use handler::{HandlerResult, Incoming, PeerInfo, MAX_BOUNCES};
 
 use crate::config::Config;
@@ -604,8 +606,8 @@ impl Node {
     }
 
     /// Events: messages without a handler (such as `TEXT`), ring changes.
-    /// Events are kept from the first call on (earlier ones are not); every
-    /// receiver shares one queue. Iterating ends when the node shuts down.
+    /// The node keeps them from its start; every [`Events`] handle shares one
+    /// queue. Iterating ends when the node shuts down.
     ///
     /// The queue holds at most [`Config::events_capacity`] events: when it is
     /// full, the oldest is dropped to make room, and counted in
@@ -619,9 +621,9 @@ impl Node {
     /// assert_eq!(events.iter().count(), 0);
     /// # Ok::<(), p2prs::Error>(())
     /// ```
-    pub fn events(&self) -> Receiver<Event> {
+    pub fn events(&self) -> Events {
         self.inner().watching.store(true, Ordering::Release);
-        self.inner().events_rx.clone()
+        Events::new(self.inner().events_rx.clone())
     }
 
     /// How many events were dropped, oldest first, because the events queue
@@ -1029,9 +1031,6 @@ impl NodeInner {
     }
 
     pub(crate) fn emit(&self, e: Event) {
-        if !self.watching.load(Ordering::Acquire) {
-            return;
-        }
         // Held throughout, so that emitters take turns making room.
         let g = self.events_tx.lock();
         let Some(tx) = g.as_ref() else { return };
@@ -1042,7 +1041,10 @@ impl NodeInner {
                 Err(TrySendError::Full(back)) => {
                     if self.events_rx.try_recv().is_ok() {
                         let dropped = self.events_dropped.fetch_add(1, Ordering::AcqRel);
-                        if dropped.is_power_of_two() || dropped == 0 {
+                        // A program that never asked for events is not
+                        // told that it loses them.
+                        let watching = self.watching.load(Ordering::Acquire);
+                        if watching && (dropped.is_power_of_two() || dropped == 0) {
                             log::warn!(
                                 "the events queue of {} is full ({} events): dropping the \
                                  oldest ({} so far)",

@@ -159,21 +159,18 @@ fn node(args: &[String]) -> Result<(), String> {
         say(json!({ "event": "joined", "id": id.0 }));
     }
     let events = node.events();
-    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+    // Prints messages until the node shuts down (which ends its events).
     let watcher = std::thread::Builder::new()
         .name("nat-driver-events".into())
-        .spawn(move || loop {
-            crossbeam_channel::select! {
-                recv(stop_rx) -> _ => return,
-                recv(events) -> e => match e {
-                    Ok(Event::Message { from, message }) => say(json!({
+        .spawn(move || {
+            for e in &events {
+                if let Event::Message { from, message } = e {
+                    say(json!({
                         "event": "message",
                         "from": from.id.map(|i| i.0),
                         "text": message.as_text(),
-                    })),
-                    Ok(_) => {}
-                    Err(_) => return,
-                },
+                    }));
+                }
             }
         })
         .map_err(|e| e.to_string())?;
@@ -193,9 +190,8 @@ fn node(args: &[String]) -> Result<(), String> {
         answer["tag"] = json!(tag);
         say(answer);
     }
-    drop(stop_tx);
-    let _ = watcher.join();
     node.shutdown();
+    let _ = watcher.join();
     Ok(())
 }
 

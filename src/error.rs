@@ -30,6 +30,8 @@ pub enum Error {
     },
     /// Waiting for something took longer than allowed.
     Timeout {
+        /// Which phase ran out of time.
+        kind: TimeoutKind,
         /// What was being waited for.
         what: String,
         /// How long was waited.
@@ -42,8 +44,9 @@ pub enum Error {
     },
     /// The remote node answered a request with an error.
     Remote {
-        /// A short machine-readable code such as `no_handler` or `handler_failed`.
-        code: String,
+        /// What kind of error: [`ErrorCode::NoHandler`], [`ErrorCode::HandlerFailed`]...
+        /// (codes from newer peers are kept as [`ErrorCode::Other`]).
+        code: ErrorCode,
         /// The remote node's explanation.
         message: String,
     },
@@ -109,7 +112,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Io { context, source } => write!(f, "{context}: {source}"),
-            Error::Timeout { what, after } => {
+            Error::Timeout { what, after, .. } => {
                 write!(
                     f,
                     "timed out after {:.1}s waiting for {what}",
@@ -236,7 +239,7 @@ impl Error {
     /// The `code` this error travels under in an error response.
     pub(crate) fn wire_code(&self) -> &str {
         match self {
-            Error::Remote { code, .. } => code,
+            Error::Remote { code, .. } => code.as_str(),
             Error::NoSuchNode(_) => "no_such_node",
             Error::NotJoined => "not_joined",
             Error::IdTaken(_) => "id_taken",
@@ -362,5 +365,148 @@ fn shown(b: &[u8]) -> String {
     } else {
         let hex: Vec<String> = b.iter().map(|c| format!("{c:02x}")).collect();
         format!("bytes {}", hex.join(" "))
+    }
+}
+
+/// Which phase of an operation ran out of time (in [`Error::Timeout`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TimeoutKind {
+    /// The secure handshake of a new connection (direct, punched or relayed):
+    /// `Config::handshake_timeout`.
+    Handshake,
+    /// The answer to a request: `Config::request_timeout`, or the timeout
+    /// given to the call.
+    Response,
+    /// A write that the peer did not read: `Config::write_timeout`.
+    Write,
+    /// A hole punch: `Config::punch_timeout` or `Config::relay_after`.
+    Punch,
+}
+
+/// The kind of an error a remote node answered (in [`Error::Remote`]), as
+/// it travels on the wire (`docs/protocol.md`). A code this version does not
+/// know, from a newer peer, is kept as [`ErrorCode::Other`].
+///
+/// ```
+/// use p2prs::ErrorCode;
+/// assert_eq!(ErrorCode::from("no_handler"), ErrorCode::NoHandler);
+/// assert_eq!(ErrorCode::NoHandler.as_str(), "no_handler");
+/// assert_eq!(ErrorCode::from("from_the_future"), ErrorCode::Other("from_the_future".into()));
+/// assert!(ErrorCode::IdTaken == "id_taken");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// No handler for the message type.
+    NoHandler,
+    /// The handler returned an error.
+    HandlerFailed,
+    /// The handler panicked.
+    HandlerPanicked,
+    /// The handler returned without responding or bouncing.
+    NoResponse,
+    /// The node the request was bounced to went away.
+    BounceFailed,
+    /// The node the request was bounced to did not answer in time.
+    BounceTimeout,
+    /// No node holds the ID.
+    NoSuchNode,
+    /// The node is not part of a ring.
+    NotJoined,
+    /// The ID asked for is held, reserved, or bound to another key.
+    IdTaken,
+    /// The claim reached a node that does not own the ID.
+    WrongOwner,
+    /// The allocating node does not know its range yet.
+    Unsettled,
+    /// No free ID is left in the allocator's range.
+    RangeFull,
+    /// A ring or rendezvous request whose data does not have the documented shape.
+    BadRequest,
+    /// A ring request that speaks for another node (see `docs/security.md`).
+    Forbidden,
+    /// The remote node timed out on our behalf.
+    Timeout,
+    /// The remote node is shutting down.
+    ShuttingDown,
+    /// The remote node is out of a resource (threads).
+    ResourceExhausted,
+    /// A rendezvous registration for an ID or address held under another key.
+    Taken,
+    /// An introduction asked of a rendezvous before registering.
+    NotRegistered,
+    /// Another failure of the remote node.
+    Failed,
+    /// A code this version does not know.
+    Other(String),
+}
+
+const CODES: &[(ErrorCode, &str)] = &[
+    (ErrorCode::NoHandler, "no_handler"),
+    (ErrorCode::HandlerFailed, "handler_failed"),
+    (ErrorCode::HandlerPanicked, "handler_panicked"),
+    (ErrorCode::NoResponse, "no_response"),
+    (ErrorCode::BounceFailed, "bounce_failed"),
+    (ErrorCode::BounceTimeout, "bounce_timeout"),
+    (ErrorCode::NoSuchNode, "no_such_node"),
+    (ErrorCode::NotJoined, "not_joined"),
+    (ErrorCode::IdTaken, "id_taken"),
+    (ErrorCode::WrongOwner, "wrong_owner"),
+    (ErrorCode::Unsettled, "unsettled"),
+    (ErrorCode::RangeFull, "range_full"),
+    (ErrorCode::BadRequest, "bad_request"),
+    (ErrorCode::Forbidden, "forbidden"),
+    (ErrorCode::Timeout, "timeout"),
+    (ErrorCode::ShuttingDown, "shutting_down"),
+    (ErrorCode::ResourceExhausted, "resource_exhausted"),
+    (ErrorCode::Taken, "taken"),
+    (ErrorCode::NotRegistered, "not_registered"),
+    (ErrorCode::Failed, "failed"),
+];
+
+impl ErrorCode {
+    /// The code as it travels on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            ErrorCode::Other(s) => s,
+            known => CODES
+                .iter()
+                .find(|(c, _)| c == known)
+                .map_or("failed", |(_, s)| s),
+        }
+    }
+}
+
+impl From<&str> for ErrorCode {
+    fn from(s: &str) -> ErrorCode {
+        CODES
+            .iter()
+            .find(|(_, name)| *name == s)
+            .map_or_else(|| ErrorCode::Other(s.to_string()), |(c, _)| c.clone())
+    }
+}
+
+impl From<String> for ErrorCode {
+    fn from(s: String) -> ErrorCode {
+        ErrorCode::from(s.as_str())
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<str> for ErrorCode {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for ErrorCode {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
     }
 }

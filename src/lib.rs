@@ -62,7 +62,7 @@ mod wire;
 
 pub use budget::{max_threads, running_threads, set_max_threads, DEFAULT_MAX_THREADS};
 pub use config::Config;
-pub use error::{Error, HandshakeError, Result};
+pub use error::{Error, ErrorCode, HandshakeError, Result, TimeoutKind};
 pub use id::{NodeId, ParseKeyError, PublicKey};
 pub use identity::{Identity, NetworkKey};
 pub use message::{Message, TEXT};

@@ -293,6 +293,7 @@ pub(crate) fn punch(
                 None => session.expect.public.to_string(),
             };
             return Err(Error::Timeout {
+                kind: crate::error::TimeoutKind::Punch,
                 what: format!("a punched connection to {what} (tried {endpoints:?})"),
                 after: timing.total,
             });

@@ -86,6 +86,7 @@ impl SecureStream {
             }
             if Instant::now() >= deadline {
                 return Err(Error::Timeout {
+                    kind: crate::error::TimeoutKind::Handshake,
                     what: "the handshake".into(),
                     after: Duration::from_secs(5),
                 });

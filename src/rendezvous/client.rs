@@ -468,6 +468,7 @@ impl Client {
         } else {
             conn.close();
             Error::Timeout {
+                kind: crate::error::TimeoutKind::Handshake,
                 what: format!("the relayed handshake of {}", who(&peer)),
                 after: self.cfg.handshake_timeout,
             }
@@ -502,6 +503,7 @@ impl Client {
         match rx.recv_timeout(wait) {
             Ok(result) => result,
             Err(_) => Err(Error::Timeout {
+                kind: crate::error::TimeoutKind::Punch,
                 what: format!(
                     "a punch to {} (it goes on while the relay carries the traffic)",
                     who(peer)

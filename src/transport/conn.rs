@@ -506,6 +506,7 @@ impl Conn {
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) {
                     Err(Error::Timeout {
+                        kind: crate::error::TimeoutKind::Write,
                         what: format!("a write to {}", self.peer_addr()),
                         after,
                     })
@@ -627,6 +628,7 @@ impl Conn {
             Err(RecvTimeoutError::Timeout) => {
                 self.pending.lock().remove(&req);
                 Err(Error::Timeout {
+                    kind: crate::error::TimeoutKind::Response,
                     what: format!("a response to {kind:?} from {}", self.peer_addr()),
                     after: timeout,
                 })
@@ -659,7 +661,7 @@ impl Conn {
             Pending::Wait(tx) => {
                 let result = match frame.error {
                     Some(e) => Err(Error::Remote {
-                        code: e.code,
+                        code: e.code.into(),
                         message: e.message,
                     }),
                     None => Ok(Message::from_frame(frame)),
@@ -950,6 +952,7 @@ pub(crate) fn handshake(
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(Error::Timeout {
+                kind: crate::error::TimeoutKind::Handshake,
                 what: format!("the handshake of {peer}"),
                 after: timeout,
             });
@@ -995,7 +998,7 @@ pub(crate) fn reply(conn: &Conn, frame: &Frame, answer: Result<Message>) {
     };
     let out = match answer {
         Ok(msg) => msg.into_frame(Kind::Response, Some(req)),
-        Err(Error::Remote { code, message }) => Frame::error(req, &code, message),
+        Err(Error::Remote { code, message }) => Frame::error(req, code.as_str(), message),
         Err(e) => Frame::error(req, e.wire_code(), e.to_string()),
     };
     if let Err(e) = conn.send_frame(&out) {

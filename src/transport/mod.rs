@@ -705,6 +705,7 @@ impl Transport {
                 recv(stop) -> _ => return Err(Error::ConnectionClosed { peer }),
                 recv(deadline) -> _ => {
                     return Err(Error::Timeout {
+                        kind: crate::error::TimeoutKind::Handshake,
                         what: format!("the relayed handshake of {peer}"),
                         after: timeout,
                     })

@@ -24,7 +24,6 @@
 
 use super::RoutingState;
 use crate::id::NodeId;
-use serde::{Deserialize, Serialize};
 use std::fmt::{self, Debug};
 
 /// The ID the first node of a network takes.
@@ -36,7 +35,7 @@ pub fn claim_target(requested: Option<NodeId>) -> NodeId {
 }
 
 /// Why a claim was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ClaimError {
     /// The ID belongs to a node in the ring or to another pending joiner.

@@ -27,7 +27,7 @@ mod sim;
 pub mod stabilize;
 
 use crate::id::NodeId;
-use serde::{Deserialize, Serialize};
+
 use std::fmt::Debug;
 
 pub use finger::FINGER_COUNT;
@@ -37,7 +37,7 @@ pub use finger::FINGER_COUNT;
 pub const NEXT_HOP_FALLBACKS: usize = 3;
 
 /// A node of the ring: its identifier and the address to reach it at.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Peer<A> {
     /// The node's position on the ring.
     pub id: NodeId,
@@ -53,7 +53,7 @@ impl<A> Peer<A> {
 }
 
 /// The answer of one node to "who is next towards `target`?".
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Route<A> {
     /// The answering node knows the owner of the target (the first node at or
     /// clockwise after it): the lookup is over.

@@ -112,14 +112,19 @@ fn to_pub(p: &RPeer) -> Peer {
 
 #[derive(Serialize, Deserialize)]
 struct NextHopReply {
+    #[serde(with = "msg::peer")]
     from: RPeer,
+    #[serde(with = "msg::route")]
     route: ring::Route<Ep>,
 }
 
 #[derive(Serialize, Deserialize)]
 struct NeighboursReply {
+    #[serde(with = "msg::peer")]
     me: RPeer,
+    #[serde(with = "msg::opt_peer")]
     pred: Option<RPeer>,
+    #[serde(with = "msg::peers")]
     successors: Vec<RPeer>,
 }
 
@@ -134,6 +139,7 @@ struct ClaimRequest {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct Grant {
     /// The node that granted the ID (itself, for the first node of a network).
+    #[serde(with = "msg::peer")]
     by: RPeer,
     /// Its signature (hex) of [`grant_bytes`].
     sig: String,
@@ -159,13 +165,15 @@ fn make_grant(n: &NodeInner, by: &RPeer, id: NodeId, key: Option<PublicKey>) -> 
 
 /// The notify this node sends about itself.
 fn notify_data(n: &NodeInner, me: &RPeer) -> Value {
-    json!({ "peer": me, "grant": *n.chord.grant.lock() })
+    json!({ "peer": msg::WirePeer::from(me), "grant": *n.chord.grant.lock() })
 }
 
 #[derive(Serialize, Deserialize)]
 struct ClaimReply {
     id: NodeId,
+    #[serde(with = "msg::peer")]
     owner: RPeer,
+    #[serde(with = "msg::peers")]
     successors: Vec<RPeer>,
     /// The owner's grant of the ID to the claimant's key.
     #[serde(default)]
@@ -177,14 +185,18 @@ struct ClaimReply {
 
 #[derive(Serialize, Deserialize)]
 struct Leaving {
+    #[serde(with = "msg::peer")]
     peer: RPeer,
+    #[serde(with = "msg::opt_peer")]
     pred: Option<RPeer>,
+    #[serde(with = "msg::peers")]
     successors: Vec<RPeer>,
 }
 
 #[derive(Serialize, Deserialize)]
 struct Envelope {
     limit: NodeId,
+    #[serde(with = "msg::peer")]
     origin: RPeer,
     #[serde(rename = "type")]
     kind: String,
@@ -225,6 +237,7 @@ struct SizeNews {
     size: usize,
     epoch: u64,
     #[serde(default)]
+    #[serde(with = "msg::peers")]
     joined: Vec<RPeer>,
     #[serde(default)]
     left: Vec<NodeId>,
@@ -948,6 +961,7 @@ fn spread(
 }
 
 mod driver;
+mod msg;
 mod serve;
 
 pub(crate) use driver::spawn_stabilizer;

@@ -178,7 +178,7 @@ fn neighbours(n: &NodeInner) -> Result<Message> {
 }
 
 fn notify(n: &NodeInner, conn: &Conn, frame: &Frame) -> Result<Message> {
-    let candidate: RPeer = field(frame, "peer")?;
+    let candidate: RPeer = field::<msg::WirePeer>(frame, "peer")?.into();
     let grant: Option<Grant> = field(frame, "grant")?;
     speaks_for_itself(n, conn, &candidate, "a notify")?;
     let now = n.chord.now_ms();

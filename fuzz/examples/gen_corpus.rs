@@ -151,7 +151,11 @@ fn main() {
         "preamble-initiator-then-msg1",
         &encode_input(0, &[], &cat(&[pre(4, 2, 0xff), msg(32)])),
     );
-    write(t, "preamble-responder-waits", &encode_input(0, &[], &pre(4, 2, 0)));
+    write(
+        t,
+        "preamble-responder-waits",
+        &encode_input(0, &[], &pre(4, 2, 0)),
+    );
     write(
         t,
         "preamble-keyed",
@@ -160,11 +164,23 @@ fn main() {
     write(
         t,
         "preamble-plaintext",
-        &encode_input(0, &[], &cat(&[pre(6, 2, 1), vec![0, 0, 0, 2], b"{}".to_vec()])),
+        &encode_input(
+            0,
+            &[],
+            &cat(&[pre(6, 2, 1), vec![0, 0, 0, 2], b"{}".to_vec()]),
+        ),
     );
-    write(t, "preamble-wrong-version", &encode_input(0, &[], &pre(4, 1, 1)));
+    write(
+        t,
+        "preamble-wrong-version",
+        &encode_input(0, &[], &pre(4, 1, 1)),
+    );
     write(t, "preamble-chacha", &encode_input(0, &[], &pre(0, 2, 1)));
-    write(t, "not-p2prs-http", &encode_input(0, &[], b"GET / HTTP/1.1\r\n\r\n"));
+    write(
+        t,
+        "not-p2prs-http",
+        &encode_input(0, &[], b"GET / HTTP/1.1\r\n\r\n"),
+    );
     write(
         t,
         "refusal-after-preamble",

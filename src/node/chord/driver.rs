@@ -83,9 +83,14 @@ fn run(n: &NodeInner) {
         }
         let now = Instant::now();
         let periodic = next <= now;
-        if periodic || extra.round_at.is_some_and(|t| t <= now) {
+        let asked = extra.round_at.is_some_and(|t| t <= now);
+        if periodic || asked {
             extra.round_at = None;
-            extra.last_round = Some(now);
+            // Only rounds asked for are spaced: a periodic round just before
+            // does not delay the one a joining neighbour asks for.
+            if asked {
+                extra.last_round = Some(now);
+            }
             round(n);
             next = Instant::now() + interval;
         }
@@ -292,19 +297,89 @@ fn walk(n: &NodeInner) {
             break;
         }
     }
-    // The walk must end at our predecessor; if it does not, a node has just
-    // joined or left and the ring is settling: count again next round.
-    let settled = {
-        let mut g = n.chord.ring.write();
-        let Some(r) = g.as_mut() else { return };
-        let last = members.last().map(|p| p.id);
-        let ok = r.routing.predecessor().is_none_or(|p| Some(p.id) == last);
-        r.recount |= !ok;
-        ok
+    // A node that left stays in some successor lists for a few rounds: one
+    // the root saw leave is counted again only if it answers as itself.
+    let gone: Vec<NodeId> = {
+        let g = n.chord.ring.read();
+        let Some(r) = g.as_ref() else { return };
+        members
+            .iter()
+            .filter(|p| r.gone.contains(&p.id))
+            .map(|p| p.id)
+            .collect()
     };
-    if settled {
-        publish(n, &me, members);
+    for id in gone {
+        let Some(at) = members.iter().position(|p| p.id == id) else {
+            continue;
+        };
+        let p = members[at].clone();
+        let back = neighbours_of(n, p.addr).is_ok_and(|reply| reply.me == p);
+        if back {
+            if let Some(r) = n.chord.ring.write().as_mut() {
+                r.gone.retain(|g| *g != id);
+            }
+        } else {
+            members.remove(at);
+        }
     }
+    // Successor lists catch up with a join one stabilizer round per hop
+    // backwards, but a joiner is linked as its successor's predecessor at
+    // once: walk back from our predecessor to the last node counted.
+    let pred = n
+        .chord
+        .ring
+        .read()
+        .as_ref()
+        .and_then(|r| r.routing.predecessor().cloned());
+    let Some(behind) = walk_back(n, &me, pred, &members) else {
+        // A node has just joined or left and the ring is settling: count
+        // again soon.
+        if let Some(r) = n.chord.ring.write().as_mut() {
+            r.recount = true;
+        }
+        n.chord.queue(Job::Recount);
+        return;
+    };
+    members.extend(behind.into_iter().rev());
+    publish(n, &me, members);
+}
+
+/// The nodes from `pred` back to (not including) the last of `members`,
+/// following predecessors; `None` if the chain does not meet it.
+fn walk_back(
+    n: &NodeInner,
+    me: &RPeer,
+    pred: Option<RPeer>,
+    members: &[RPeer],
+) -> Option<Vec<RPeer>> {
+    let Some(mut cursor) = pred else {
+        // Alone, or the predecessor is being replaced: nothing behind.
+        return Some(Vec::new());
+    };
+    let last = members.last().unwrap_or(me);
+    let last_d = me.id.distance_to(last.id);
+    let mut behind: Vec<RPeer> = Vec::new();
+    while members.len() + behind.len() < MAX_WALK {
+        if cursor.id == last.id {
+            return Some(behind);
+        }
+        let d = me.id.distance_to(cursor.id);
+        if cursor.id == me.id || d <= last_d {
+            return None;
+        }
+        if behind.last().is_some_and(|b| me.id.distance_to(b.id) <= d) {
+            return None;
+        }
+        behind.push(cursor.clone());
+        match neighbours_of(n, cursor.addr) {
+            Ok(reply) => cursor = reply.pred?,
+            Err(e) => {
+                log::debug!("counting the ring: {} did not answer: {e}", cursor.id);
+                return None;
+            }
+        }
+    }
+    None
 }
 
 fn publish(n: &NodeInner, me: &RPeer, members: Vec<RPeer>) {
@@ -324,6 +399,13 @@ fn publish(n: &NodeInner, me: &RPeer, members: Vec<RPeer>) {
             .filter(|id| !now.contains_key(id))
             .copied()
             .collect();
+        for id in &left {
+            r.gone.retain(|g| g != id);
+            r.gone.push_back(*id);
+        }
+        while r.gone.len() > GONE_KEPT {
+            r.gone.pop_front();
+        }
         let changed = !joined.is_empty() || !left.is_empty() || r.size != now.len();
         r.epoch += 1;
         r.size = now.len();

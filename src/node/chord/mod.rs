@@ -245,14 +245,7 @@ struct Ring {
     recount: bool,
     /// When the root last counted the ring.
     last_walk: Option<Instant>,
-    /// At the root: IDs its counts saw leave, newest last (at most
-    /// [`GONE_KEPT`]). Successor lists name a node that left for a few rounds
-    /// more; the count asks such a node itself before it counts it again.
-    gone: std::collections::VecDeque<NodeId>,
 }
-
-/// How many IDs that left the root remembers (see `Ring::gone`).
-const GONE_KEPT: usize = 256;
 
 impl Ring {
     fn new(routing: RoutingState<Ep>, fingers_per_round: usize) -> Ring {
@@ -266,7 +259,6 @@ impl Ring {
             epoch: 0,
             recount: true,
             last_walk: None,
-            gone: std::collections::VecDeque::new(),
         }
     }
 

@@ -170,8 +170,10 @@ fn walk_if_due(n: &NodeInner, periodic: bool) {
 }
 
 /// At most this many successors asked in one stabilize step (see
-/// `execute`).
-const STABILIZE_STEPS: usize = 32;
+/// `execute`): enough to catch up with a burst of joins, few enough that a
+/// successor naming ever closer predecessors cannot make this node dial
+/// more than a handful of addresses per round.
+const STABILIZE_STEPS: usize = 8;
 
 fn execute(n: &NodeInner, action: Action<Ep>) {
     match action {

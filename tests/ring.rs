@@ -387,3 +387,40 @@ fn a_node_that_is_shut_down_has_no_id_and_refuses_ring_calls() {
     // The events iterator ends instead of blocking for ever.
     assert!(events.iter().all(|e| !matches!(e, Event::Message { .. })));
 }
+
+/// A join links the joiner in by itself: with stabilizer rounds an hour
+/// apart, no periodic round can do it, yet every `join_network` returns with
+/// the joiner between its neighbours, and the node before it points at it.
+#[test]
+fn joins_link_in_without_a_stabilizer_round() {
+    let hour = Duration::from_secs(3600);
+    let nodes: Vec<Node> = (0..6)
+        .map(|_| {
+            node_with(|c| {
+                c.stabilize_interval = hour;
+                c.handler_threads = 1;
+            })
+        })
+        .collect();
+    // The first node of a network needs no call: the first joiner makes it
+    // the root (ID 0), and is linked to it both ways.
+    for i in 1..nodes.len() {
+        let id = nodes[i].join_network(&[nodes[0].local_addr()]).unwrap();
+        assert_eq!(id, NodeId(i as u64));
+        let book = |n: &Node| -> Vec<NodeId> { n.peer_book().iter().map(|p| p.id).collect() };
+        let before = NodeId(i as u64 - 1);
+        assert!(
+            book(&nodes[i]).contains(&before),
+            "joiner {i} knows its predecessor: {:?}",
+            book(&nodes[i])
+        );
+        assert!(book(&nodes[0]).contains(&id), "the root knows joiner {i}");
+        assert!(
+            wait_until(PATIENCE, || book(&nodes[i - 1]).contains(&id)),
+            "node {before} points at joiner {i}"
+        );
+    }
+    assert_eq!(nodes[0].stabilizer_rounds(), 0, "no periodic round ran");
+    let all: Vec<&Node> = nodes.iter().collect();
+    assert!(all_reach_all(&all));
+}

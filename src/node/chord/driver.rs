@@ -83,9 +83,14 @@ fn run(n: &NodeInner) {
         }
         let now = Instant::now();
         let periodic = next <= now;
-        if periodic || extra.round_at.is_some_and(|t| t <= now) {
+        let asked = extra.round_at.is_some_and(|t| t <= now);
+        if periodic || asked {
             extra.round_at = None;
-            extra.last_round = Some(now);
+            // Only rounds asked for are spaced: a periodic round just before
+            // does not delay the one a joining neighbour asks for.
+            if asked {
+                extra.last_round = Some(now);
+            }
             round(n);
             next = Instant::now() + interval;
         }
@@ -164,21 +169,42 @@ fn walk_if_due(n: &NodeInner, periodic: bool) {
     }
 }
 
+/// At most this many successors asked in one stabilize step (see
+/// `execute`): enough to catch up with a burst of joins, few enough that a
+/// successor naming ever closer predecessors cannot make this node dial
+/// more than a handful of addresses per round.
+const STABILIZE_STEPS: usize = 8;
+
 fn execute(n: &NodeInner, action: Action<Ep>) {
     match action {
-        Action::AskPredecessor(s) => match neighbours_of(n, s.addr) {
-            Ok(reply) => {
-                let notify = {
+        Action::AskPredecessor(first) => {
+            // When the answer moves our successor closer (nodes joined
+            // between us and it), stabilize with the new one at once too:
+            // joins faster than rounds would otherwise leave this node
+            // pointing past a joiner until its next round.
+            let mut s = first;
+            for step in 1..=STABILIZE_STEPS {
+                let reply = match neighbours_of(n, s.addr) {
+                    Ok(reply) => reply,
+                    Err(e) => return failed(n, &s, &e),
+                };
+                let (notify, next) = {
                     let mut g = n.chord.ring.write();
                     let Some(r) = g.as_mut() else { return };
-                    on_stabilize_reply(&mut r.routing, &s, reply.pred, reply.successors)
+                    let a = on_stabilize_reply(&mut r.routing, &s, reply.pred, reply.successors);
+                    (a, r.routing.successor().clone())
                 };
+                if next.id != s.id && next.id != my_id(n).unwrap_or(s.id) && step < STABILIZE_STEPS
+                {
+                    s = next;
+                    continue;
+                }
                 if let Some(a) = notify {
                     execute(n, a);
                 }
+                return;
             }
-            Err(e) => failed(n, &s, &e),
-        },
+        }
         Action::Notify { to, me } => {
             if let Err(e) = rpc_peer(n, &to, NOTIFY, notify_data(n, &me)) {
                 failed(n, &to, &e);
@@ -241,70 +267,70 @@ fn tell_root(n: &NodeInner) {
     }
 }
 
-/// At the root: walk the ring along successor lists, count it, and
+/// At the root: walk the ring back along predecessors, count it, and
 /// broadcast the size and what changed since the last count.
+///
+/// Predecessors, not successor lists: a joiner is its successor's
+/// predecessor the moment it is linked in, and each node on the way answers
+/// for its own predecessor, while successor lists are hearsay that catches up
+/// with a join (or a leave) one stabilizer round per hop, with gaps while a
+/// burst of joins settles. The price is one request per node, not one per
+/// `successor_list_len` nodes, at most once per quarter stabilize interval.
 fn walk(n: &NodeInner) {
-    let (me, succs) = {
+    let (me, pred, alone) = {
         let g = n.chord.ring.read();
         let Some(r) = g.as_ref() else { return };
-        (r.routing.me().clone(), r.routing.successors().to_vec())
+        let rt = &r.routing;
+        (rt.me().clone(), rt.predecessor().cloned(), rt.is_alone())
     };
-    let mut members: Vec<RPeer> = vec![me.clone()];
-    let push = |members: &mut Vec<RPeer>, p: RPeer| -> bool {
-        let last = members.last().map_or(0, |l| me.id.distance_to(l.id));
-        if p.id != me.id && me.id.distance_to(p.id) > last {
-            members.push(p);
-            true
-        } else {
-            false
+    let Some(behind) = walk_back(n, &me, pred, alone) else {
+        // A node has just joined or left and the ring is settling: count
+        // again soon.
+        log::debug!("counting the ring: it is settling; again soon");
+        if let Some(r) = n.chord.ring.write().as_mut() {
+            r.recount = true;
         }
+        n.chord.queue(Job::Recount);
+        return;
     };
-    for s in succs {
-        push(&mut members, s);
-    }
-    while members.len() > 1 && members.len() < MAX_WALK {
-        let cursor = members[members.len() - 1].clone();
+    let mut members = vec![me.clone()];
+    members.extend(behind.into_iter().rev());
+    publish(n, &me, members);
+}
+
+/// The nodes from `pred` back to (not including) `me`, following
+/// predecessors, each asked for its own; `None` if the chain breaks (a node
+/// does not answer, or answers for another ID, or has no predecessor) or
+/// does not come back to `me` in order.
+fn walk_back(n: &NodeInner, me: &RPeer, pred: Option<RPeer>, alone: bool) -> Option<Vec<RPeer>> {
+    let Some(mut cursor) = pred else {
+        // Alone: nothing behind. Else the predecessor is being replaced.
+        return alone.then(Vec::new);
+    };
+    let mut behind: Vec<RPeer> = Vec::new();
+    while behind.len() < MAX_WALK {
+        if cursor.id == me.id {
+            return Some(behind);
+        }
+        let d = me.id.distance_to(cursor.id);
+        if behind.last().is_some_and(|b| me.id.distance_to(b.id) <= d) {
+            return None;
+        }
         let reply = match neighbours_of(n, cursor.addr) {
-            Ok(r) => r,
+            Ok(reply) if reply.me.id == cursor.id => reply,
+            Ok(reply) => {
+                log::debug!("counting the ring: {} is now {}", cursor.id, reply.me.id);
+                return None;
+            }
             Err(e) => {
                 log::debug!("counting the ring: {} did not answer: {e}", cursor.id);
-                if let Some(r) = n.chord.ring.write().as_mut() {
-                    r.recount = true;
-                }
-                return;
+                return None;
             }
         };
-        let mut progressed = false;
-        let mut closed = reply.successors.is_empty();
-        for s in reply.successors {
-            if s.id == me.id {
-                closed = true;
-                break;
-            }
-            if push(&mut members, s) {
-                progressed = true;
-            } else {
-                closed = true;
-                break;
-            }
-        }
-        if closed || !progressed {
-            break;
-        }
+        behind.push(cursor);
+        cursor = reply.pred?;
     }
-    // The walk must end at our predecessor; if it does not, a node has just
-    // joined or left and the ring is settling: count again next round.
-    let settled = {
-        let mut g = n.chord.ring.write();
-        let Some(r) = g.as_mut() else { return };
-        let last = members.last().map(|p| p.id);
-        let ok = r.routing.predecessor().is_none_or(|p| Some(p.id) == last);
-        r.recount |= !ok;
-        ok
-    };
-    if settled {
-        publish(n, &me, members);
-    }
+    None
 }
 
 fn publish(n: &NodeInner, me: &RPeer, members: Vec<RPeer>) {
@@ -336,6 +362,12 @@ fn publish(n: &NodeInner, me: &RPeer, members: Vec<RPeer>) {
         };
         (news, changed || r.epoch % REPEAT_SIZE_EVERY == 1)
     };
+    log::debug!(
+        "counted {} nodes (epoch {}){}",
+        news.size,
+        news.epoch,
+        if changed { ", broadcasting" } else { "" }
+    );
     for p in news.joined.iter().filter(|p| p.id != me.id) {
         n.emit(crate::node::Event::PeerJoined {
             id: p.id,

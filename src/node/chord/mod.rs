@@ -283,6 +283,19 @@ impl Ring {
     /// a neighbour's, a finger's, a counted member's or a reservation's.
     fn bound_key(&self, id: NodeId) -> Option<PublicKey> {
         let r = &self.routing;
+        let reserved = || {
+            self.reservations
+                .iter()
+                .find(|res| res.id == id)
+                .and_then(|res| res.claimant.key)
+        };
+        // No ring member holds an ID strictly between our predecessor and
+        // us (it would be our predecessor): a successor list that still
+        // names one is stale (the node left), and only a grant this node
+        // has pending binds it.
+        if r.predecessor().is_some_and(|p| id.in_open(p.id, r.me().id)) {
+            return reserved();
+        }
         std::iter::once(r.me())
             .chain(r.predecessor())
             .chain(r.successors())
@@ -290,12 +303,7 @@ impl Ring {
             .find(|p| p.id == id)
             .and_then(|p| p.addr.key)
             .or_else(|| self.members.get(&id).and_then(|e| e.key))
-            .or_else(|| {
-                self.reservations
-                    .iter()
-                    .find(|res| res.id == id)
-                    .and_then(|res| res.claimant.key)
-            })
+            .or_else(reserved)
     }
 
     /// Whether `grant` proves that `id` was given to `key` by a node this
@@ -787,12 +795,29 @@ fn join_via(n: &NodeInner, addr: SocketAddr) -> Result<NodeId> {
             r.size = granted.size.max(1) + 1;
         }
         let me = me_peer(n, id);
-        if let Err(e) = rpc_peer(n, &granted.owner, NOTIFY, notify_data(n, &me)) {
-            log::warn!("notifying {} after joining: {e}", granted.owner.id);
+        match rpc_peer(n, &granted.owner, NOTIFY, notify_data(n, &me)) {
+            // The owner took this node as its predecessor and names the
+            // node before it: this node is linked in. (The owner has asked
+            // that node to stabilize, so it points here within a round trip.)
+            Ok(answer) => {
+                if let Ok(Some(pred)) = answer.data_value().get("pred").map_or(Ok(None), |v| {
+                    serde_json::from_value::<Option<msg::WirePeer>>(v.clone())
+                        .map(|p| p.map(RPeer::from))
+                }) {
+                    if let Some(r) = n.chord.ring.write().as_mut() {
+                        r.routing.notify(pred);
+                    }
+                }
+            }
+            Err(e) => log::warn!("notifying {} after joining: {e}", granted.owner.id),
         }
-        if n.chord.preferred.is_some() {
+        // The root counts the ring when it links a joiner in itself; a
+        // joiner that took its ID elsewhere tells the root.
+        if n.chord.preferred.is_some() || granted.owner.id != alloc::FIRST_ID {
             n.chord.queue(Job::Recount);
         }
+        // Only an owner that could not name this node's predecessor (it
+        // has lost its own) leaves it to the predecessor's next round.
         wait_for_predecessor(n, cfg.stabilize_interval * 4);
         log::info!("joined the network through {addr}; this node's ID is {id}");
         return Ok(id);

@@ -208,23 +208,38 @@ fn notify(n: &NodeInner, conn: &Conn, frame: &Frame) -> Result<Message> {
                 format!("ID {} was not given to this key", candidate.id),
             ));
         }
+        let was_alone = r.routing.is_alone();
         let old = r.routing.predecessor().cloned();
         let changed = r.routing.notify(candidate.clone());
         r.reservations.prune(&r.routing, now);
         r.reservations.release(candidate.id);
-        if changed && r.is_root() {
-            r.recount = true;
-            n.chord.queue(Job::Recount);
-        }
-        // Our old predecessor should now point at the newcomer: tell it to
-        // stabilize at once rather than at its next round.
-        Ok(old.filter(|o| changed && o.id != candidate.id && o.id != r.routing.me().id))
+        // The newcomer's predecessor is ours from before (or this node, if
+        // it was alone: the ring of two is linked both ways now). Telling
+        // it in the answer links it in without waiting for any round.
+        let me = r.routing.me().clone();
+        let its_pred = match &old {
+            _ if !changed => None,
+            Some(o) if o.id != candidate.id && o.id != me.id => Some(o.clone()),
+            None if was_alone => Some(me.clone()),
+            _ => None,
+        };
+        let recount = changed && r.is_root();
+        r.recount |= recount;
+        Ok((its_pred, recount))
     })?;
-    if let Some(old) = poke {
-        n.chord.queue(Job::Poke(old));
+    let (its_pred, recount) = poke;
+    // Our old predecessor should now point at the newcomer: tell it to
+    // stabilize at once rather than at its next round (before the recount,
+    // which walks the ring on the same thread).
+    if let Some(old) = its_pred.as_ref().filter(|p| Some(p.id) != my_id(n)) {
+        n.chord.queue(Job::Poke(old.clone()));
+    }
+    if recount {
+        n.chord.queue(Job::Recount);
     }
     n.chord.bump();
-    Ok(Message::new("p2prs.ok", Value::Null))
+    let its_pred = its_pred.as_ref().map(msg::WirePeer::from);
+    Ok(Message::new("p2prs.ok", json!({ "pred": its_pred })))
 }
 
 fn claim(n: &NodeInner, conn: &Conn, frame: &Frame) -> Result<Message> {

@@ -1,0 +1,952 @@
+//! p2prs against plain `std::net` TCP on loopback, in one run.
+//!
+//! ```text
+//! cargo bench --bench bench
+//! BENCH_ITERS=20000 BENCH_SECS=2 cargo bench --bench bench
+//! ```
+//!
+//! Every row runs interleaved with its baseline (a plain length-prefixed
+//! ping-pong or stream of exactly the same bytes, `TCP_NODELAY` on), in
+//! rounds, so that drift in CPU frequency or load hits them alike. Each p2prs
+//! row runs with encryption on (the default, Noise with AES-GCM) and with
+//! `NodeBuilder::insecure_plaintext()`; the throughput rows also against a
+//! bare TCP + Noise stream (`snow` directly, `Noise_XX_25519_*_BLAKE2s`,
+//! 64 KiB records) and with both ciphers. Then: connect + handshake time,
+//! requests by ID in a 64-node ring, and join times.
+//!
+//! Sizes are set by environment variables (defaults in brackets):
+//! `BENCH_ITERS` round trips per latency row [10000], `BENCH_WARMUP` [1000],
+//! `BENCH_ROUNDS` interleaved rounds [5], `BENCH_SECS_MS` milliseconds per
+//! requests/s row [1000], `BENCH_BULK_MIB` MiB per 1 MiB-body row [256],
+//! `BENCH_SMALL` messages per 64 B row [200000], `BENCH_CONNECTS` [300],
+//! `BENCH_RING` nodes [64], `BENCH_RING_REQUESTS` [1000]; and `BENCH_ONLY`,
+//! a comma-separated list of the sections to run (`latency`, `rps`, `bulk`,
+//! `small`, `connect`, `ring`; all by default). See `docs/performance.md`.
+
+use p2prs::wire::{encoded_size, Frame, Kind, FRAME_PREFIX};
+use p2prs::{Cipher, Connection, Incoming, Message, Node, NodeBuilder, NodeId};
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Sizes {
+    iters: usize,
+    warmup: usize,
+    rounds: usize,
+    secs: f64,
+    bulk_mib: usize,
+    small: usize,
+    connects: usize,
+    ring: usize,
+    ring_requests: usize,
+}
+
+/// The encryption modes of a p2prs row.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Plain,
+    Secure(Cipher),
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Plain => "plaintext",
+            Mode::Secure(Cipher::AesGcm) => "AES-GCM",
+            Mode::Secure(_) => "ChaCha20",
+        }
+    }
+
+    fn builder(self) -> NodeBuilder {
+        let b = Node::builder();
+        match self {
+            Mode::Plain => b.insecure_plaintext(),
+            Mode::Secure(c) => b.configure(move |cfg| cfg.cipher = c),
+        }
+    }
+}
+
+const AES: Mode = Mode::Secure(Cipher::AesGcm);
+const CHACHA: Mode = Mode::Secure(Cipher::ChaChaPoly);
+
+fn main() -> Res<()> {
+    // `cargo bench` passes `--bench`; `cargo test --benches` would pass
+    // nothing else: run only when asked to bench.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("run with: cargo bench --bench bench");
+        return Ok(());
+    }
+    // RUST_LOG=p2prs=debug shows what the nodes do (off by default).
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("off")).init();
+    let s = Sizes {
+        iters: env("BENCH_ITERS", 10_000),
+        warmup: env("BENCH_WARMUP", 1_000),
+        rounds: env("BENCH_ROUNDS", 5).max(1),
+        secs: env("BENCH_SECS_MS", 1000) as f64 / 1000.0,
+        bulk_mib: env("BENCH_BULK_MIB", 256),
+        small: env("BENCH_SMALL", 200_000),
+        connects: env("BENCH_CONNECTS", 300),
+        ring: env("BENCH_RING", 64),
+        ring_requests: env("BENCH_RING_REQUESTS", 1000),
+    };
+    let started = Instant::now();
+    println!(
+        "p2prs bench: {} cores, load average {} (before)",
+        thread::available_parallelism().map_or(0, |n| n.get()),
+        loadavg()
+    );
+    println!();
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let on = |section: &str| only.is_empty() || only.split(',').any(|o| o.trim() == section);
+    type Section = fn(&Sizes) -> Res<()>;
+    let sections: [(&str, Section); 6] = [
+        ("latency", latency),
+        ("rps", requests_per_second),
+        ("bulk", bulk),
+        ("small", small),
+        ("connect", connects),
+        ("ring", ring),
+    ];
+    for (name, f) in sections {
+        if on(name) {
+            f(&s)?;
+        }
+    }
+    println!();
+    println!(
+        "done in {:.1} s; load average {} (after)",
+        started.elapsed().as_secs_f64(),
+        loadavg()
+    );
+    Ok(())
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+// ---- statistics -------------------------------------------------------------
+
+#[derive(Clone, Copy)]
+struct Stats {
+    median: f64,
+    p99: f64,
+}
+
+impl Stats {
+    /// Figures in microseconds.
+    fn of(v: &mut [Duration]) -> Stats {
+        v.sort_unstable();
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        let at = |q: f64| us(v[((v.len() - 1) as f64 * q).round() as usize]);
+        Stats {
+            median: at(0.5),
+            p99: at(0.99),
+        }
+    }
+}
+
+/// A latency row: its name and one timed operation.
+type TimedRow = (String, Box<dyn FnMut() -> Res<Duration>>);
+
+fn header(title: &str) {
+    println!("## {title}");
+    println!(
+        "{:<44} {:>11} {:>11} {:>10} {:>10}",
+        "", "median µs", "p99 µs", "med/TCP", "p99/TCP"
+    );
+}
+
+fn row(name: &str, s: Stats, tcp: Stats) {
+    println!(
+        "{name:<44} {:>11.1} {:>11.1} {:>9.2}x {:>9.2}x",
+        s.median,
+        s.p99,
+        s.median / tcp.median,
+        s.p99 / tcp.p99
+    );
+}
+
+// ---- plain TCP baselines ----------------------------------------------------
+
+/// A TCP echo server answering each `req_len`-byte message with `resp_len`
+/// bytes, one thread per connection; ends when the client closes.
+fn tcp_echo_server(
+    conns: usize,
+    req_len: usize,
+    resp_len: usize,
+) -> Res<(SocketAddr, Vec<thread::JoinHandle<()>>)> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let accept = thread::Builder::new()
+        .name("bench-tcp-accept".into())
+        .spawn(move || {
+            let mut handles = Vec::new();
+            for _ in 0..conns {
+                let Ok((mut s, _)) = listener.accept() else {
+                    break;
+                };
+                let _ = s.set_nodelay(true);
+                let h = thread::Builder::new()
+                    .name("bench-tcp-echo".into())
+                    .spawn(move || {
+                        let mut inb = vec![0u8; req_len];
+                        let out = vec![b'r'; resp_len];
+                        while s.read_exact(&mut inb).is_ok() {
+                            if s.write_all(&out).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                if let Ok(h) = h {
+                    handles.push(h);
+                }
+            }
+            for h in handles {
+                let _ = h.join();
+            }
+        })?;
+    Ok((addr, vec![accept]))
+}
+
+struct TcpClient {
+    s: TcpStream,
+    out: Vec<u8>,
+    inb: Vec<u8>,
+}
+
+impl TcpClient {
+    fn connect(addr: SocketAddr, req_len: usize, resp_len: usize) -> Res<TcpClient> {
+        let s = TcpStream::connect(addr)?;
+        s.set_nodelay(true)?;
+        Ok(TcpClient {
+            s,
+            out: vec![b'q'; req_len],
+            inb: vec![0; resp_len],
+        })
+    }
+
+    fn once(&mut self) -> Res<Duration> {
+        let t = Instant::now();
+        self.s.write_all(&self.out)?;
+        self.s.read_exact(&mut self.inb)?;
+        Ok(t.elapsed())
+    }
+}
+
+/// Bytes on the wire (plaintext) of a p2prs frame of `kind` with `body`.
+fn frame_len(kind: Kind, msg_type: &str, body: usize, req: bool) -> Res<usize> {
+    let mut f = Frame::new(kind, msg_type, Value::Null);
+    if req {
+        f.req = Some(12_345);
+    }
+    f.body = Some(vec![0; body]);
+    Ok(FRAME_PREFIX + encoded_size(&f)? as usize)
+}
+
+// ---- p2prs servers ----------------------------------------------------------
+
+fn echo(req: &mut Incoming) -> p2prs::HandlerResult {
+    let body = req.take_message().into_body().unwrap_or_default();
+    req.respond(Message::bytes("ECHO", body))?;
+    Ok(())
+}
+
+fn echo_server(mode: Mode) -> Res<Node> {
+    let server = mode.builder().start()?;
+    server.add_inline_handler("ECHO", echo)?;
+    server.add_handler("ECHOP", echo)?;
+    Ok(server)
+}
+
+fn p2prs_once(conn: &Connection, kind: &str, body: &[u8]) -> Res<Duration> {
+    let msg = Message::bytes(kind, body.to_vec());
+    let t = Instant::now();
+    conn.request(msg)?;
+    Ok(t.elapsed())
+}
+
+// ---- latency ----------------------------------------------------------------
+
+fn latency(s: &Sizes) -> Res<()> {
+    for size in [64usize, 4096] {
+        let req_len = frame_len(Kind::Request, "ECHO", size, true)?;
+        let resp_len = frame_len(Kind::Response, "ECHO", size, true)?;
+        let (addr, _h) = tcp_echo_server(1, req_len, resp_len)?;
+        let mut tcp = TcpClient::connect(addr, req_len, resp_len)?;
+        let body = vec![7u8; size];
+        let mut servers = Vec::new();
+        let mut rows: Vec<TimedRow> = Vec::new();
+        for mode in [AES, Mode::Plain] {
+            let server = echo_server(mode)?;
+            let client = mode.builder().start()?;
+            let conn = client.connect(server.local_addr())?;
+            for (kind, label) in [("ECHOP", "pool handler"), ("ECHO", "inline handler")] {
+                let c = conn.clone();
+                let b = body.clone();
+                rows.push((
+                    format!("p2prs {label}, {}", mode.name()),
+                    Box::new(move || p2prs_once(&c, kind, &b)),
+                ));
+            }
+            if size == 64 {
+                // The normal user path: a request by node ID to a neighbour.
+                let ring_server = echo_server(mode)?;
+                let rs_id = ring_server.create_network()?;
+                let ring_client = mode.builder().start()?;
+                ring_client.join_network(&[ring_server.local_addr()])?;
+                let rc = ring_client.clone();
+                let b = body.clone();
+                rows.push((
+                    format!("p2prs request by ID, 2-node ring, {}", mode.name()),
+                    Box::new(move || {
+                        let msg = Message::bytes("ECHO", b.clone());
+                        let t = Instant::now();
+                        rc.request(rs_id, msg)?;
+                        Ok(t.elapsed())
+                    }),
+                ));
+                servers.push(ring_server);
+                servers.push(ring_client);
+            }
+            servers.push(server);
+            servers.push(client);
+        }
+        for _ in 0..s.warmup {
+            tcp.once()?;
+            for (_, f) in rows.iter_mut() {
+                f()?;
+            }
+        }
+        let per_round = s.iters.div_ceil(s.rounds).max(1);
+        let mut t_tcp = Vec::new();
+        let mut t_rows: Vec<Vec<Duration>> = vec![Vec::new(); rows.len()];
+        for _ in 0..s.rounds {
+            for _ in 0..per_round {
+                t_tcp.push(tcp.once()?);
+            }
+            for (i, (_, f)) in rows.iter_mut().enumerate() {
+                for _ in 0..per_round {
+                    t_rows[i].push(f()?);
+                }
+            }
+        }
+        let tcp_s = Stats::of(&mut t_tcp);
+        header(&format!(
+            "request round trip, {size} B body, one connection ({} each, {} interleaved rounds; frames {req_len}/{resp_len} B)",
+            t_tcp.len(),
+            s.rounds
+        ));
+        row("plain TCP ping-pong", tcp_s, tcp_s);
+        for ((name, _), t) in rows.iter().zip(t_rows.iter_mut()) {
+            row(name, Stats::of(t), tcp_s);
+        }
+        println!();
+        drop(rows);
+        for n in servers {
+            n.shutdown();
+        }
+    }
+    Ok(())
+}
+
+// ---- requests per second -----------------------------------------------------
+
+fn requests_per_second(s: &Sizes) -> Res<()> {
+    let body = vec![7u8; 64];
+    let req_len = frame_len(Kind::Request, "ECHO", 64, true)?;
+    let resp_len = frame_len(Kind::Response, "ECHO", 64, true)?;
+    println!(
+        "## requests/s, 64 B body, {:.1} s per row and round, {} rounds (median of rounds)",
+        s.secs / s.rounds as f64,
+        s.rounds
+    );
+    println!("{:<44} {:>11} {:>11}", "", "requests/s", "vs TCP");
+    for threads in [4usize, 16] {
+        let (addr, _h) = tcp_echo_server(threads, req_len, resp_len)?;
+        let mut tcps: Vec<TcpClient> = (0..threads)
+            .map(|_| TcpClient::connect(addr, req_len, resp_len))
+            .collect::<Res<_>>()?;
+        let mut nodes = Vec::new();
+        let mut conns = Vec::new();
+        for mode in [AES, Mode::Plain] {
+            let server = echo_server(mode)?;
+            let client = mode.builder().start()?;
+            let conn = client.connect(server.local_addr())?;
+            conns.push((mode, "ECHOP", conn.clone()));
+            conns.push((mode, "ECHO", conn));
+            nodes.push(server);
+            nodes.push(client);
+        }
+        let secs = s.secs / s.rounds as f64;
+        let mut r_tcp = Vec::new();
+        let mut r_p: Vec<Vec<f64>> = vec![Vec::new(); conns.len()];
+        for _ in 0..s.rounds {
+            // TCP: one connection per thread.
+            let stop = AtomicBool::new(false);
+            let count = AtomicU64::new(0);
+            let t = Instant::now();
+            thread::scope(|sc| {
+                for c in tcps.iter_mut() {
+                    let (stop, count) = (&stop, &count);
+                    sc.spawn(move || {
+                        let mut n = 0;
+                        while !stop.load(Ordering::Relaxed) {
+                            if c.once().is_err() {
+                                break;
+                            }
+                            n += 1;
+                        }
+                        count.fetch_add(n, Ordering::Relaxed);
+                    });
+                }
+                thread::sleep(Duration::from_secs_f64(secs));
+                stop.store(true, Ordering::Relaxed);
+            });
+            r_tcp.push(count.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64());
+            for (i, (_, kind, conn)) in conns.iter().enumerate() {
+                let stop = AtomicBool::new(false);
+                let count = AtomicU64::new(0);
+                let t = Instant::now();
+                thread::scope(|sc| {
+                    for _ in 0..threads {
+                        let (stop, count, body) = (&stop, &count, &body);
+                        sc.spawn(move || {
+                            let mut n = 0;
+                            while !stop.load(Ordering::Relaxed) {
+                                if conn.request(Message::bytes(*kind, body.clone())).is_err() {
+                                    break;
+                                }
+                                n += 1;
+                            }
+                            count.fetch_add(n, Ordering::Relaxed);
+                        });
+                    }
+                    thread::sleep(Duration::from_secs_f64(secs));
+                    stop.store(true, Ordering::Relaxed);
+                });
+                r_p[i].push(count.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64());
+            }
+        }
+        let tcp = median(&mut r_tcp);
+        println!(
+            "{:<44} {:>11.0} {:>10.2}x",
+            format!("plain TCP, {threads} threads, a connection each"),
+            tcp,
+            1.0
+        );
+        for ((mode, kind, _), r) in conns.iter().zip(r_p.iter_mut()) {
+            let m = median(r);
+            let how = if *kind == "ECHO" { "inline" } else { "pool" };
+            println!(
+                "{:<44} {:>11.0} {:>10.2}x",
+                format!("p2prs {how}, {threads} thr, one conn, {}", mode.name()),
+                m,
+                m / tcp
+            );
+        }
+        drop(tcps);
+        drop(conns);
+        for n in nodes {
+            n.shutdown();
+        }
+    }
+    println!();
+    Ok(())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+// ---- one-way streams ----------------------------------------------------------
+
+/// A p2prs receiver that counts `SINK` messages (inline or pooled) and
+/// signals when `expect` have arrived.
+struct Sink {
+    node: Node,
+    count: Arc<AtomicU64>,
+    done: mpsc::Receiver<()>,
+    expect: Arc<AtomicU64>,
+}
+
+fn sink(mode: Mode, inline: bool) -> Res<Sink> {
+    let node = mode.builder().start()?;
+    let count = Arc::new(AtomicU64::new(0));
+    let expect = Arc::new(AtomicU64::new(u64::MAX));
+    let (tx, done) = mpsc::sync_channel(1);
+    let (c, e) = (Arc::clone(&count), Arc::clone(&expect));
+    let tx = std::sync::Mutex::new(tx);
+    let h = move |req: &mut Incoming| -> p2prs::HandlerResult {
+        let n = c.fetch_add(1, Ordering::AcqRel) + 1;
+        std::hint::black_box(req.message().body());
+        if n == e.load(Ordering::Acquire) {
+            if let Ok(tx) = tx.lock() {
+                let _ = tx.try_send(());
+            }
+        }
+        Ok(())
+    };
+    if inline {
+        node.add_inline_handler("SINK", h)?;
+    } else {
+        node.add_handler("SINK", h)?;
+    }
+    Ok(Sink {
+        node,
+        count,
+        done,
+        expect,
+    })
+}
+
+/// Send `n` messages of `body` bytes from a fresh client; seconds taken
+/// until the sink has them all.
+fn p2prs_stream(sink: &Sink, mode: Mode, n: usize, body: usize) -> Res<f64> {
+    let client = mode.builder().start()?;
+    let conn = client.connect(sink.node.local_addr())?;
+    // Warm the connection up.
+    sink.count.store(0, Ordering::Release);
+    sink.expect.store(1, Ordering::Release);
+    conn.send(Message::bytes("SINK", vec![1; body]))?;
+    sink.done.recv_timeout(Duration::from_secs(10))?;
+    sink.count.store(0, Ordering::Release);
+    sink.expect.store(n as u64, Ordering::Release);
+    // The bodies exist before the clock starts: the row times p2prs, not
+    // the allocation of the caller's buffers.
+    let bodies: Vec<Vec<u8>> = (0..n).map(|_| vec![1u8; body]).collect();
+    let t = Instant::now();
+    for b in bodies {
+        conn.send(Message::bytes("SINK", b))?;
+    }
+    sink.done.recv_timeout(Duration::from_secs(120))?;
+    let secs = t.elapsed().as_secs_f64();
+    conn.close();
+    client.shutdown();
+    Ok(secs)
+}
+
+/// Plain TCP: `n` length-prefixed frames of `len` bytes, read into one buffer.
+fn tcp_stream(n: usize, len: usize) -> Res<f64> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let reader = thread::Builder::new().name("bench-tcp-sink".into()).spawn(
+        move || -> std::io::Result<()> {
+            let (mut s, _) = listener.accept()?;
+            s.set_nodelay(true)?;
+            let mut buf = vec![0u8; len];
+            let mut pre = [0u8; 4];
+            for _ in 0..n {
+                s.read_exact(&mut pre)?;
+                let l = u32::from_be_bytes(pre) as usize;
+                s.read_exact(&mut buf[..l])?;
+            }
+            s.write_all(b"k")
+        },
+    )?;
+    let mut s = TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    let mut frame = (len as u32).to_be_bytes().to_vec();
+    frame.resize(4 + len, 1);
+    let t = Instant::now();
+    for _ in 0..n {
+        s.write_all(&frame)?;
+    }
+    s.read_exact(&mut [0u8; 1])?;
+    let secs = t.elapsed().as_secs_f64();
+    reader.join().map_err(|_| "TCP sink panicked")??;
+    Ok(secs)
+}
+
+/// Bare TCP + Noise (`snow`, XX handshake, then 64 KiB records): `n`
+/// messages of `len` bytes, each sealed as its own records and written with
+/// one `write`, decrypted by the reader into one buffer.
+fn noise_stream(cipher: Cipher, n: usize, len: usize) -> Res<f64> {
+    const REC: usize = 65_535;
+    const TAG: usize = 16;
+    let name = match cipher {
+        Cipher::AesGcm => "Noise_XX_25519_AESGCM_BLAKE2s",
+        _ => "Noise_XX_25519_ChaChaPoly_BLAKE2s",
+    };
+    let params: snow::params::NoiseParams = name.parse()?;
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let p2 = params.clone();
+    let reader = thread::Builder::new()
+        .name("bench-noise-sink".into())
+        .spawn(move || -> Res<()> {
+            let (mut s, _) = listener.accept()?;
+            s.set_nodelay(true)?;
+            let key = snow::Builder::new(p2.clone()).generate_keypair()?;
+            let mut hs = snow::Builder::new(p2)
+                .local_private_key(&key.private)?
+                .build_responder()?;
+            let mut msg = vec![0u8; REC];
+            let mut out = vec![0u8; REC];
+            let l = read_rec(&mut s, &mut msg)?;
+            hs.read_message(&msg[..l], &mut out)?;
+            let l = hs.write_message(&[], &mut out)?;
+            write_rec(&mut s, &out[..l])?;
+            let l = read_rec(&mut s, &mut msg)?;
+            hs.read_message(&msg[..l], &mut out)?;
+            let mut tr = hs.into_transport_mode()?;
+            let mut plain = vec![0u8; len.max(1) + REC];
+            for _ in 0..n {
+                let mut got = 0;
+                while got < len {
+                    let l = read_rec(&mut s, &mut msg)?;
+                    got += tr.read_message(&msg[..l], &mut plain[got..])?;
+                }
+            }
+            s.write_all(b"k")?;
+            Ok(())
+        })?;
+    let mut s = TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    let key = snow::Builder::new(params.clone()).generate_keypair()?;
+    let mut hs = snow::Builder::new(params)
+        .local_private_key(&key.private)?
+        .build_initiator()?;
+    let mut msg = vec![0u8; REC];
+    let mut out = vec![0u8; REC];
+    let l = hs.write_message(&[], &mut out)?;
+    write_rec(&mut s, &out[..l])?;
+    let l = read_rec(&mut s, &mut msg)?;
+    hs.read_message(&msg[..l], &mut out)?;
+    let l = hs.write_message(&[], &mut out)?;
+    write_rec(&mut s, &out[..l])?;
+    let mut tr = hs.into_transport_mode()?;
+    let payload = vec![1u8; len];
+    let mut wire = Vec::with_capacity(len + len / (REC - TAG) * 18 + 18);
+    let t = Instant::now();
+    for _ in 0..n {
+        wire.clear();
+        for chunk in payload.chunks(REC - 2 - TAG) {
+            let start = wire.len();
+            wire.resize(start + 2 + chunk.len() + TAG, 0);
+            let l = tr.write_message(chunk, &mut wire[start + 2..])?;
+            wire[start..start + 2].copy_from_slice(&(l as u16).to_be_bytes());
+        }
+        s.write_all(&wire)?;
+    }
+    s.read_exact(&mut [0u8; 1])?;
+    let secs = t.elapsed().as_secs_f64();
+    reader.join().map_err(|_| "Noise sink panicked")??;
+    Ok(secs)
+}
+
+fn read_rec(s: &mut TcpStream, buf: &mut [u8]) -> Res<usize> {
+    let mut pre = [0u8; 2];
+    s.read_exact(&mut pre)?;
+    let l = u16::from_be_bytes(pre) as usize;
+    s.read_exact(&mut buf[..l])?;
+    Ok(l)
+}
+
+fn write_rec(s: &mut TcpStream, b: &[u8]) -> Res<()> {
+    let mut v = (b.len() as u16).to_be_bytes().to_vec();
+    v.extend_from_slice(b);
+    s.write_all(&v)?;
+    Ok(())
+}
+
+/// Rows of a one-way stream: name and a run returning seconds.
+type StreamRow<'a> = (String, Box<dyn FnMut() -> Res<f64> + 'a>);
+
+fn stream_rows(
+    title: &str,
+    unit: &str,
+    per_sec: f64,
+    rounds: usize,
+    rows: &mut [StreamRow],
+) -> Res<()> {
+    let mut secs: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
+    for _ in 0..rounds {
+        for (i, (_, f)) in rows.iter_mut().enumerate() {
+            secs[i].push(f()?);
+        }
+    }
+    println!("## {title} (median of {rounds} interleaved rounds)");
+    println!("{:<44} {:>11} {:>11}", "", unit, "vs TCP");
+    let tcp = per_sec / median(&mut secs[0].clone());
+    for ((name, _), s) in rows.iter().zip(secs.iter_mut()) {
+        let rate = per_sec / median(s);
+        println!("{name:<44} {rate:>11.2} {:>10.2}x", rate / tcp);
+    }
+    println!();
+    Ok(())
+}
+
+fn bulk(s: &Sizes) -> Res<()> {
+    const MIB: usize = 1 << 20;
+    let n = s.bulk_mib.max(1);
+    let rounds = s.rounds.min(3);
+    let len = frame_len(Kind::Message, "SINK", MIB, false)?;
+    let sinks: Vec<(Mode, Sink)> = [Mode::Plain, AES, CHACHA]
+        .into_iter()
+        .map(|m| Ok((m, sink(m, true)?)))
+        .collect::<Res<_>>()?;
+    let mut rows: Vec<StreamRow> = vec![(
+        "plain TCP, length-prefixed 1 MiB frames".into(),
+        Box::new(move || tcp_stream(n, len)),
+    )];
+    for c in [Cipher::AesGcm, Cipher::ChaChaPoly] {
+        rows.push((
+            format!("bare TCP + Noise, {}", Mode::Secure(c).name()),
+            Box::new(move || noise_stream(c, n, len)),
+        ));
+    }
+    for (m, sk) in &sinks {
+        let m = *m;
+        rows.push((
+            format!("p2prs 1 MiB bodies, {}", m.name()),
+            Box::new(move || p2prs_stream(sk, m, n, MIB)),
+        ));
+    }
+    stream_rows(
+        &format!("one-way 1 MiB bodies, {n} per row and round"),
+        "GB/s",
+        (n * MIB) as f64 / 1e9,
+        rounds,
+        &mut rows,
+    )?;
+    drop(rows);
+    for (_, sk) in sinks {
+        sk.node.shutdown();
+    }
+    Ok(())
+}
+
+fn small(s: &Sizes) -> Res<()> {
+    let n = s.small.max(1);
+    let rounds = s.rounds.min(3);
+    let len = frame_len(Kind::Message, "SINK", 64, false)?;
+    let mut sinks: Vec<(Mode, bool, Sink)> = Vec::new();
+    for m in [Mode::Plain, AES, CHACHA] {
+        for inline in [true, false] {
+            sinks.push((m, inline, sink(m, inline)?));
+        }
+    }
+    let mut rows: Vec<StreamRow> = vec![(
+        format!("plain TCP, length-prefixed {len} B frames"),
+        Box::new(move || tcp_stream(n, len)),
+    )];
+    for c in [Cipher::AesGcm, Cipher::ChaChaPoly] {
+        rows.push((
+            format!("bare TCP + Noise, {}", Mode::Secure(c).name()),
+            Box::new(move || noise_stream(c, n, len)),
+        ));
+    }
+    for (m, inline, sk) in &sinks {
+        let m = *m;
+        rows.push((
+            format!(
+                "p2prs 64 B, {} handler, {}",
+                if *inline { "inline" } else { "pool" },
+                m.name()
+            ),
+            Box::new(move || p2prs_stream(sk, m, n, 64)),
+        ));
+    }
+    stream_rows(
+        &format!("one-way 64 B messages, {n} per row and round"),
+        "M msg/s",
+        n as f64 / 1e6,
+        rounds,
+        &mut rows,
+    )?;
+    drop(rows);
+    for (_, _, sk) in sinks {
+        sk.node.shutdown();
+    }
+    Ok(())
+}
+
+// ---- connect + handshake ------------------------------------------------------
+
+fn connects(s: &Sizes) -> Res<()> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let st = Arc::clone(&stop);
+    let acceptor = thread::Builder::new()
+        .name("bench-tcp-accept".into())
+        .spawn(move || {
+            for s in listener.incoming() {
+                if st.load(Ordering::Acquire) {
+                    return;
+                }
+                drop(s);
+            }
+        })?;
+    let mut nodes = Vec::new();
+    let mut rows: Vec<TimedRow> = Vec::new();
+    for mode in [AES, CHACHA, Mode::Plain] {
+        let server = mode.builder().start()?;
+        let client = mode.builder().start()?;
+        let (c, at) = (client.clone(), server.local_addr());
+        rows.push((
+            format!("p2prs connect + handshake, {}", mode.name()),
+            Box::new(move || {
+                let t = Instant::now();
+                let conn = c.connect(at)?;
+                let d = t.elapsed();
+                conn.close();
+                Ok(d)
+            }),
+        ));
+        nodes.push(server);
+        nodes.push(client);
+    }
+    let mut t_tcp = Vec::new();
+    let mut t_rows: Vec<Vec<Duration>> = vec![Vec::new(); rows.len()];
+    for _ in 0..s.connects {
+        let t = Instant::now();
+        let c = TcpStream::connect(addr)?;
+        t_tcp.push(t.elapsed());
+        drop(c);
+        for (i, (_, f)) in rows.iter_mut().enumerate() {
+            t_rows[i].push(f()?);
+        }
+    }
+    let tcp = Stats::of(&mut t_tcp);
+    header(&format!("new connection, {} each", s.connects));
+    row("plain TCP connect", tcp, tcp);
+    for ((name, _), t) in rows.iter().zip(t_rows.iter_mut()) {
+        row(name, Stats::of(t), tcp);
+    }
+    println!();
+    stop.store(true, Ordering::Release);
+    let _ = TcpStream::connect(addr);
+    let _ = acceptor.join();
+    drop(rows);
+    for n in nodes {
+        n.shutdown();
+    }
+    Ok(())
+}
+
+// ---- a ring in one process ------------------------------------------------------
+
+fn ring(s: &Sizes) -> Res<()> {
+    for mode in [AES, Mode::Plain] {
+        ring_once(s, mode)?;
+    }
+    Ok(())
+}
+
+fn ring_once(s: &Sizes, mode: Mode) -> Res<()> {
+    let n = s.ring.max(2);
+    println!(
+        "## a ring of {n} nodes in one process, {}, default config",
+        mode.name()
+    );
+    let root = mode.builder().start()?;
+    root.add_inline_handler("ECHO", echo)?;
+    let mut nodes = vec![root];
+    let first = mode.builder().start()?;
+    first.add_inline_handler("ECHO", echo)?;
+    let t = Instant::now();
+    first.join_network(&[nodes[0].local_addr()])?;
+    let first_join = t.elapsed();
+    nodes.push(first);
+    let mut joins = vec![first_join];
+    let all = Instant::now();
+    for _ in 2..n {
+        let node = mode.builder().start()?;
+        node.add_inline_handler("ECHO", echo)?;
+        let t = Instant::now();
+        node.join_network(&[nodes[0].local_addr()])?;
+        joins.push(t.elapsed());
+        nodes.push(node);
+    }
+    let joined = all.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !nodes.iter().all(|x| x.network_size() == n) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(1));
+    }
+    let sized = all.elapsed();
+    let all_sized = nodes.iter().all(|x| x.network_size() == n);
+    let js = Stats::of(&mut joins);
+    println!(
+        "first join into a 1-node network: {:.2} ms; then {} sequential joins: {:.1} ms in all \
+         (per join median {:.2} ms, p99 {:.2} ms)",
+        first_join.as_secs_f64() * 1e3,
+        n - 2,
+        joined.as_secs_f64() * 1e3,
+        js.median / 1e3,
+        js.p99 / 1e3,
+    );
+    println!(
+        "every node reports network_size() = {n}: {} {:.1} ms after the joins began \
+         ({:.1} ms after the last join returned)",
+        if all_sized {
+            "after"
+        } else {
+            "NOT within 30 s;"
+        },
+        sized.as_secs_f64() * 1e3,
+        (sized - joined).as_secs_f64() * 1e3
+    );
+    // Requests by ID between random pairs (most are first contacts).
+    let ids: Vec<NodeId> = nodes
+        .iter()
+        .map(|x| x.id().ok_or("not joined"))
+        .collect::<Result<_, _>>()?;
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut first_contact = Vec::new();
+    let mut again = Vec::new();
+    let body = vec![7u8; 64];
+    for _ in 0..s.ring_requests {
+        let a = (next() % n as u64) as usize;
+        let mut b = (next() % n as u64) as usize;
+        if a == b {
+            b = (b + 1) % n;
+        }
+        let t = Instant::now();
+        nodes[a].request(ids[b], Message::bytes("ECHO", body.clone()))?;
+        first_contact.push(t.elapsed());
+        let t = Instant::now();
+        nodes[a].request(ids[b], Message::bytes("ECHO", body.clone()))?;
+        again.push(t.elapsed());
+    }
+    let f = Stats::of(&mut first_contact);
+    let g = Stats::of(&mut again);
+    println!(
+        "request by ID between random pairs ({} pairs): median {:.1} µs, p99 {:.1} µs; \
+         the same pair again at once: median {:.1} µs, p99 {:.1} µs; {} threads in the process",
+        s.ring_requests,
+        f.median,
+        f.p99,
+        g.median,
+        g.p99,
+        p2prs::running_threads()
+    );
+    println!();
+    for x in nodes {
+        x.shutdown();
+    }
+    Ok(())
+}

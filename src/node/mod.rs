@@ -986,7 +986,7 @@ pub(crate) fn reply(conn: &Conn, frame: &Frame, answer: Result<Message>) {
         Err(Error::Remote { code, message }) => Frame::error(req, &code, message),
         Err(e) => Frame::error(req, e.wire_code(), e.to_string()),
     };
-    if let Err(e) = conn.send_frame(&out) {
+    if let Err(e) = conn.send_bounded(&out) {
         log::debug!("answering {}: {e}", conn.peer_addr());
     }
 }

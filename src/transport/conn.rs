@@ -66,11 +66,30 @@ enum Link {
 }
 
 /// The write side of a stream whose one descriptor the reader shares.
-pub(crate) struct Shared(Arc<TcpStream>);
+/// Its second field is when a write to the socket last made progress
+/// (see `Conn::writing_since`); the third, when set, a deadline for the
+/// frame being written (a bounded write: see `Conn::send_bounded`).
+pub(crate) struct Shared(Arc<TcpStream>, Arc<AtomicU64>, Option<Instant>);
 
 impl Write for Shared {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        (&*self.0).write(buf)
+        if let Some(deadline) = self.2 {
+            // A peer that reads a trickle makes each send return a little:
+            // the frame as a whole has a deadline.
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the peer takes too long to read",
+                ));
+            }
+            let _ = self.0.set_write_timeout(Some(left));
+        }
+        let n = (&*self.0).write(buf)?;
+        if n > 0 {
+            self.1.store(micros_now(), Ordering::Release);
+        }
+        Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -254,6 +273,35 @@ pub(crate) struct Conn {
     /// How long a write by another thread may make no progress (see
     /// [`Conn::send_bounded`]).
     slow_peer: Mutex<Duration>,
+    /// While a write is under way, when it began or last made progress
+    /// ([`micros_now`]); 0 when none is.
+    writing_since: Arc<AtomicU64>,
+}
+
+/// A bounded write finding the writer held by a write that has made no
+/// progress for this long gives up at once instead of queueing behind it.
+const STUCK_WRITE: Duration = Duration::from_millis(100);
+
+/// Microseconds since the first call (never 0).
+fn micros_now() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_micros() as u64 + 1
+}
+
+/// Marks a write under way for as long as it lives.
+struct Writing<'a>(&'a AtomicU64);
+
+impl<'a> Writing<'a> {
+    fn begin(at: &'a AtomicU64) -> Writing<'a> {
+        at.store(micros_now(), Ordering::Release);
+        Writing(at)
+    }
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.0.store(0, Ordering::Release);
+    }
 }
 
 impl Conn {
@@ -286,15 +334,17 @@ impl Conn {
                 }
                 same
             });
+        let progress = Arc::new(AtomicU64::new(0));
         let link = Link::Tcp {
             writer: Mutex::new(Some(SecureWriter::new(
-                Shared(Arc::clone(stream)),
+                Shared(Arc::clone(stream), Arc::clone(&progress), None),
                 session.sealer(),
             ))),
             raw: Mutex::new(Some(Arc::clone(stream))),
         };
         let peer_id = hello.id.map(NodeId);
-        let c = Conn::with_link(id, remote, peer_listen, outbound, peer_id, link, max_frame);
+        let mut c = Conn::with_link(id, remote, peer_listen, outbound, peer_id, link, max_frame);
+        c.writing_since = progress;
         if let Some(k) = proof.key {
             let _ = c.peer_key.set(k);
         }
@@ -334,6 +384,7 @@ impl Conn {
             max_frame,
             reader: Mutex::new(None),
             slow_peer: Mutex::new(crate::Config::default().slow_peer_timeout),
+            writing_since: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -514,6 +565,30 @@ impl Conn {
         self.send_frame_within(frame, Some(bound))
     }
 
+    /// The writer's lock within `bound`; none at once if the thread that
+    /// holds it has made no progress for [`STUCK_WRITE`] (the peer is slow:
+    /// one thread waiting on it is enough).
+    fn lock_writer_within<'a>(
+        &self,
+        writer: &'a Mutex<Option<SecureWriter>>,
+        bound: Duration,
+    ) -> Option<parking_lot::MutexGuard<'a, Option<SecureWriter>>> {
+        let deadline = Instant::now() + bound;
+        loop {
+            let step =
+                Duration::from_millis(5).min(deadline.saturating_duration_since(Instant::now()));
+            if let Some(g) = writer.try_lock_for(step) {
+                return Some(g);
+            }
+            let since = self.writing_since.load(Ordering::Acquire);
+            let stuck =
+                since != 0 && micros_now().saturating_sub(since) >= STUCK_WRITE.as_micros() as u64;
+            if stuck || Instant::now() >= deadline {
+                return None;
+            }
+        }
+    }
+
     /// Write one frame, flushing it. A failed write closes the connection.
     pub(crate) fn send_frame(&self, frame: &Frame) -> Result<()> {
         self.send_frame_within(frame, None)
@@ -532,7 +607,7 @@ impl Conn {
             Link::Tcp { writer, .. } => {
                 let mut g = match bound {
                     None => writer.lock(),
-                    Some(b) => match writer.try_lock_for(b) {
+                    Some(b) => match self.lock_writer_within(writer, b) {
                         Some(g) => g,
                         None => {
                             return Err(Error::Timeout {
@@ -548,15 +623,20 @@ impl Conn {
                 let Some(w) = g.as_mut() else {
                     return Err(self.closed_error());
                 };
+                let _writing = Writing::begin(&self.writing_since);
                 match bound {
                     None => {
                         wire::write_frame(&mut *w, frame, self.max_frame).and_then(|_| w.flush())
                     }
                     Some(b) => {
+                        // The slow-peer bound, plus the frame's size at 1 MiB/s.
+                        let size = wire::encoded_size(frame).unwrap_or(0);
+                        let allowed = b + Duration::from_micros(size);
                         let normal = w.stream.0.write_timeout().ok().flatten();
-                        let _ = w.stream.0.set_write_timeout(Some(b));
+                        w.stream.2 = Some(Instant::now() + allowed);
                         let r = wire::write_frame(&mut *w, frame, self.max_frame)
                             .and_then(|_| w.flush());
+                        w.stream.2 = None;
                         let _ = w.stream.0.set_write_timeout(normal);
                         r
                     }

@@ -271,9 +271,10 @@ fn partial_frames_stay_within_the_memory_budget() {
         "40 partial 1 MiB frames, budget 8 MiB: RSS grew by {} KiB at most",
         peak / 1024
     );
-    // The budget, 64 KiB per connection, and room for the allocator.
+    // The budget, 64 KiB per connection, and room for the allocator and
+    // the test's own buffers (unbounded, the node would hold 40 MiB).
     assert!(
-        peak < BUDGET + 40 * 64 * 1024 + (12 << 20),
+        peak < BUDGET + 40 * 64 * 1024 + (16 << 20),
         "RSS grew by {peak}"
     );
     assert_served(&s, Duration::from_secs(1));

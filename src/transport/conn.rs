@@ -104,7 +104,19 @@ pub(crate) struct SecureWriter {
     sealer: Sealer,
     plain: Vec<u8>,
     out: Vec<u8>,
+    /// Sealed bytes a bounded write left unsent because the socket was full
+    /// (see `Conn::send_bounded`); sent before anything else.
+    backlog: Vec<u8>,
+    /// Since when the backlog has waited with none of it going out.
+    stalled: Option<Instant>,
 }
+
+/// A bounded write of a frame up to this size never blocks: what the
+/// socket does not take at once waits in the connection's backlog.
+const TRY_MAX: u64 = 128 * 1024;
+/// The most a connection's backlog may hold before the peer counts as one
+/// that does not read.
+const BACKLOG_MAX: usize = 256 * 1024;
 
 /// Plaintext buffered before it is sealed and written.
 const WRITE_CHUNK: usize = crate::noise::MAX_PLAIN;
@@ -116,7 +128,73 @@ impl SecureWriter {
             sealer,
             plain: Vec::with_capacity(4096),
             out: Vec::with_capacity(4096),
+            backlog: Vec::new(),
+            stalled: None,
         }
+    }
+
+    /// Write `out`, after the backlog, blocking (within the socket's timeout).
+    fn send_out(&mut self) -> io::Result<()> {
+        if !self.backlog.is_empty() {
+            self.stream.write_all(&self.backlog)?;
+            self.backlog = Vec::new();
+            self.stalled = None;
+        }
+        let r = self.stream.write_all(&self.out);
+        self.out.clear();
+        r
+    }
+
+    /// Seal what is buffered and send what the socket takes within about a
+    /// millisecond; the rest waits in the backlog. The caller restores the
+    /// socket's write timeout.
+    fn flush_try(&mut self) -> io::Result<()> {
+        if !self.plain.is_empty() {
+            self.seal_plain()?;
+        }
+        self.backlog.append(&mut self.out);
+        self.push_backlog()
+    }
+
+    /// Send what the socket takes of the backlog within about a millisecond.
+    /// The caller restores the socket's write timeout.
+    fn push_backlog(&mut self) -> io::Result<()> {
+        if self.backlog.is_empty() {
+            self.stalled = None;
+            return Ok(());
+        }
+        let _ = self
+            .stream
+            .0
+            .set_write_timeout(Some(Duration::from_millis(1)));
+        let mut sent = 0;
+        let result = loop {
+            if sent == self.backlog.len() {
+                break Ok(());
+            }
+            match self.stream.write(&self.backlog[sent..]) {
+                Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => sent += n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break Ok(())
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        self.backlog.drain(..sent);
+        if self.backlog.is_empty() {
+            self.backlog = Vec::new();
+            self.stalled = None;
+        } else if sent > 0 || self.stalled.is_none() {
+            self.stalled = Some(Instant::now());
+        }
+        result
     }
 
     fn seal_plain(&mut self) -> io::Result<()> {
@@ -136,8 +214,7 @@ impl Write for SecureWriter {
         if self.plain.len() >= WRITE_CHUNK {
             self.seal_plain()?;
             if self.out.len() >= 4 * WRITE_CHUNK {
-                self.stream.write_all(&self.out)?;
-                self.out.clear();
+                self.send_out()?;
             }
         }
         Ok(n)
@@ -147,10 +224,8 @@ impl Write for SecureWriter {
         if !self.plain.is_empty() {
             self.seal_plain()?;
         }
-        if !self.out.is_empty() {
-            let r = self.stream.write_all(&self.out);
-            self.out.clear();
-            r?;
+        if !self.out.is_empty() || !self.backlog.is_empty() {
+            self.send_out()?;
         }
         // Keep big buffers from a large frame from pinning memory.
         if self.plain.capacity() > 64 * 1024 {
@@ -565,6 +640,60 @@ impl Conn {
         self.send_frame_within(frame, Some(bound))
     }
 
+    /// A bounded write of a small frame: never blocks. What the socket does
+    /// not take waits in the backlog; a backlog that has not moved for
+    /// `bound`, or grown past [`BACKLOG_MAX`], means the peer does not read.
+    fn write_try(
+        w: &mut SecureWriter,
+        frame: &Frame,
+        max: usize,
+        bound: Duration,
+    ) -> io::Result<()> {
+        let stuck = || io::Error::new(io::ErrorKind::TimedOut, "the peer does not read");
+        if w.stalled.is_some_and(|t| t.elapsed() >= bound) {
+            return Err(stuck());
+        }
+        wire::write_frame(&mut *w, frame, max)?;
+        w.flush_try()?;
+        if w.backlog.len() > BACKLOG_MAX {
+            return Err(stuck());
+        }
+        Ok(())
+    }
+
+    /// Send what this connection's backlog holds, if its writer is free,
+    /// and close the connection if the backlog has not moved for the
+    /// slow-peer bound. Returns whether a backlog is left.
+    fn push_backlog(&self) -> bool {
+        let Link::Tcp { writer, .. } = &self.link else {
+            return false;
+        };
+        let Some(mut g) = writer.try_lock() else {
+            return false;
+        };
+        let Some(w) = g.as_mut() else { return false };
+        if w.backlog.is_empty() {
+            return false;
+        }
+        let bound = *self.slow_peer.lock();
+        let normal = w.stream.0.write_timeout().ok().flatten();
+        let r = w.push_backlog();
+        let _ = w.stream.0.set_write_timeout(normal);
+        let stuck = w.stalled.is_some_and(|t| t.elapsed() >= bound);
+        let left = !w.backlog.is_empty();
+        drop(g);
+        if r.is_err() || stuck {
+            log::warn!(
+                "{}: a write made no progress for {bound:?}: the peer does not read; closing \
+                 the connection",
+                self.peer_addr()
+            );
+            self.close();
+            return false;
+        }
+        left
+    }
+
     /// The writer's lock within `bound`; none at once if the thread that
     /// holds it has made no progress for [`STUCK_WRITE`] (the peer is slow:
     /// one thread waiting on it is enough).
@@ -627,6 +756,12 @@ impl Conn {
                 match bound {
                     None => {
                         wire::write_frame(&mut *w, frame, self.max_frame).and_then(|_| w.flush())
+                    }
+                    Some(b) if wire::encoded_size(frame).unwrap_or(u64::MAX) <= TRY_MAX => {
+                        let normal = w.stream.0.write_timeout().ok().flatten();
+                        let r = Self::write_try(w, frame, self.max_frame, b);
+                        let _ = w.stream.0.set_write_timeout(normal);
+                        r
                     }
                     Some(b) => {
                         // The slow-peer bound, plus the frame's size at 1 MiB/s.
@@ -1044,7 +1179,10 @@ impl Conn {
         let idle = limits.idle;
         let tick = (idle / 3)
             .min(limits.frame_grace / 2)
-            .clamp(Duration::from_millis(50), Duration::from_secs(5));
+            .clamp(Duration::from_millis(50), Duration::from_millis(500));
+        // While answers wait in the backlog, look at it more often.
+        let backlog_tick = Duration::from_millis(10);
+        let mut fast = false;
         let _ = stream.set_read_timeout(Some(tick));
         let mut buf = vec![0u8; READ_CHUNK];
         let mut clock = FrameClock::new(limits.min_frame_rate, limits.frame_grace);
@@ -1077,6 +1215,10 @@ impl Conn {
                 }
                 Ok(n) => {
                     self.touch();
+                    if fast && !self.push_backlog() {
+                        fast = false;
+                        let _ = stream.set_read_timeout(Some(tick));
+                    }
                     if let Err(e) = inbound.push(&buf[..n]) {
                         log::warn!("{}: {e}; closing the connection", self.peer_addr());
                         break;
@@ -1091,6 +1233,12 @@ impl Conn {
                         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                     ) =>
                 {
+                    let left = self.push_backlog();
+                    if left != fast {
+                        fast = left;
+                        let _ =
+                            stream.set_read_timeout(Some(if fast { backlog_tick } else { tick }));
+                    }
                     self.expire_forwards(limits.forward_timeout);
                     if self.idle_expired(idle, true) {
                         log::debug!("closing idle connection to {}", self.peer_addr());

@@ -67,12 +67,12 @@ pub struct Config {
     /// How long a write made on a connection's behalf by another thread (an
     /// answer from a handler, an answer forwarded from another peer, a
     /// failure notice, a relayed frame) may make no progress before that
-    /// connection is closed as a peer that does not read (default 500 ms);
-    /// the whole frame must be written within this plus its size at
-    /// 1 MiB/s. The thread writing is held at most about that long by a
-    /// slow peer; another thread finding the writer stuck does not wait
-    /// (its frame is dropped). See `docs/robustness.md`.
-    /// A node's own sends and requests use
+    /// connection is closed as a peer that does not read (default 500 ms).
+    /// Such writes of frames up to 128 KiB never block: what the socket does
+    /// not take waits in the connection's backlog (at most 256 KiB), which
+    /// must move within this time. Larger frames are written in place and
+    /// must be done within this plus their size at 1 MiB/s. See
+    /// `docs/robustness.md`. A node's own sends and requests use
     /// [`write_timeout`](Config::write_timeout).
     pub slow_peer_timeout: Duration,
     /// How long a TCP connect may take (default 5 s).

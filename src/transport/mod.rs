@@ -3,6 +3,7 @@
 mod conn;
 mod limits;
 mod threads;
+mod writer;
 
 pub(crate) use conn::{handshake, Conn, FrameSink, Greeted, Inbound, RELAY_TYPE};
 pub(crate) use threads::Threads;

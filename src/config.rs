@@ -20,15 +20,71 @@ pub(crate) const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 pub struct Config {
     /// Largest frame accepted or sent, header and body together (default 16 MiB).
     pub max_frame_size: usize,
-    /// How long a new connection may take to say hello (default 5 s).
+    /// Largest JSON header of a frame accepted (default 64 KiB). Large data
+    /// belongs in the byte body; a frame announcing a larger header is
+    /// refused from its 8-byte prefix, before its header is read, and the
+    /// connection closed. Parsing a header costs many times its size, so
+    /// this keeps one frame from costing many times `max_frame_size`.
+    pub max_header_size: usize,
+    /// How long a new connection may take for its whole handshake (default
+    /// 3 s). An inbound connection still in its handshake then is closed.
     pub handshake_timeout: Duration,
+    /// Most inbound connections in their handshake at once (default 64).
+    /// Each holds a thread; past the limit, new connections are accepted
+    /// and closed at once (a warning, at most one a second, counts them).
+    /// 0 counts as 1. See `docs/robustness.md`.
+    pub max_handshaking: usize,
+    /// Most inbound connections from one IP address, in their handshake
+    /// or open (default 32; 0: unlimited). Further ones from that address
+    /// are closed at once. Loopback addresses are exempt unless
+    /// [`limit_loopback`](Config::limit_loopback) is set (a ring of many
+    /// nodes in one process connects from 127.0.0.1 only).
+    pub max_inbound_per_ip: usize,
+    /// Apply [`max_inbound_per_ip`](Config::max_inbound_per_ip) to loopback
+    /// addresses too (default false).
+    pub limit_loopback: bool,
+    /// Once a frame has begun, at least this many bytes a second of it must
+    /// keep arriving, measured over every [`frame_grace`](Config::frame_grace)
+    /// (default 4 KiB/s; 0: no deadline). A connection whose frame is
+    /// slower is closed with a warning. Time the node itself spends not
+    /// reading (its handler queue or memory budget is full) does not count.
+    pub min_frame_rate: u64,
+    /// The window over which [`min_frame_rate`](Config::min_frame_rate) is
+    /// measured (default 5 s): a frame under way must bring
+    /// `min_frame_rate × frame_grace` bytes in each such window.
+    pub frame_grace: Duration,
+    /// Bytes of partially received frames the node may hold over all its
+    /// connections (default 256 MiB). Each connection may hold its first
+    /// 64 KiB outside the budget, so that small frames never wait for it.
+    /// When the budget is spent, a connection whose frame needs more is not
+    /// read (its sender is slowed through its TCP window) until bytes are
+    /// freed; after [`frame_grace`](Config::frame_grace) of that, the
+    /// connection holding the most is closed with a warning. See
+    /// `docs/robustness.md`.
+    pub memory_budget: usize,
+    /// How long a write made on a connection's behalf by another thread (an
+    /// answer from a handler, an answer forwarded from another peer, a
+    /// failure notice, a relayed frame) may make no progress before that
+    /// connection is closed as a peer that does not read (default 500 ms).
+    /// Such writes of frames up to 128 KiB never block: what the socket does
+    /// not take waits in the connection's backlog (at most 256 KiB), which
+    /// must move within this time. Larger frames are written in place and
+    /// must be done within this plus their size at 1 MiB/s. See
+    /// `docs/robustness.md`. A node's own sends and requests use
+    /// [`write_timeout`](Config::write_timeout).
+    pub slow_peer_timeout: Duration,
     /// How long a TCP connect may take (default 5 s).
     pub connect_timeout: Duration,
     /// How long one write may block before the connection is given up (default 10 s).
     pub write_timeout: Duration,
     /// How long [`Node::request`](crate::Node::request) waits for an answer (default 10 s).
     pub request_timeout: Duration,
-    /// A temporary connection this node opened is closed after this long unused (default 30 s).
+    /// A temporary connection this node opened is closed after this long
+    /// unused (default 30 s). An inbound connection is closed after twice
+    /// this long unused, unless the ring uses it (pinned) or a request on it
+    /// is outstanding; connections this node keeps (ring neighbours,
+    /// [`Connection`](crate::Connection)s) send a keepalive when they have
+    /// been quiet for a third of it, so that their peer keeps them open.
     pub idle_timeout: Duration,
     /// Threads that run user handlers (default 2). Handlers run off the
     /// connection threads, so a handler may itself make requests. Inline
@@ -49,7 +105,10 @@ pub struct Config {
     pub fingers_per_round: usize,
     /// Length of the successor list, about log2 of the expected ring size (default 8).
     pub successor_list_len: usize,
-    /// Most connections open at once; further inbound ones are refused (default 1024).
+    /// Most connections open at once (default 1024). At the limit, a new
+    /// inbound connection replaces the inbound connection quiet the longest
+    /// (not pinned, nothing outstanding, quiet for at least a second), or is
+    /// refused if there is none: silent peers cannot lock others out.
     pub max_connections: usize,
     /// Most temporary connections this node keeps open (default 16): when it
     /// opens one more, it closes the least recently used one that is quiet.
@@ -121,7 +180,15 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             max_frame_size: 16 * 1024 * 1024,
-            handshake_timeout: Duration::from_secs(5),
+            max_header_size: 64 * 1024,
+            handshake_timeout: Duration::from_secs(3),
+            max_handshaking: 64,
+            max_inbound_per_ip: 32,
+            limit_loopback: false,
+            min_frame_rate: 4 * 1024,
+            frame_grace: Duration::from_secs(5),
+            memory_budget: 256 * 1024 * 1024,
+            slow_peer_timeout: Duration::from_millis(500),
             connect_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),

@@ -546,6 +546,11 @@ pub(crate) struct Opener {
 }
 
 impl Opener {
+    /// Bytes of an incomplete record held.
+    pub(crate) fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Feed received bytes; decrypted bytes are appended to `plain`.
     pub(crate) fn open(&mut self, input: &[u8], plain: &mut Vec<u8>) -> Result<(), RecordError> {
         let Some(noise) = &self.noise else {

@@ -38,6 +38,14 @@ pub enum WireError {
     MissingField(&'static str),
     /// The stream ended in the middle of a frame.
     Truncated,
+    /// A frame's JSON header is larger than the header limit (large data
+    /// belongs in the byte body). Refused from the frame's 8-byte prefix.
+    HeaderTooLarge {
+        /// Announced header size in bytes.
+        size: u64,
+        /// Maximum allowed.
+        max: u64,
+    },
 }
 
 impl fmt::Display for WireError {
@@ -50,6 +58,11 @@ impl fmt::Display for WireError {
             WireError::UnknownKind(k) => write!(f, "unknown frame kind {k:?}"),
             WireError::MissingField(n) => write!(f, "frame lacks the field {n:?}"),
             WireError::Truncated => write!(f, "connection ended in the middle of a frame"),
+            WireError::HeaderTooLarge { size, max } => write!(
+                f,
+                "frame header of {size} bytes exceeds the header maximum of {max} \
+                 (large data belongs in the body)"
+            ),
         }
     }
 }
@@ -272,20 +285,42 @@ fn decode_header(bytes: &[u8], body: Option<Vec<u8>>) -> Result<Frame, WireError
 }
 
 /// Turns a stream of bytes, fed in pieces of any size, into frames.
+///
+/// Memory: the buffer grows only as bytes arrive (never to a frame's
+/// declared size ahead of its bytes), never past the end of the frame under
+/// way, and is given back once a large frame has been decoded. So holding a
+/// partial frame costs about the bytes received, and decoding one costs
+/// about twice its size (the buffer and the decoded body).
 #[derive(Debug)]
 pub struct Decoder {
     buf: Vec<u8>,
     start: usize,
     max: usize,
+    max_header: usize,
 }
 
+/// The most a decoder's buffer grows by at once (plus the bytes pushed).
+pub const MAX_GROWTH: usize = 1024 * 1024;
+
+/// Buffers larger than this are freed, not kept, once empty.
+const KEEP_CAPACITY: usize = 256 * 1024;
+
 impl Decoder {
-    /// A decoder that refuses frames over `max_frame` bytes.
+    /// A decoder that refuses frames over `max_frame` bytes (and headers
+    /// over `max_frame` too: see [`Decoder::with_header_limit`]).
     pub fn new(max_frame: usize) -> Decoder {
+        Decoder::with_header_limit(max_frame, max_frame)
+    }
+
+    /// A decoder that refuses frames over `max_frame` bytes and JSON headers
+    /// over `max_header` bytes, both from the frame's prefix, before a byte
+    /// of the frame is buffered.
+    pub fn with_header_limit(max_frame: usize, max_header: usize) -> Decoder {
         Decoder {
             buf: Vec::new(),
             start: 0,
             max: max_frame,
+            max_header,
         }
     }
 
@@ -298,12 +333,38 @@ impl Decoder {
             self.buf.drain(..self.start);
             self.start = 0;
         }
+        let need = self.buf.len() + bytes.len();
+        if need > self.buf.capacity() {
+            // Double up to 1 MiB, then grow by 1 MiB (a large buffer grows
+            // in place), never past the end of the frame under way: a frame
+            // that has not arrived is not allocated for.
+            let cap = self.buf.capacity();
+            let mut target = (cap + cap.min(MAX_GROWTH)).max(need);
+            if let Some(end) = self.frame_end() {
+                target = target.min(end.max(need));
+            }
+            self.buf.reserve_exact(target - self.buf.len());
+        }
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// Where in `buf` the frame under way ends, once its prefix is here.
+    fn frame_end(&self) -> Option<usize> {
+        let pending = &self.buf[self.start..];
+        (pending.len() >= FRAME_PREFIX).then(|| {
+            let (h, b) = prefix_lengths(pending);
+            self.start + FRAME_PREFIX + h.min(self.max) + b.min(self.max)
+        })
     }
 
     /// Bytes received but not yet decoded.
     pub fn buffered(&self) -> usize {
         self.buf.len() - self.start
+    }
+
+    /// Bytes of memory the decoder holds now (its buffer's capacity).
+    pub fn held(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// How many more bytes the frame under way needs, at least; 0 if unknown.
@@ -335,6 +396,12 @@ impl Decoder {
                 max: self.max as u64,
             });
         }
+        if h > self.max_header {
+            return Err(WireError::HeaderTooLarge {
+                size: h as u64,
+                max: self.max_header as u64,
+            });
+        }
         if h == 0 {
             return Err(WireError::BadHeader("empty header".into()));
         }
@@ -345,6 +412,11 @@ impl Decoder {
         let body = (b > 0).then(|| pending[FRAME_PREFIX + h..FRAME_PREFIX + h + b].to_vec());
         let frame = decode_header(header, body)?;
         self.start += FRAME_PREFIX + h + b;
+        if self.start == self.buf.len() && self.buf.capacity() > KEEP_CAPACITY {
+            // Give a large frame's buffer back at once.
+            self.buf = Vec::new();
+            self.start = 0;
+        }
         Ok(Some(frame))
     }
 
@@ -416,6 +488,44 @@ mod tests {
                 max: 100
             })
         );
+    }
+
+    #[test]
+    fn a_large_header_is_refused_from_the_prefix() {
+        let mut d = Decoder::with_header_limit(1 << 20, 100);
+        d.push(&101u32.to_be_bytes());
+        d.push(&0u32.to_be_bytes());
+        assert_eq!(
+            d.next_frame(),
+            Err(WireError::HeaderTooLarge {
+                size: 101,
+                max: 100
+            })
+        );
+        // A large body is fine.
+        let mut f = sample();
+        f.body = Some(vec![1; 1000]);
+        let mut d = Decoder::with_header_limit(1 << 20, 100);
+        d.push(&encode(&f));
+        assert_eq!(d.next_frame().unwrap().unwrap(), f);
+    }
+
+    #[test]
+    fn memory_grows_with_the_bytes_not_the_declared_size() {
+        let mut d = Decoder::new(1 << 24);
+        let mut f = sample();
+        f.body = Some(vec![3; 1 << 19]);
+        let bytes = encode(&f);
+        d.push(&bytes[..1000]);
+        assert_eq!(d.next_frame(), Ok(None));
+        assert!(d.held() < 4096, "held {}", d.held());
+        for chunk in bytes[1000..].chunks(4096) {
+            d.push(chunk);
+            assert!(d.held() <= bytes.len(), "held {}", d.held());
+        }
+        assert_eq!(d.next_frame().unwrap().unwrap(), f);
+        // The buffer is given back.
+        assert_eq!(d.held(), 0);
     }
 
     #[test]

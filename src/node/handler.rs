@@ -176,7 +176,7 @@ impl Incoming {
     pub fn respond(&mut self, response: Message) -> Result<()> {
         let req = self.open_request()?;
         self.conn
-            .send_frame(&response.into_frame(Kind::Response, Some(req)))?;
+            .send_bounded(&response.into_frame(Kind::Response, Some(req)))?;
         self.answered = true;
         Ok(())
     }
@@ -260,7 +260,7 @@ impl Incoming {
                 if code != "handler_panicked" {
                     log::warn!("request {kind:?} from {}: {why}", self.from);
                 }
-                let _ = self.conn.send_frame(&Frame::error(req, code, why));
+                let _ = self.conn.send_bounded(&Frame::error(req, code, why));
             }
             _ => log::warn!("message {kind:?} from {}: {why}", self.from),
         }

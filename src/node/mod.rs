@@ -3,6 +3,7 @@
 mod chord;
 mod connection;
 mod events;
+mod fair;
 mod handler;
 mod nat;
 
@@ -21,7 +22,7 @@ use crate::message::{Message, TEXT};
 pub(crate) use crate::transport::reply;
 use crate::transport::{self, Conn, FrameSink, Transport};
 use crate::wire::{Frame, Kind};
-use crossbeam_channel::{bounded, unbounded, Receiver, Sender, TrySendError};
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use handler::HandlerFn;
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::HashMap;
@@ -237,7 +238,7 @@ impl NodeBuilder {
         transport.threads.set_grace(transport.cfg.shutdown_grace);
         let (events_tx, events_rx) = bounded(transport.cfg.events_capacity.max(1));
         // Bounded by `handler_queue_len` per connection (see `PeerGate`).
-        let (jobs_tx, jobs_rx) = unbounded::<Job>();
+        let jobs = Arc::new(fair::FairQueue::<Job>::new());
         let inner = Arc::new_cyclic(|me| NodeInner {
             transport: Arc::clone(&transport),
             handlers: RwLock::new(self.handlers.into_iter().collect()),
@@ -246,7 +247,7 @@ impl NodeBuilder {
             events_rx,
             events_dropped: AtomicU64::new(0),
             watching: AtomicBool::new(false),
-            jobs: Mutex::new(Some(jobs_tx)),
+            jobs: Arc::clone(&jobs),
             peers: Mutex::new(HashMap::new()),
             stopped: AtomicBool::new(false),
             chord: chord::Chord::new(self.id),
@@ -260,21 +261,21 @@ impl NodeBuilder {
             })),
         };
         for i in 0..transport.cfg.handler_threads.max(1) {
-            let rx = jobs_rx.clone();
+            let queue = Arc::clone(&jobs);
             transport
                 .threads
                 .spawn(
                     format!("p2prs-handler-{}-{i}", local.port()),
                     None,
                     move || {
-                        for job in rx {
+                        while let Some(job) = queue.pop() {
                             job.incoming.run(&*job.handler);
                         }
                     },
                 )
                 .map_err(|e| Error::io("spawning a handler thread", e))?;
         }
-        drop(jobs_rx);
+        drop(jobs);
         chord::spawn_stabilizer(&inner, &transport.threads)?;
         transport.start_accept(listener)?;
         crate::rendezvous::attach(&transport)?;
@@ -375,7 +376,8 @@ pub(crate) struct NodeInner {
     events_rx: Receiver<Event>,
     events_dropped: AtomicU64,
     watching: AtomicBool,
-    jobs: Mutex<Option<Sender<Job>>>,
+    /// Pooled-handler jobs, served one connection at a time in turn.
+    jobs: Arc<fair::FairQueue<Job>>,
     /// Per open connection: its queue of handler jobs and its bucket of ring
     /// control frames. Removed when the connection closes.
     peers: Mutex<HashMap<u64, Arc<PeerGate>>>,
@@ -1187,7 +1189,7 @@ impl NodeInner {
         }
         log::debug!("shutting down {}", self.transport.local_addr());
         // Handler threads end when the job queue closes.
-        self.jobs.lock().take();
+        self.jobs.close();
         // Readers waiting for room in a handler queue give up.
         for gate in self.peers.lock().values() {
             gate.room.notify_all();
@@ -1233,9 +1235,8 @@ impl NodeInner {
                             incoming,
                             _ticket: ticket,
                         };
-                        if let Some(jobs) = self.jobs.lock().as_ref() {
-                            let _ = jobs.send(job);
-                        }
+                        // Refused (and dropped) once the node shuts down.
+                        let _ = self.jobs.push(conn.id, job);
                     }
                 }
             }

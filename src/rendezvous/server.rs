@@ -434,7 +434,7 @@ impl Server {
         if mode == Mode::Punch {
             // The target hears first; the asker's answer follows at once.
             let go = message(PUNCH, &PunchGo { peer: me, token });
-            if let Err(e) = peer_conn.send_frame(&go) {
+            if let Err(e) = peer_conn.send_bounded(&go) {
                 log::info!(
                     "introduction {token}: the target {} is gone: {e}",
                     peer.public
@@ -471,7 +471,7 @@ impl Server {
                 session: out.to,
                 reason: reason.into(),
             };
-            let _ = conn.send_frame(&message(GONE, &g));
+            let _ = conn.send_bounded(&message(GONE, &g));
         };
         let now = self.now();
         let mut st = self.state.lock();
@@ -539,7 +539,7 @@ impl Server {
             },
         );
         fwd.body = frame.body;
-        match to_conn.send_frame(&fwd) {
+        match to_conn.send_bounded(&fwd) {
             Ok(()) => {
                 self.relayed_frames.fetch_add(1, Ordering::Relaxed);
                 self.relayed_bytes.fetch_add(size as u64, Ordering::Relaxed);
@@ -603,7 +603,7 @@ impl FrameSink for Server {
             reason: "the peer's link to the rendezvous closed".into(),
         };
         for p in partners {
-            let _ = p.send_frame(&message(GONE, &g));
+            let _ = p.send_bounded(&message(GONE, &g));
         }
     }
 }

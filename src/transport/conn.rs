@@ -1,6 +1,8 @@
 //! One connection: its write half, its pending requests, and the read loop
 //! that runs on the connection's own thread.
 
+use super::limits::{FrameClock, Memory, FREE_PER_CONN};
+use super::writer::{micros_now, SecureWriter, Shared, Writing, BACKLOG_MAX, STUCK_WRITE, TRY_MAX};
 use super::Path;
 use crate::error::{Error, Result};
 use crate::id::NodeId;
@@ -64,85 +66,6 @@ enum Link {
     },
 }
 
-/// The write side of a stream whose one descriptor the reader shares.
-pub(crate) struct Shared(Arc<TcpStream>);
-
-impl Write for Shared {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        (&*self.0).write(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        (&*self.0).flush()
-    }
-}
-
-/// The write side of a connection: frames are buffered as plaintext, then
-/// sealed into records (or passed through in plaintext mode) and written.
-pub(crate) struct SecureWriter {
-    stream: Shared,
-    sealer: Sealer,
-    plain: Vec<u8>,
-    out: Vec<u8>,
-}
-
-/// Plaintext buffered before it is sealed and written.
-const WRITE_CHUNK: usize = crate::noise::MAX_PLAIN;
-
-impl SecureWriter {
-    fn new(stream: Shared, sealer: Sealer) -> SecureWriter {
-        SecureWriter {
-            stream,
-            sealer,
-            plain: Vec::with_capacity(4096),
-            out: Vec::with_capacity(4096),
-        }
-    }
-
-    fn seal_plain(&mut self) -> io::Result<()> {
-        self.sealer
-            .seal(&self.plain, &mut self.out)
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        self.plain.clear();
-        Ok(())
-    }
-}
-
-impl Write for SecureWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let room = WRITE_CHUNK - self.plain.len();
-        let n = buf.len().min(room);
-        self.plain.extend_from_slice(&buf[..n]);
-        if self.plain.len() >= WRITE_CHUNK {
-            self.seal_plain()?;
-            if self.out.len() >= 4 * WRITE_CHUNK {
-                self.stream.write_all(&self.out)?;
-                self.out.clear();
-            }
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        if !self.plain.is_empty() {
-            self.seal_plain()?;
-        }
-        if !self.out.is_empty() {
-            let r = self.stream.write_all(&self.out);
-            self.out.clear();
-            r?;
-        }
-        // Keep big buffers from a large frame from pinning memory.
-        if self.plain.capacity() > 64 * 1024 {
-            self.plain = Vec::with_capacity(4096);
-        }
-        if self.out.capacity() > 64 * 1024 {
-            self.out = Vec::with_capacity(4096);
-        }
-        Ok(())
-    }
-}
-
 /// What a handshake yields: who the peer is, the keys, and the bytes it sent
 /// after its handshake.
 pub(crate) struct Greeted {
@@ -162,13 +85,24 @@ pub(crate) struct Inbound {
 }
 
 impl Inbound {
-    /// Decoding for a connection with `session`, frames up to `max_frame`.
-    pub(crate) fn new(session: &Session, max_frame: usize) -> Inbound {
+    /// Decoding for a connection with `session`, frames up to `max_frame`
+    /// with headers up to `max_header`.
+    pub(crate) fn new(session: &Session, max_frame: usize, max_header: usize) -> Inbound {
         Inbound {
             opener: session.opener(),
-            decoder: Decoder::new(max_frame),
+            decoder: Decoder::with_header_limit(max_frame, max_header),
             plain: Vec::new(),
         }
+    }
+
+    /// Whether a record or a frame is under way.
+    fn in_frame(&self) -> bool {
+        self.decoder.buffered() > 0 || self.opener.pending() > 0
+    }
+
+    /// Bytes held for a partial record and frame.
+    fn held(&self) -> usize {
+        self.decoder.held() + self.opener.pending()
     }
 
     /// Feed bytes read from the peer.
@@ -183,6 +117,24 @@ impl Inbound {
         }
         Ok(())
     }
+}
+
+/// Bytes read from a socket at once.
+pub(crate) const READ_CHUNK: usize = 32 * 1024;
+
+/// What bounds a connection's read loop (from the node's `Config`).
+pub(crate) struct ReadLimits<'a> {
+    /// The idle timeout (inbound connections: twice it).
+    pub idle: Duration,
+    /// How long a bounced request's answer is waited for.
+    pub forward_timeout: Duration,
+    /// The minimum rate of a frame under way, bytes a second (0: none).
+    pub min_frame_rate: u64,
+    /// The window the rate is measured over, and the longest wait for
+    /// memory before the largest holder is closed.
+    pub frame_grace: Duration,
+    /// The node's budget for partial frames.
+    pub memory: &'a Memory,
 }
 
 /// The relay frame type (see `crate::rendezvous`).
@@ -221,6 +173,12 @@ pub(crate) struct Conn {
     /// The thread that reads this connection: a request made on it would
     /// wait for an answer only that thread can read.
     reader: Mutex<Option<std::thread::ThreadId>>,
+    /// How long a write by another thread may make no progress (see
+    /// [`Conn::send_bounded`]).
+    slow_peer: Mutex<Duration>,
+    /// While a write is under way, when it began or last made progress
+    /// ([`micros_now`]); 0 when none is.
+    writing_since: Arc<AtomicU64>,
 }
 
 impl Conn {
@@ -253,15 +211,17 @@ impl Conn {
                 }
                 same
             });
+        let progress = Arc::new(AtomicU64::new(0));
         let link = Link::Tcp {
             writer: Mutex::new(Some(SecureWriter::new(
-                Shared(Arc::clone(stream)),
+                Shared(Arc::clone(stream), Arc::clone(&progress), None),
                 session.sealer(),
             ))),
             raw: Mutex::new(Some(Arc::clone(stream))),
         };
         let peer_id = hello.id.map(NodeId);
-        let c = Conn::with_link(id, remote, peer_listen, outbound, peer_id, link, max_frame);
+        let mut c = Conn::with_link(id, remote, peer_listen, outbound, peer_id, link, max_frame);
+        c.writing_since = progress;
         if let Some(k) = proof.key {
             let _ = c.peer_key.set(k);
         }
@@ -300,6 +260,8 @@ impl Conn {
             last_active: Mutex::new(Instant::now()),
             max_frame,
             reader: Mutex::new(None),
+            slow_peer: Mutex::new(crate::Config::default().slow_peer_timeout),
+            writing_since: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -463,8 +425,107 @@ impl Conn {
         *self.last_active.lock() = Instant::now();
     }
 
+    /// Set how long [`Conn::send_bounded`] may wait for the peer.
+    pub(crate) fn set_slow_peer_timeout(&self, t: Duration) {
+        *self.slow_peer.lock() = t.max(Duration::from_millis(1));
+    }
+
+    /// Write one frame on behalf of another thread or peer (an answer, a
+    /// forwarded answer, a failure notice, a relayed frame), holding the
+    /// caller at most about `Config::slow_peer_timeout`: if this
+    /// connection's writer stays busy that long, the frame is dropped (an
+    /// error; the connection stays open, its own writer bounds itself); if
+    /// the write makes no progress that long, the peer does not read and
+    /// the connection is closed.
+    pub(crate) fn send_bounded(&self, frame: &Frame) -> Result<()> {
+        let bound = *self.slow_peer.lock();
+        self.send_frame_within(frame, Some(bound))
+    }
+
+    /// A bounded write of a small frame: never blocks. What the socket does
+    /// not take waits in the backlog; a backlog that has not moved for
+    /// `bound`, or grown past [`BACKLOG_MAX`], means the peer does not read.
+    fn write_try(
+        w: &mut SecureWriter,
+        frame: &Frame,
+        max: usize,
+        bound: Duration,
+    ) -> io::Result<()> {
+        let stuck = || io::Error::new(io::ErrorKind::TimedOut, "the peer does not read");
+        if w.stalled.is_some_and(|t| t.elapsed() >= bound) {
+            return Err(stuck());
+        }
+        wire::write_frame(&mut *w, frame, max)?;
+        w.flush_try()?;
+        if w.backlog.len() > BACKLOG_MAX {
+            return Err(stuck());
+        }
+        Ok(())
+    }
+
+    /// Send what this connection's backlog holds, if its writer is free,
+    /// and close the connection if the backlog has not moved for the
+    /// slow-peer bound. Returns whether a backlog is left.
+    fn push_backlog(&self) -> bool {
+        let Link::Tcp { writer, .. } = &self.link else {
+            return false;
+        };
+        let Some(mut g) = writer.try_lock() else {
+            return false;
+        };
+        let Some(w) = g.as_mut() else { return false };
+        if w.backlog.is_empty() {
+            return false;
+        }
+        let bound = *self.slow_peer.lock();
+        let normal = w.stream.0.write_timeout().ok().flatten();
+        let r = w.push_backlog();
+        let _ = w.stream.0.set_write_timeout(normal);
+        let stuck = w.stalled.is_some_and(|t| t.elapsed() >= bound);
+        let left = !w.backlog.is_empty();
+        drop(g);
+        if r.is_err() || stuck {
+            log::warn!(
+                "{}: a write made no progress for {bound:?}: the peer does not read; closing \
+                 the connection",
+                self.peer_addr()
+            );
+            self.close();
+            return false;
+        }
+        left
+    }
+
+    /// The writer's lock within `bound`; none at once if the thread that
+    /// holds it has made no progress for [`STUCK_WRITE`] (the peer is slow:
+    /// one thread waiting on it is enough).
+    fn lock_writer_within<'a>(
+        &self,
+        writer: &'a Mutex<Option<SecureWriter>>,
+        bound: Duration,
+    ) -> Option<parking_lot::MutexGuard<'a, Option<SecureWriter>>> {
+        let deadline = Instant::now() + bound;
+        loop {
+            let step =
+                Duration::from_millis(5).min(deadline.saturating_duration_since(Instant::now()));
+            if let Some(g) = writer.try_lock_for(step) {
+                return Some(g);
+            }
+            let since = self.writing_since.load(Ordering::Acquire);
+            let stuck =
+                since != 0 && micros_now().saturating_sub(since) >= STUCK_WRITE.as_micros() as u64;
+            if stuck || Instant::now() >= deadline {
+                return None;
+            }
+        }
+    }
+
     /// Write one frame, flushing it. A failed write closes the connection.
     pub(crate) fn send_frame(&self, frame: &Frame) -> Result<()> {
+        self.send_frame_within(frame, None)
+    }
+
+    fn send_frame_within(&self, frame: &Frame, bound: Option<Duration>) -> Result<()> {
         if matches!(frame.kind, Kind::Message | Kind::Request) && frame.msg_type.trim().is_empty() {
             return Err(Error::InvalidArgument(
                 "a message needs a type: it cannot be empty or blank".into(),
@@ -475,11 +536,49 @@ impl Conn {
         }
         let result = match &self.link {
             Link::Tcp { writer, .. } => {
-                let mut g = writer.lock();
+                let mut g = match bound {
+                    None => writer.lock(),
+                    Some(b) => match self.lock_writer_within(writer, b) {
+                        Some(g) => g,
+                        None => {
+                            return Err(Error::Timeout {
+                                kind: crate::error::TimeoutKind::Write,
+                                what: format!(
+                                    "the writer of {} (busy: the frame is dropped)",
+                                    self.peer_addr()
+                                ),
+                                after: b,
+                            })
+                        }
+                    },
+                };
                 let Some(w) = g.as_mut() else {
                     return Err(self.closed_error());
                 };
-                wire::write_frame(&mut *w, frame, self.max_frame).and_then(|_| w.flush())
+                let _writing = Writing::begin(&self.writing_since);
+                match bound {
+                    None => {
+                        wire::write_frame(&mut *w, frame, self.max_frame).and_then(|_| w.flush())
+                    }
+                    Some(b) if wire::encoded_size(frame).unwrap_or(u64::MAX) <= TRY_MAX => {
+                        let normal = w.stream.0.write_timeout().ok().flatten();
+                        let r = Self::write_try(w, frame, self.max_frame, b);
+                        let _ = w.stream.0.set_write_timeout(normal);
+                        r
+                    }
+                    Some(b) => {
+                        // The slow-peer bound, plus the frame's size at 1 MiB/s.
+                        let size = wire::encoded_size(frame).unwrap_or(0);
+                        let allowed = b + Duration::from_micros(size);
+                        let normal = w.stream.0.write_timeout().ok().flatten();
+                        w.stream.2 = Some(Instant::now() + allowed);
+                        let r = wire::write_frame(&mut *w, frame, self.max_frame)
+                            .and_then(|_| w.flush());
+                        w.stream.2 = None;
+                        let _ = w.stream.0.set_write_timeout(normal);
+                        r
+                    }
+                }
             }
             Link::Relay {
                 via, to, sealer, ..
@@ -499,7 +598,14 @@ impl Conn {
                 })
             }
             Err(e) => {
-                let after = self.write_timeout();
+                let after = bound.unwrap_or_else(|| self.write_timeout());
+                if bound.is_some() {
+                    log::warn!(
+                        "{}: a write made no progress for {after:?}: the peer does not \
+                         read; closing the connection",
+                        self.peer_addr()
+                    );
+                }
                 self.close();
                 if matches!(
                     e.kind(),
@@ -596,6 +702,7 @@ impl Conn {
     }
 
     fn request_frame_with(&self, msg: Message, pending: Pending, bounces: u32) -> Result<u64> {
+        let bounded = matches!(pending, Pending::Forward { .. });
         let req = self.next_req.fetch_add(1, Ordering::Relaxed);
         let mut frame = msg.into_frame(Kind::Request, Some(req));
         frame.bounces = bounces;
@@ -604,7 +711,12 @@ impl Conn {
             self.pending.lock().remove(&req);
             return Err(self.closed_error());
         }
-        if let Err(e) = self.send_frame(&frame) {
+        let sent = if bounded {
+            self.send_bounded(&frame)
+        } else {
+            self.send_frame(&frame)
+        };
+        if let Err(e) = sent {
             self.pending.lock().remove(&req);
             return Err(e);
         }
@@ -671,7 +783,7 @@ impl Conn {
             Pending::Forward { back, req, .. } => {
                 let mut relay = frame;
                 relay.req = Some(req);
-                if let Err(e) = back.send_frame(&relay) {
+                if let Err(e) = back.send_bounded(&relay) {
                     log::debug!(
                         "could not relay a bounced answer to {}: {e}",
                         back.peer_addr()
@@ -723,7 +835,7 @@ impl Conn {
                     serde_json::json!({ "to": to, "close": true }),
                 );
                 if !via.is_closed() {
-                    let _ = via.send_frame(&bye);
+                    let _ = via.send_bounded(&bye);
                 }
             }
         }
@@ -742,7 +854,7 @@ impl Conn {
                         "the node the request was bounced to ({}) closed the connection",
                         self.peer_addr()
                     );
-                    let _ = back.send_frame(&Frame::error(req, "bounce_failed", msg));
+                    let _ = back.send_bounded(&Frame::error(req, "bounce_failed", msg));
                 }
             }
         }
@@ -785,33 +897,119 @@ impl Conn {
                 self.peer_addr(),
                 max_age.as_secs_f64()
             );
-            let _ = back.send_frame(&Frame::error(req, "bounce_timeout", why));
+            let _ = back.send_bounded(&Frame::error(req, "bounce_timeout", why));
         }
     }
 
-    fn idle_expired(&self, idle: Duration) -> bool {
-        self.outbound
+    /// Whether the connection has been unused past its idle timeout and
+    /// nothing keeps it: not pinned, no request of ours outstanding. A
+    /// connection this node opened closes after `idle`; one the peer opened
+    /// (only when `inbound_too`) after twice that, so that a peer with the
+    /// same settings closes its end first.
+    fn idle_expired(&self, idle: Duration, inbound_too: bool) -> bool {
+        let limit = if self.outbound {
+            idle
+        } else if inbound_too {
+            idle.saturating_mul(2)
+        } else {
+            return false;
+        };
+        self.pins.load(Ordering::Acquire) == 0
+            && self.pending.lock().is_empty()
+            && self.last_active.lock().elapsed() >= limit
+    }
+
+    /// When this connection was last used, if it is an inbound connection
+    /// that nothing keeps (not pinned, nothing outstanding) and that has
+    /// been quiet for at least `quiet`: one a new inbound connection may
+    /// replace when the node is full.
+    pub(crate) fn replaceable(&self, quiet: Duration) -> Option<Instant> {
+        let last = *self.last_active.lock();
+        (!self.outbound
+            && !self.is_closed()
             && self.pins.load(Ordering::Acquire) == 0
             && self.pending.lock().is_empty()
-            && self.last_active.lock().elapsed() >= idle
+            && last.elapsed() >= quiet)
+            .then_some(last)
+    }
+
+    /// A connection this node keeps (pinned) and that has been quiet for a
+    /// third of the idle timeout says something, so that its peer, which
+    /// closes idle inbound connections, keeps it open. The ping is a
+    /// one-way message: any version answers nothing.
+    fn keepalive(&self, idle: Duration) {
+        if self.pins.load(Ordering::Acquire) > 0 && self.last_active.lock().elapsed() >= idle / 3 {
+            let ping = Frame::new(Kind::Message, "p2prs.ping", serde_json::Value::Null);
+            let _ = self.send_bounded(&ping);
+        }
+    }
+
+    /// Wait for room in the memory budget before reading more of a large
+    /// frame; after `frame_grace` without room, close the connection that
+    /// holds the most. Returns false when this connection is to stop.
+    fn wait_for_memory(&self, inbound: &Inbound, limits: &ReadLimits) -> bool {
+        let memory = limits.memory;
+        let held = inbound.held();
+        let deadline = Instant::now() + limits.frame_grace;
+        if memory.wait_room(self.id, held, deadline, || self.is_closed()) {
+            return true;
+        }
+        if self.is_closed() {
+            return false;
+        }
+        if let Some((largest, bytes)) = memory.largest() {
+            log::warn!(
+                "the memory budget for partial frames ({} bytes) has been spent for {:?}; \
+                 closing the connection holding the most, {} ({bytes} bytes)",
+                memory.limit(),
+                limits.frame_grace,
+                largest.peer_addr()
+            );
+            largest.close();
+            return largest.id != self.id;
+        }
+        true
     }
 
     /// The read loop: decode frames and hand them to `sink` until the
-    /// connection ends. `decoder` may hold bytes read after the hello.
+    /// connection ends. `inbound` may hold bytes read after the handshake.
     pub(crate) fn read_loop(
         self: &Arc<Conn>,
         stream: Arc<TcpStream>,
         mut inbound: Inbound,
         sink: &dyn FrameSink,
-        idle: Duration,
-        forward_timeout: Duration,
+        limits: &ReadLimits,
     ) {
         *self.reader.lock() = Some(std::thread::current().id());
-        let tick = (idle / 2).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        let idle = limits.idle;
+        let tick = (idle / 3)
+            .min(limits.frame_grace / 2)
+            .clamp(Duration::from_millis(50), Duration::from_millis(500));
+        // While answers wait in the backlog, look at it more often.
+        let backlog_tick = Duration::from_millis(10);
+        let mut fast = false;
         let _ = stream.set_read_timeout(Some(tick));
-        let mut buf = vec![0u8; 32 * 1024];
-        let mut ok = self.drain(&mut inbound.decoder, sink);
+        let mut buf = vec![0u8; READ_CHUNK];
+        let mut clock = FrameClock::new(limits.min_frame_rate, limits.frame_grace);
+        let (mut ok, _) = self.drain(&mut inbound.decoder, sink);
+        clock.on_bytes(0, inbound.in_frame(), false, Instant::now());
+        let mut charged = false;
         while ok && !self.is_closed() {
+            let held = inbound.held();
+            if charged || held > FREE_PER_CONN {
+                limits.memory.set(self, held);
+                charged = held > FREE_PER_CONN;
+            }
+            // Below half the free allowance, one read cannot grow past it.
+            if held > FREE_PER_CONN / 2 {
+                let before = Instant::now();
+                if !self.wait_for_memory(&inbound, limits) {
+                    break;
+                }
+                if before.elapsed() > Duration::from_millis(1) {
+                    clock.restart(Instant::now());
+                }
+            }
             match (&*stream).read(&mut buf) {
                 Ok(0) => {
                     self.eof.store(true, Ordering::Release);
@@ -822,11 +1020,17 @@ impl Conn {
                 }
                 Ok(n) => {
                     self.touch();
+                    if fast && !self.push_backlog() {
+                        fast = false;
+                        let _ = stream.set_read_timeout(Some(tick));
+                    }
                     if let Err(e) = inbound.push(&buf[..n]) {
                         log::warn!("{}: {e}; closing the connection", self.peer_addr());
                         break;
                     }
-                    ok = self.drain(&mut inbound.decoder, sink);
+                    let (good, frames) = self.drain(&mut inbound.decoder, sink);
+                    ok = good;
+                    clock.on_bytes(n, inbound.in_frame(), frames > 0, Instant::now());
                 }
                 Err(e)
                     if matches!(
@@ -834,11 +1038,18 @@ impl Conn {
                         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                     ) =>
                 {
-                    self.expire_forwards(forward_timeout);
-                    if self.idle_expired(idle) {
+                    let left = self.push_backlog();
+                    if left != fast {
+                        fast = left;
+                        let _ =
+                            stream.set_read_timeout(Some(if fast { backlog_tick } else { tick }));
+                    }
+                    self.expire_forwards(limits.forward_timeout);
+                    if self.idle_expired(idle, true) {
                         log::debug!("closing idle connection to {}", self.peer_addr());
                         break;
                     }
+                    self.keepalive(idle);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -848,7 +1059,17 @@ impl Conn {
                     break;
                 }
             }
+            if let Err((got, window)) = clock.check(Instant::now()) {
+                log::warn!(
+                    "{}: a frame under way brought {got} bytes in {window:?}, less than \
+                     the minimum of {} bytes/s; closing the connection",
+                    self.peer_addr(),
+                    limits.min_frame_rate
+                );
+                break;
+            }
         }
+        limits.memory.set(self, 0);
         self.close();
         self.fail_pending();
         sink.on_close(self);
@@ -867,7 +1088,7 @@ impl Conn {
     ) {
         *self.reader.lock() = Some(std::thread::current().id());
         let tick = (idle / 2).clamp(Duration::from_millis(50), Duration::from_secs(5));
-        let mut ok = self.drain(&mut inbound.decoder, sink);
+        let mut ok = self.drain(&mut inbound.decoder, sink).0;
         while ok && !self.is_closed() {
             select! {
                 recv(inbox) -> bytes => match bytes {
@@ -877,14 +1098,14 @@ impl Conn {
                             log::warn!("{} (relayed): {e}; closing the connection", self.peer_addr());
                             break;
                         }
-                        ok = self.drain(&mut inbound.decoder, sink);
+                        ok = self.drain(&mut inbound.decoder, sink).0;
                     }
                     Err(_) => break,
                 },
                 recv(stop) -> _ => break,
                 default(tick) => {
                     let via_gone = self.relay_target().is_none_or(|(via, _)| via.is_closed());
-                    if via_gone || self.idle_expired(idle) {
+                    if via_gone || self.idle_expired(idle, false) {
                         break;
                     }
                 }
@@ -906,14 +1127,20 @@ impl Conn {
         }
     }
 
-    fn drain(self: &Arc<Conn>, decoder: &mut Decoder, sink: &dyn FrameSink) -> bool {
+    /// Deliver every complete frame; returns whether the connection may go
+    /// on, and how many frames were delivered.
+    fn drain(self: &Arc<Conn>, decoder: &mut Decoder, sink: &dyn FrameSink) -> (bool, usize) {
+        let mut n = 0;
         loop {
             match decoder.next_frame() {
-                Ok(Some(frame)) => self.deliver(frame, sink),
-                Ok(None) => return true,
+                Ok(Some(frame)) => {
+                    n += 1;
+                    self.deliver(frame, sink);
+                }
+                Ok(None) => return (true, n),
                 Err(e) => {
                     log::warn!("{}: {e}; closing the connection", self.peer_addr());
-                    return false;
+                    return (false, n);
                 }
             }
         }
@@ -1001,7 +1228,7 @@ pub(crate) fn reply(conn: &Conn, frame: &Frame, answer: Result<Message>) {
         Err(Error::Remote { code, message }) => Frame::error(req, code.as_str(), message),
         Err(e) => Frame::error(req, e.wire_code(), e.to_string()),
     };
-    if let Err(e) = conn.send_frame(&out) {
+    if let Err(e) = conn.send_bounded(&out) {
         log::debug!("answering {}: {e}", conn.peer_addr());
     }
 }

@@ -1,10 +1,15 @@
 //! The only place that touches `std::net` and spawns connection threads.
 
 mod conn;
+mod limits;
 mod threads;
+mod writer;
 
 pub(crate) use conn::{handshake, reply, Conn, FrameSink, Greeted, Inbound, RELAY_TYPE};
 pub(crate) use threads::Threads;
+
+use conn::ReadLimits;
+use limits::{Admission, Admitted, Memory, Refusal, Throttled};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -85,6 +90,12 @@ pub(crate) struct Transport {
     /// (a public endpoint learnt from a rendezvous).
     advertised: Mutex<Option<SocketAddr>>,
     traversal: OnceLock<Arc<dyn NatHook>>,
+    /// Inbound connections in their handshake, and per IP address.
+    admission: Arc<Admission>,
+    /// The budget for bytes of partially received frames.
+    memory: Memory,
+    /// Warnings about refused inbound connections, at most one a second.
+    refusals: Throttled,
 }
 
 /// How frames to a peer travel. See [`Node::path`](crate::Node::path).
@@ -118,6 +129,9 @@ impl fmt::Display for Path {
         })
     }
 }
+/// An inbound connection may replace one quiet at least this long, when
+/// the node is at `max_connections`.
+const REPLACEABLE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Relay bodies queued for one relayed connection's thread.
 const RELAY_INBOX: usize = 256;
@@ -184,6 +198,7 @@ pub(crate) fn bind_listener(addr: SocketAddr, reuse_port: bool) -> Result<TcpLis
 impl Transport {
     /// A transport for a node listening on `local`.
     pub(crate) fn new(cfg: Config, local: SocketAddr, secure: Arc<Local>) -> Arc<Transport> {
+        let cfg_memory = cfg.memory_budget;
         Arc::new(Transport {
             cfg,
             secure,
@@ -197,6 +212,9 @@ impl Transport {
             greeting: Mutex::new(HashMap::new()),
             advertised: Mutex::new(None),
             traversal: OnceLock::new(),
+            admission: Admission::new(),
+            memory: Memory::new(cfg_memory),
+            refusals: Throttled::new(),
         })
     }
 
@@ -280,21 +298,18 @@ impl Transport {
             }
             match accepted {
                 Ok((stream, from)) => {
-                    if self.conns.lock().len() >= self.cfg.max_connections {
-                        log::warn!(
-                            "refusing {from}: {} connections open already",
-                            self.cfg.max_connections
-                        );
+                    let Some(admitted) = self.admit(from) else {
+                        // Dropping the stream closes it.
                         continue;
-                    }
+                    };
                     let me = Arc::clone(&self);
                     let name = format!("p2prs-conn-{}", self.local.port());
                     let stack = Some(self.cfg.connection_stack_size);
-                    if let Err(e) = self
-                        .threads
-                        .spawn(name, stack, move || me.serve_inbound(stream, from))
-                    {
-                        log::warn!("no thread for the connection from {from}: {e}");
+                    if let Err(e) = self.threads.spawn(name, stack, move || {
+                        me.serve_inbound(stream, from, admitted)
+                    }) {
+                        self.refusals
+                            .warn(|| format!("no thread for the connection from {from}: {e}"));
                     }
                 }
                 Err(e) => {
@@ -306,7 +321,70 @@ impl Transport {
         }
     }
 
-    fn serve_inbound(self: Arc<Self>, mut stream: TcpStream, from: SocketAddr) {
+    /// Whether a connection from `from` may be served: room among the
+    /// connections in their handshake, under its address's limit, and
+    /// under `max_connections` (replacing the inbound connection quiet the
+    /// longest if need be). Refusals are logged at most once a second.
+    fn admit(&self, from: SocketAddr) -> Option<Admitted> {
+        let cfg = &self.cfg;
+        let ip = from.ip();
+        let per_ip = (cfg.max_inbound_per_ip > 0 && (cfg.limit_loopback || !ip.is_loopback()))
+            .then_some(cfg.max_inbound_per_ip);
+        let admitted = match self.admission.admit(ip, cfg.max_handshaking, per_ip) {
+            Ok(a) => a,
+            Err(Refusal::Handshaking(n)) => {
+                self.refusals.warn(|| {
+                    format!("refusing {from}: {n} connections are in their handshake already")
+                });
+                return None;
+            }
+            Err(Refusal::PerIp(n)) => {
+                self.refusals.warn(|| {
+                    format!("refusing {from}: {n} connections from {ip} are open already")
+                });
+                return None;
+            }
+        };
+        let open = self.conns.lock().len() + self.admission.handshaking() - 1;
+        if open >= cfg.max_connections {
+            let quietest = self
+                .conns
+                .lock()
+                .values()
+                .filter_map(|c| c.replaceable(REPLACEABLE_AFTER).map(|t| (t, Arc::clone(c))))
+                .min_by_key(|(t, _)| *t);
+            match quietest {
+                Some((_, c)) => {
+                    self.refusals.warn(|| {
+                        format!(
+                            "{} connections open: closing the one quiet the longest ({}) \
+                             for {from}",
+                            cfg.max_connections,
+                            c.peer_addr()
+                        )
+                    });
+                    c.close();
+                }
+                None => {
+                    self.refusals.warn(|| {
+                        format!(
+                            "refusing {from}: {} connections open already, none of them idle",
+                            cfg.max_connections
+                        )
+                    });
+                    return None;
+                }
+            }
+        }
+        Some(admitted)
+    }
+
+    fn serve_inbound(
+        self: Arc<Self>,
+        mut stream: TcpStream,
+        from: SocketAddr,
+        mut admitted: Admitted,
+    ) {
         let _ = stream.set_nodelay(true);
         let _ = stream.set_write_timeout(Some(self.cfg.write_timeout));
         let key = self.next_conn.fetch_add(1, Ordering::Relaxed);
@@ -319,6 +397,7 @@ impl Transport {
         }
         let greeted = self.handshake(&mut stream);
         self.greeting.lock().remove(&key);
+        admitted.greeted();
         let greeted = match greeted {
             Ok(x) => x,
             Err(e) => {
@@ -327,6 +406,7 @@ impl Transport {
             }
         };
         self.run(stream, greeted, false);
+        drop(admitted);
     }
 
     /// The secure handshake on a fresh stream, with this node's hello.
@@ -374,6 +454,7 @@ impl Transport {
                 return None;
             }
         };
+        conn.set_slow_peer_timeout(self.cfg.slow_peer_timeout);
         let mut g = self.conns.lock();
         if self.is_stopping() {
             conn.close();
@@ -436,7 +517,11 @@ impl Transport {
         sink: Option<Arc<dyn FrameSink>>,
     ) {
         let sink = sink.or_else(|| self.sink.lock().as_ref().and_then(|w| w.upgrade()));
-        let mut inbound = Inbound::new(&greeted.session, self.cfg.max_frame_size);
+        let mut inbound = Inbound::new(
+            &greeted.session,
+            self.cfg.max_frame_size,
+            self.cfg.max_header_size,
+        );
         if let Err(e) = inbound.push(&greeted.rest) {
             log::warn!("{}: {e}; closing the connection", conn.peer_addr());
             conn.close();
@@ -444,13 +529,14 @@ impl Transport {
             return;
         }
         if let Some(sink) = sink {
-            conn.read_loop(
-                stream,
-                inbound,
-                &*sink,
-                self.cfg.idle_timeout,
-                self.cfg.request_timeout,
-            );
+            let limits = ReadLimits {
+                idle: self.cfg.idle_timeout,
+                forward_timeout: self.cfg.request_timeout,
+                min_frame_rate: self.cfg.min_frame_rate,
+                frame_grace: self.cfg.frame_grace,
+                memory: &self.memory,
+            };
+            conn.read_loop(stream, inbound, &*sink, &limits);
         } else {
             conn.close();
         }
@@ -615,6 +701,7 @@ impl Transport {
             self.cfg.max_frame_size,
         );
         let conn = Arc::new(conn);
+        conn.set_slow_peer_timeout(self.cfg.slow_peer_timeout);
         let (tx, rx) = bounded(RELAY_INBOX);
         let me = Arc::clone(self);
         let c2 = Arc::clone(&conn);
@@ -653,7 +740,8 @@ impl Transport {
         match sink {
             Some(sink) => {
                 sink.on_open(&conn);
-                let mut inbound = Inbound::new(&greeted.session, conn.max_frame());
+                let mut inbound =
+                    Inbound::new(&greeted.session, conn.max_frame(), self.cfg.max_header_size);
                 if let Err(e) = inbound.push(&greeted.rest) {
                     log::warn!("{} (relayed): {e}; closing", conn.peer_addr());
                     conn.close();

@@ -976,7 +976,7 @@ fn spread(
         let result = n
             .transport
             .connect_to(child.addr.at, child.addr.key)
-            .and_then(|c| c.send_frame(&frame));
+            .and_then(|c| c.send_bounded(&frame));
         match result {
             Ok(()) => sent += 1,
             Err(e) => log::warn!("broadcast to {} ({}): {e}", child.id, child.addr),

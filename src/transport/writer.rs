@@ -1,0 +1,213 @@
+//! The write side of a connection: frames sealed into records, written to
+//! the socket the reader shares, and the backlog of bounded writes (see
+//! `Conn::send_bounded` and `docs/robustness.md`).
+
+use crate::noise::Sealer;
+use std::io::{self, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The write side of a stream whose one descriptor the reader shares.
+/// Its second field is when a write to the socket last made progress
+/// (see `Conn::writing_since`); the third, when set, a deadline for the
+/// frame being written (a bounded write: see `Conn::send_bounded`).
+pub(crate) struct Shared(
+    pub(super) Arc<TcpStream>,
+    pub(super) Arc<AtomicU64>,
+    pub(super) Option<Instant>,
+);
+
+impl Write for Shared {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(deadline) = self.2 {
+            // A peer that reads a trickle makes each send return a little:
+            // the frame as a whole has a deadline.
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the peer takes too long to read",
+                ));
+            }
+            let _ = self.0.set_write_timeout(Some(left));
+        }
+        let n = (&*self.0).write(buf)?;
+        if n > 0 {
+            self.1.store(micros_now(), Ordering::Release);
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        (&*self.0).flush()
+    }
+}
+
+/// The write side of a connection: frames are buffered as plaintext, then
+/// sealed into records (or passed through in plaintext mode) and written.
+pub(crate) struct SecureWriter {
+    pub(super) stream: Shared,
+    sealer: Sealer,
+    plain: Vec<u8>,
+    out: Vec<u8>,
+    /// Sealed bytes a bounded write left unsent because the socket was full
+    /// (see `Conn::send_bounded`); sent before anything else.
+    pub(super) backlog: Vec<u8>,
+    /// Since when the backlog has waited with none of it going out.
+    pub(super) stalled: Option<Instant>,
+}
+
+/// A bounded write of a frame up to this size never blocks: what the
+/// socket does not take at once waits in the connection's backlog.
+pub(super) const TRY_MAX: u64 = 128 * 1024;
+/// The most a connection's backlog may hold before the peer counts as one
+/// that does not read.
+pub(super) const BACKLOG_MAX: usize = 256 * 1024;
+
+/// Plaintext buffered before it is sealed and written.
+const WRITE_CHUNK: usize = crate::noise::MAX_PLAIN;
+
+impl SecureWriter {
+    pub(super) fn new(stream: Shared, sealer: Sealer) -> SecureWriter {
+        SecureWriter {
+            stream,
+            sealer,
+            plain: Vec::with_capacity(4096),
+            out: Vec::with_capacity(4096),
+            backlog: Vec::new(),
+            stalled: None,
+        }
+    }
+
+    /// Write `out`, after the backlog, blocking (within the socket's timeout).
+    fn send_out(&mut self) -> io::Result<()> {
+        if !self.backlog.is_empty() {
+            self.stream.write_all(&self.backlog)?;
+            self.backlog = Vec::new();
+            self.stalled = None;
+        }
+        let r = self.stream.write_all(&self.out);
+        self.out.clear();
+        r
+    }
+
+    /// Seal what is buffered and send what the socket takes within about a
+    /// millisecond; the rest waits in the backlog. The caller restores the
+    /// socket's write timeout.
+    pub(super) fn flush_try(&mut self) -> io::Result<()> {
+        if !self.plain.is_empty() {
+            self.seal_plain()?;
+        }
+        self.backlog.append(&mut self.out);
+        self.push_backlog()
+    }
+
+    /// Send what the socket takes of the backlog within about a millisecond.
+    /// The caller restores the socket's write timeout.
+    pub(super) fn push_backlog(&mut self) -> io::Result<()> {
+        if self.backlog.is_empty() {
+            self.stalled = None;
+            return Ok(());
+        }
+        let _ = self
+            .stream
+            .0
+            .set_write_timeout(Some(Duration::from_millis(1)));
+        let mut sent = 0;
+        let result = loop {
+            if sent == self.backlog.len() {
+                break Ok(());
+            }
+            match self.stream.write(&self.backlog[sent..]) {
+                Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => sent += n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break Ok(())
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        self.backlog.drain(..sent);
+        if self.backlog.is_empty() {
+            self.backlog = Vec::new();
+            self.stalled = None;
+        } else if sent > 0 || self.stalled.is_none() {
+            self.stalled = Some(Instant::now());
+        }
+        result
+    }
+
+    fn seal_plain(&mut self) -> io::Result<()> {
+        self.sealer
+            .seal(&self.plain, &mut self.out)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        self.plain.clear();
+        Ok(())
+    }
+}
+
+impl Write for SecureWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let room = WRITE_CHUNK - self.plain.len();
+        let n = buf.len().min(room);
+        self.plain.extend_from_slice(&buf[..n]);
+        if self.plain.len() >= WRITE_CHUNK {
+            self.seal_plain()?;
+            if self.out.len() >= 4 * WRITE_CHUNK {
+                self.send_out()?;
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.plain.is_empty() {
+            self.seal_plain()?;
+        }
+        if !self.out.is_empty() || !self.backlog.is_empty() {
+            self.send_out()?;
+        }
+        // Keep big buffers from a large frame from pinning memory.
+        if self.plain.capacity() > 64 * 1024 {
+            self.plain = Vec::with_capacity(4096);
+        }
+        if self.out.capacity() > 64 * 1024 {
+            self.out = Vec::with_capacity(4096);
+        }
+        Ok(())
+    }
+}
+
+/// A bounded write finding the writer held by a write that has made no
+/// progress for this long gives up at once instead of queueing behind it.
+pub(super) const STUCK_WRITE: Duration = Duration::from_millis(100);
+
+/// Microseconds since the first call (never 0).
+pub(super) fn micros_now() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_micros() as u64 + 1
+}
+
+/// Marks a write under way for as long as it lives.
+pub(super) struct Writing<'a>(&'a AtomicU64);
+
+impl<'a> Writing<'a> {
+    pub(super) fn begin(at: &'a AtomicU64) -> Writing<'a> {
+        at.store(micros_now(), Ordering::Release);
+        Writing(at)
+    }
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.0.store(0, Ordering::Release);
+    }
+}

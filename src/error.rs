@@ -436,6 +436,12 @@ pub enum ErrorCode {
     Taken,
     /// An introduction asked of a rendezvous before registering.
     NotRegistered,
+    /// The remote node refused a frame larger than its maximum frame size
+    /// (or header limit), and closed the connection.
+    FrameTooLarge,
+    /// The remote node refused bytes that break the protocol, and closed the
+    /// connection.
+    ProtocolError,
     /// Another failure of the remote node.
     Failed,
     /// A code this version does not know.
@@ -462,6 +468,8 @@ const CODES: &[(ErrorCode, &str)] = &[
     (ErrorCode::ResourceExhausted, "resource_exhausted"),
     (ErrorCode::Taken, "taken"),
     (ErrorCode::NotRegistered, "not_registered"),
+    (ErrorCode::FrameTooLarge, "frame_too_large"),
+    (ErrorCode::ProtocolError, "protocol_error"),
     (ErrorCode::Failed, "failed"),
 ];
 

@@ -308,6 +308,13 @@ const KEEP_CAPACITY: usize = 256 * 1024;
 impl Decoder {
     /// A decoder that refuses frames over `max_frame` bytes (and headers
     /// over `max_frame` too: see [`Decoder::with_header_limit`]).
+    #[cfg_attr(
+        not(feature = "unstable-testing"),
+        allow(
+            dead_code,
+            reason = "the transport sets its limits; the fuzz targets use this"
+        )
+    )]
     pub fn new(max_frame: usize) -> Decoder {
         Decoder::with_header_limit(max_frame, max_frame)
     }

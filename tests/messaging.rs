@@ -738,8 +738,8 @@ fn oversize_frame_is_refused_by_the_receiver() {
     let conn = b.connect(a.local_addr()).unwrap();
     let r = conn.request(Message::bytes("ECHO", vec![7; 100_000]));
     assert!(
-        matches!(r, Err(Error::ConnectionClosed { .. })),
-        "A closes the connection that sent too much: {r:?}"
+        matches!(&r, Err(Error::Remote { code, .. }) if *code == p2prs::ErrorCode::FrameTooLarge),
+        "A closes the connection that sent too much, and says why: {r:?}"
     );
     assert!(wait_until(PATIENCE, || !conn.is_open()));
     let resp = b.request(a.local_addr(), Message::new("ADD", 1)).unwrap();
@@ -1029,4 +1029,27 @@ fn a_closed_handle_refuses_to_send_even_if_the_connection_stays_for_others() {
     );
     second.close();
     assert!(wait_until(PATIENCE, || b.connection_count() == 0));
+}
+
+#[test]
+fn a_frame_the_receiver_refuses_for_its_size_fails_with_that_reason() {
+    // The receiver accepts 64 KiB frames; the sender allows 16 MiB.
+    let small = node_with(|c| c.max_frame_size = 64 * 1024);
+    echo_handler(&small);
+    let sender = node();
+    let conn = sender.connect(small.local_addr()).unwrap();
+    let r = conn.request(Message::bytes("ECHO", vec![7; 4_000_000]));
+    match r {
+        Err(Error::Remote { code, message }) => {
+            assert_eq!(code, p2prs::ErrorCode::FrameTooLarge, "{message}");
+            assert!(message.contains("65536"), "{message}");
+        }
+        other => panic!("expected the receiver's refusal, got {other:?}"),
+    }
+    // The receiver serves others as before.
+    let other = node();
+    let resp = other
+        .request(small.local_addr(), Message::new("ECHO", 5))
+        .unwrap();
+    assert_eq!(resp.data::<i64>().unwrap(), 5);
 }

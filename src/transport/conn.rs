@@ -173,6 +173,11 @@ pub(crate) struct Conn {
     /// The thread that reads this connection: a request made on it would
     /// wait for an answer only that thread can read.
     reader: Mutex<Option<std::thread::ThreadId>>,
+    /// Why the peer refused this node's bytes, when it said so before
+    /// closing (`p2prs.refused`): the error pending and later calls get.
+    refused: Mutex<Option<(crate::error::ErrorCode, String)>>,
+    /// This end sent a refusal notice: linger before closing.
+    refusal_sent: AtomicBool,
     /// How long a write by another thread may make no progress (see
     /// [`Conn::send_bounded`]).
     slow_peer: Mutex<Duration>,
@@ -260,6 +265,8 @@ impl Conn {
             last_active: Mutex::new(Instant::now()),
             max_frame,
             reader: Mutex::new(None),
+            refused: Mutex::new(None),
+            refusal_sent: AtomicBool::new(false),
             slow_peer: Mutex::new(crate::Config::default().slow_peer_timeout),
             writing_since: Arc::new(AtomicU64::new(0)),
         }
@@ -692,6 +699,9 @@ impl Conn {
     }
 
     pub(crate) fn closed_error(&self) -> Error {
+        if let Some((code, message)) = self.refused.lock().clone() {
+            return Error::Remote { code, message };
+        }
         Error::ConnectionClosed {
             peer: self.peer_addr().to_string(),
         }
@@ -1070,9 +1080,34 @@ impl Conn {
             }
         }
         limits.memory.set(self, 0);
+        if self.refusal_sent.load(Ordering::Acquire) {
+            self.linger(&stream);
+        }
         self.close();
         self.fail_pending();
         sink.on_close(self);
+    }
+
+    /// After a refusal notice: end our side and read (and discard) what the
+    /// peer still sends, for a moment, so that closing does not reset the
+    /// connection and throw the notice away before the peer reads it.
+    fn linger(&self, stream: &TcpStream) {
+        let _ = stream.shutdown(Shutdown::Write);
+        let deadline = Instant::now() + LINGER;
+        let mut sink = [0u8; 16 * 1024];
+        while Instant::now() < deadline {
+            let _ = stream.set_read_timeout(Some(
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1)),
+            ));
+            match (&*stream).read(&mut sink) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
     }
 
     /// The loop of a relayed connection: frames decoded by the rendezvous
@@ -1117,6 +1152,25 @@ impl Conn {
     }
 
     fn deliver(self: &Arc<Conn>, frame: Frame, sink: &dyn FrameSink) {
+        if frame.kind == Kind::Message && frame.msg_type == REFUSED_TYPE {
+            let code = frame
+                .data
+                .get("code")
+                .and_then(|v| v.as_str())
+                .unwrap_or("failed");
+            let why = frame
+                .data
+                .get("message")
+                .and_then(|v| v.as_str())
+                .unwrap_or("");
+            let message = format!(
+                "{} refused this node's bytes and closed the connection: {why}",
+                self.peer_addr()
+            );
+            log::warn!("{message}");
+            *self.refused.lock() = Some((code.into(), message));
+            return;
+        }
         match frame.kind {
             Kind::Response | Kind::Error => {
                 if !self.complete(frame) {
@@ -1140,12 +1194,34 @@ impl Conn {
                 Ok(None) => return (true, n),
                 Err(e) => {
                     log::warn!("{}: {e}; closing the connection", self.peer_addr());
+                    // Tell the sender why, so that its requests fail with
+                    // the reason rather than a bare closed connection.
+                    let code = match e {
+                        wire::WireError::FrameTooLarge { .. }
+                        | wire::WireError::HeaderTooLarge { .. } => "frame_too_large",
+                        _ => "protocol_error",
+                    };
+                    let notice = Frame::new(
+                        Kind::Message,
+                        REFUSED_TYPE,
+                        serde_json::json!({ "code": code, "message": e.to_string() }),
+                    );
+                    if self.send_bounded(&notice).is_ok() {
+                        self.refusal_sent.store(true, Ordering::Release);
+                    }
                     return (false, n);
                 }
             }
         }
     }
 }
+
+/// How long a node reads and discards after a refusal notice before it closes.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// The notice a node sends before it closes a connection whose bytes it
+/// refused: `{"code": "frame_too_large" | "protocol_error", "message": ...}`.
+pub(crate) const REFUSED_TYPE: &str = "p2prs.refused";
 
 /// Run the secure handshake on a fresh connection within `timeout`: send
 /// our preamble, prove our identity and say our hello; learn and check the

@@ -15,20 +15,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::*;
 
-/// The good peer's request is answered, and quickly.
-fn assert_served(good: &Node, server: &Node, within: Duration) {
-    let t = Instant::now();
-    let r = good
-        .request_timeout(server.local_addr(), Message::new("ADD", 41), PATIENCE)
-        .expect("the good peer is answered");
-    assert_eq!(r.data::<i64>().unwrap(), 42);
-    assert!(
-        t.elapsed() < within,
-        "the good peer waited {:?} (more than {within:?})",
-        t.elapsed()
-    );
-}
-
 #[test]
 fn a_flooding_peer_is_slowed_through_its_own_window() {
     // Three handler threads; one connection may hold two of them at most.

@@ -62,6 +62,20 @@ pub fn add_adder(node: &Node) {
     .expect("adding the ADD handler");
 }
 
+/// The good peer's request is answered, and quickly.
+pub fn assert_served(good: &Node, server: &Node, within: Duration) {
+    let t = Instant::now();
+    let r = good
+        .request_timeout(server.local_addr(), Message::new("ADD", 41), PATIENCE)
+        .expect("the good peer is answered");
+    assert_eq!(r.data::<i64>().unwrap(), 42);
+    assert!(
+        t.elapsed() < within,
+        "the good peer waited {:?} (more than {within:?})",
+        t.elapsed()
+    );
+}
+
 /// Poll `cond` every few milliseconds until it holds or `within` has passed;
 /// returns whether it held. This waits for a condition; it is not a sleep.
 pub fn wait_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {

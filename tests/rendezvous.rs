@@ -24,6 +24,9 @@ fn rv_node(rv: &Rendezvous, traversal: Traversal) -> Node {
 fn rv_node_with(rv: &Rendezvous, f: impl FnOnce(&mut Config)) -> Node {
     let mut cfg = test_config();
     cfg.punch_timeout = Duration::from_secs(3);
+    // The relayed handshake crosses the rendezvous twice each way: leave it
+    // room on a loaded machine.
+    cfg.handshake_timeout = Duration::from_secs(5);
     f(&mut cfg);
     let n = Node::builder()
         .host("127.0.0.1")

@@ -57,8 +57,6 @@ const WALK_EVERY: u64 = 4;
 /// The root repeats an unchanged size broadcast every this many walks, for
 /// nodes that missed it.
 const REPEAT_SIZE_EVERY: u64 = 4;
-/// Most owners a node remembers from its lookups for requests by ID.
-const ROUTE_CACHE: usize = 1024;
 /// Give up counting a ring larger than this.
 const MAX_WALK: usize = 1 << 20;
 
@@ -254,10 +252,6 @@ struct Ring {
     size: usize,
     /// The root's last count: every member.
     members: BTreeMap<NodeId, Ep>,
-    /// Owners found by lookups for requests by ID, so that the next request
-    /// to the same ID skips the lookup (at most `ROUTE_CACHE`; an entry goes
-    /// when its node fails or no longer holds the ID).
-    routes: HashMap<NodeId, Ep>,
     /// Number of walks done (at the root) or the newest epoch heard.
     epoch: u64,
     /// The root should count again at its next round.
@@ -275,7 +269,6 @@ impl Ring {
             reservations: Reservations::new(),
             size: 1,
             members: BTreeMap::from([(me.id, me.addr)]),
-            routes: HashMap::new(),
             epoch: 0,
             recount: true,
             last_walk: None,
@@ -665,7 +658,6 @@ fn forget(n: &NodeInner, failed: &[NodeId]) {
     if let Some(r) = n.chord.ring.write().as_mut() {
         for id in failed {
             r.routing.peer_failed(*id);
-            r.routes.remove(id);
         }
     }
 }
@@ -692,11 +684,7 @@ pub(crate) fn conn_for_id(n: &NodeInner, id: NodeId) -> Result<Arc<Conn>> {
         if r.routing.me().id == id {
             Some(r.routing.me().clone())
         } else {
-            r.routing
-                .neighbours()
-                .into_iter()
-                .find(|p| p.id == id)
-                .or_else(|| r.routes.get(&id).map(|ep| ring::Peer::new(id, *ep)))
+            r.routing.neighbours().into_iter().find(|p| p.id == id)
         }
     };
     if let Some(p) = known {
@@ -728,17 +716,7 @@ pub(crate) fn conn_for_id(n: &NodeInner, id: NodeId) -> Result<Arc<Conn>> {
     let c = n.transport.connect_to(owner.addr, owner.key)?;
     match c.peer_id() {
         Some(other) if other != id => Err(Error::NoSuchNode(id)),
-        found => {
-            if found == Some(id) {
-                if let Some(r) = n.chord.ring.write().as_mut() {
-                    if r.routes.len() >= ROUTE_CACHE {
-                        r.routes.clear();
-                    }
-                    r.routes.insert(id, owner_ep(&owner));
-                }
-            }
-            Ok(c)
-        }
+        _ => Ok(c),
     }
 }
 

@@ -7,10 +7,11 @@ use crate::error::{Error, Result};
 use crate::id::PublicKey;
 use crate::identity::{Identity, NetworkKey};
 use crate::noise::{Cipher, Handshaker, Local, Opener, Sealer};
+use crate::transport::{drive_handshake, tie_break};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A handshaken connection to a node that sends and receives the plaintext
 /// frame stream, encrypted on the wire like a node's.
@@ -66,52 +67,9 @@ impl SecureStream {
             peer: "local".into(),
             error,
         })?;
-        let mut nonce = [0u8; 8];
-        getrandom::fill(&mut nonce)
-            .map_err(|e| Error::io("random", io::Error::other(e.to_string())))?;
-        let mut hs = Handshaker::with_raw_hello(Arc::new(local), hello.to_vec(), nonce);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut buf = [0u8; 4096];
-        let peer = stream
-            .peer_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        loop {
-            let out = hs.take_output();
-            stream
-                .write_all(&out)
-                .map_err(|e| Error::io("sending the handshake", e))?;
-            if hs.is_done() {
-                break;
-            }
-            if Instant::now() >= deadline {
-                return Err(Error::Timeout {
-                    kind: crate::error::TimeoutKind::Handshake,
-                    what: "the handshake".into(),
-                    after: Duration::from_secs(5),
-                });
-            }
-            let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
-            match stream.read(&mut buf) {
-                Ok(0) => return Err(Error::ConnectionClosed { peer }),
-                Ok(n) => hs.push(&buf[..n]).map_err(|error| {
-                    let _ = stream.write_all(&hs.take_output());
-                    Error::Handshake {
-                        peer: peer.clone(),
-                        error,
-                    }
-                })?,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) => return Err(Error::io("reading the handshake", e)),
-            }
-        }
-        let (proof, session, rest) = hs
-            .finish()
-            .ok_or_else(|| Error::io("handshake", io::Error::other("unfinished")))?;
+        let hs = Handshaker::with_raw_hello(Arc::new(local), hello.to_vec(), tie_break()?);
+        let greeted = drive_handshake(&mut stream, hs, Duration::from_secs(5))?;
+        let (proof, session, rest) = (greeted.proof, greeted.session, greeted.rest);
         let mut opener = session.opener();
         let mut plain = Vec::new();
         opener

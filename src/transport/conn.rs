@@ -1232,14 +1232,28 @@ pub(crate) fn handshake(
     ours: &Hello,
     timeout: Duration,
 ) -> Result<Greeted> {
+    let hs = Handshaker::new(Arc::clone(local), ours, tie_break()?);
+    drive_handshake(stream, hs, timeout)
+}
+
+/// The random tie-break of a handshake's preamble.
+pub(crate) fn tie_break() -> Result<[u8; 8]> {
+    let mut nonce = [0u8; 8];
+    getrandom::fill(&mut nonce)
+        .map_err(|e| Error::io("reading random bytes", io::Error::other(e.to_string())))?;
+    Ok(nonce)
+}
+
+/// Run the handshake `hs` over `stream` within `timeout`.
+pub(crate) fn drive_handshake(
+    stream: &mut TcpStream,
+    mut hs: Handshaker,
+    timeout: Duration,
+) -> Result<Greeted> {
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "peer".into());
-    let mut nonce = [0u8; 8];
-    getrandom::fill(&mut nonce)
-        .map_err(|e| Error::io("reading random bytes", io::Error::other(e.to_string())))?;
-    let mut hs = Handshaker::new(Arc::clone(local), ours, nonce);
     let deadline = Instant::now() + timeout;
     let mut buf = [0u8; 4096];
     loop {

@@ -5,7 +5,9 @@ mod limits;
 mod threads;
 mod writer;
 
-pub(crate) use conn::{handshake, reply, Conn, FrameSink, Greeted, Inbound, RELAY_TYPE};
+#[cfg(feature = "unstable-testing")]
+pub(crate) use conn::drive_handshake;
+pub(crate) use conn::{handshake, reply, tie_break, Conn, FrameSink, Greeted, Inbound, RELAY_TYPE};
 pub(crate) use threads::Threads;
 
 use conn::ReadLimits;
@@ -762,10 +764,7 @@ impl Transport {
         inbox: &Receiver<Vec<u8>>,
         stop: &Receiver<()>,
     ) -> Result<Greeted> {
-        let mut nonce = [0u8; 8];
-        getrandom::fill(&mut nonce)
-            .map_err(|e| Error::io("reading random bytes", std::io::Error::other(e.to_string())))?;
-        let mut hs = Handshaker::new(Arc::clone(&self.secure), &self.hello(), nonce);
+        let mut hs = Handshaker::new(Arc::clone(&self.secure), &self.hello(), tie_break()?);
         let timeout = self.cfg.handshake_timeout;
         let deadline = crossbeam_channel::at(std::time::Instant::now() + timeout);
         let peer = conn.peer_addr().to_string();

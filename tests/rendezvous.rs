@@ -241,8 +241,9 @@ fn the_relay_limits_the_byte_rate() {
     // the relayed connection closed, so the request fails at once.
     let refused = conn.request(Message::bytes("ECHO", vec![0u8; 4 * 1024 * 1024]));
     assert!(refused.is_err(), "{refused:?}");
+    // The relay's refusal and the close the requester sees race: wait for it.
     assert!(
-        rv.stats().refused_frames >= 1,
+        wait_until(PATIENCE, || rv.stats().refused_frames >= 1),
         "{refused:?} {:?}",
         rv.stats()
     );

@@ -1187,7 +1187,7 @@ fn sim_churn_1k_with_loss_and_late_messages() {
 }
 
 #[test]
-#[ignore = "about a minute in a debug build: cargo test --release --lib sim_churn_10k -- --ignored"]
+#[ignore = "30 s in a release build: cargo test --release --lib sim_churn_10k -- --ignored"]
 fn sim_churn_10k() {
     let rep = churn(10_000, 100, 50, 10, 50, 23);
     check_churn(&rep);

@@ -216,6 +216,48 @@ impl Error {
         }
     }
 
+    /// Whether the same call may succeed if made again a little later: the
+    /// error says something about the moment (a peer that did not answer,
+    /// a connection refused or closed, a ring that is settling after nodes
+    /// joined or failed, a resource in short supply), not about the call.
+    ///
+    /// Under churn, a request to the ID of a live node either succeeds or
+    /// fails with a retriable error; [`Error::NoSuchNode`] is not retriable:
+    /// it is returned only when the owner of the ID and the node before it
+    /// agree that no node holds it (see `docs/chord.md`).
+    ///
+    /// | retriable | not retriable |
+    /// | --- | --- |
+    /// | `Io`, `Timeout`, `ConnectionClosed`, `Routing`, `JoinFailed`, `WrongPeer`, `ResourceExhausted`; `Remote` with the codes `timeout`, `shutting_down`, `resource_exhausted`, `unsettled`, `wrong_owner`, `bounce_failed`, `bounce_timeout` | `NoSuchNode`, `NotJoined`, `IdTaken`, `Shutdown`, `InvalidArgument`, `InvalidAddress`, `Json`, `Protocol`, `FrameTooLarge`, `Handshake`, other `Remote` codes |
+    ///
+    /// ```
+    /// use p2prs::{Error, NodeId};
+    /// assert!(Error::Routing("the ring is settling".into()).is_retriable());
+    /// assert!(!Error::NoSuchNode(NodeId(3)).is_retriable());
+    /// ```
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Error::Io { .. }
+            | Error::Timeout { .. }
+            | Error::ConnectionClosed { .. }
+            | Error::Routing(_)
+            | Error::JoinFailed(_)
+            | Error::WrongPeer { .. }
+            | Error::ResourceExhausted { .. } => true,
+            Error::Remote { code, .. } => matches!(
+                code,
+                ErrorCode::Timeout
+                    | ErrorCode::ShuttingDown
+                    | ErrorCode::ResourceExhausted
+                    | ErrorCode::Unsettled
+                    | ErrorCode::WrongOwner
+                    | ErrorCode::BounceFailed
+                    | ErrorCode::BounceTimeout
+            ),
+            _ => false,
+        }
+    }
+
     /// Wrap an I/O error with what was being done. A thread refused by the
     /// thread budget becomes [`Error::ResourceExhausted`].
     pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {

@@ -420,7 +420,11 @@ fn joins_link_in_without_a_stabilizer_round() {
             "node {before} points at joiner {i}"
         );
     }
-    assert_eq!(nodes[0].stabilizer_rounds(), 0, "no periodic round ran");
+    // No periodic round ran (the period is an hour): only the rounds the
+    // joins asked for, and those that carry a change back along the
+    // successor lists, at most one per join and neighbour.
+    let rounds = nodes[0].stabilizer_rounds();
+    assert!(rounds <= 2 * nodes.len() as u64, "{rounds} rounds ran");
     let all: Vec<&Node> = nodes.iter().collect();
     assert!(all_reach_all(&all));
 }

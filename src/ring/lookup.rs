@@ -69,6 +69,7 @@ pub struct Lookup<A> {
     hops: u32,
     max_hops: u32,
     result: Option<Result<Peer<A>, LookupError>>,
+    decided_by: Option<Peer<A>>,
 }
 
 impl<A: Clone + Eq + Debug> Lookup<A> {
@@ -109,6 +110,7 @@ impl<A: Clone + Eq + Debug> Lookup<A> {
             hops: 0,
             max_hops: MAX_HOPS,
             result: None,
+            decided_by: None,
         }
     }
 
@@ -120,6 +122,13 @@ impl<A: Clone + Eq + Debug> Lookup<A> {
     /// Queries sent so far.
     pub fn hops(&self) -> u32 {
         self.hops
+    }
+
+    /// The peer whose answer ended the lookup (`None` when this node knew
+    /// the owner itself): if the owner turns out dead, that peer's
+    /// successor list is stale, and it is the one to ask to stabilize.
+    pub fn decided_by(&self) -> Option<&Peer<A>> {
+        self.decided_by.as_ref()
     }
 
     /// Peers that failed to answer during this lookup; the node should also
@@ -175,15 +184,19 @@ impl<A: Clone + Eq + Debug> Lookup<A> {
     /// candidates that do not lie strictly between `from` and the target are
     /// dropped.
     pub fn on_reply(&mut self, from: NodeId, route: Route<A>) {
-        match &self.in_flight {
-            Some(p) if p.id == from => self.in_flight = None,
-            _ => return,
-        }
+        let asked = match self.in_flight.take() {
+            Some(p) if p.id == from => p,
+            other => {
+                self.in_flight = other;
+                return;
+            }
+        };
         self.visited.push(from);
         match route {
             Route::Done(owner) => {
                 if self.target.in_half_open(from, owner.id) && !self.failed.contains(&owner.id) {
                     self.result = Some(Ok(owner));
+                    self.decided_by = Some(asked);
                 }
             }
             Route::Next { peer, fallbacks } => self.push_candidates(from, peer, fallbacks),

@@ -20,8 +20,10 @@
 
 pub mod alloc;
 pub mod broadcast;
+pub mod census;
 pub mod finger;
 pub mod lookup;
+pub mod resolve;
 #[cfg(test)]
 mod sim;
 pub mod stabilize;

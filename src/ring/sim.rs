@@ -10,8 +10,10 @@
 
 use super::alloc::{self, claim_target, ClaimError, Reservations};
 use super::broadcast::broadcast_targets;
+use super::census::{Census, News, Walk, WalkStep, WALK_EVERY};
 use super::finger::finger_start;
 use super::lookup::{Lookup, LookupError, LookupStep};
+use super::resolve::{vouch_owner, vouch_pred, Lost, Verdict};
 use super::stabilize::{on_stabilize_reply, Action, Stabilizer};
 use super::{Peer, RoutingState, FINGER_COUNT};
 use crate::id::NodeId;
@@ -26,6 +28,8 @@ struct SimNode {
     state: RoutingState<usize>,
     stabilizer: Stabilizer,
     reservations: Reservations<usize>,
+    census: Census<usize>,
+    lost: Lost,
     alive: bool,
 }
 
@@ -33,6 +37,8 @@ struct SimNode {
 enum JoinError {
     Lookup(LookupError),
     Claim(ClaimError),
+    /// The owner found did not answer the claim.
+    DeadOwner(Peer<usize>),
 }
 
 /// The whole network.
@@ -44,6 +50,18 @@ struct Net {
     fingers_per_round: usize,
     /// Queries sent by lookups (including failed ones).
     lookup_messages: u64,
+    /// Per mille of requests that get no answer (a lost message, a peer
+    /// too slow for the ring timeout).
+    loss: usize,
+    /// Per mille of notifies that arrive late: at the end of the round, in
+    /// a random order (from senders that may have died since).
+    late: usize,
+    delayed: Vec<(usize, Peer<usize>, Peer<usize>)>,
+    /// Nodes asked to stabilize now (their successor's list changed).
+    pokes: Vec<Peer<usize>>,
+    rounds: u64,
+    /// Requests the root's counts made.
+    walk_requests: u64,
 }
 
 /// The true ring: live IDs in order, to check the routing states against.
@@ -93,7 +111,45 @@ impl Net {
             r,
             fingers_per_round,
             lookup_messages: 0,
+            loss: 0,
+            late: 0,
+            delayed: Vec::new(),
+            pokes: Vec::new(),
+            rounds: 0,
+            walk_requests: 0,
         }
+    }
+
+    /// Whether `p` answers a request: alive, and the message not lost.
+    fn answers(&mut self, p: &Peer<usize>) -> bool {
+        self.reachable(p) && (self.loss == 0 || self.rng.below(1000) >= self.loss)
+    }
+
+    /// Node `i` drops `id`, which did not answer (remembered as lost if it
+    /// was a neighbour), and asks the root to count again.
+    fn fail(&mut self, i: usize, id: NodeId) {
+        let now = self.now_ms;
+        let node = &mut self.nodes[i];
+        let s = &node.state;
+        if s.predecessor().is_some_and(|p| p.id == id) || s.successors().iter().any(|p| p.id == id)
+        {
+            node.lost.add(id, now);
+        }
+        node.state.peer_failed(id);
+        self.tell_root();
+    }
+
+    /// Ask the root (the live node owning ID 0) to count again.
+    fn tell_root(&mut self) {
+        if let Some(r) = self.true_root() {
+            self.nodes[r].census.ask_recount();
+        }
+    }
+
+    fn true_root(&self) -> Option<usize> {
+        self.live()
+            .into_iter()
+            .min_by_key(|&i| self.nodes[i].state.me().id)
     }
 
     fn peer(&self, i: usize) -> Peer<usize> {
@@ -106,6 +162,8 @@ impl Net {
             state: RoutingState::new(Peer::new(id, addr), self.r),
             stabilizer: Stabilizer::new(self.fingers_per_round),
             reservations: Reservations::new(),
+            census: Census::new(&Peer::new(id, addr)),
+            lost: Lost::new(3 * ROUND_MS),
             alive: true,
         });
         addr
@@ -152,13 +210,13 @@ impl Net {
             match lookup.next() {
                 LookupStep::Query(p) => {
                     self.lookup_messages += 1;
-                    if self.reachable(&p) {
+                    if self.answers(&p) {
                         let route = self.nodes[p.addr].state.next_hop(lookup.target());
                         lookup.on_reply(p.id, route);
                     } else {
                         lookup.on_failure(p.id);
                         if let Some(o) = origin {
-                            self.nodes[o].state.peer_failed(p.id);
+                            self.fail(o, p.id);
                         }
                     }
                 }
@@ -173,30 +231,93 @@ impl Net {
         self.run_lookup(Some(origin), lookup)
     }
 
-    /// The stabilize exchange of node `i` with `succ`.
-    fn ask_predecessor(&mut self, i: usize, succ: Peer<usize>) {
-        if !self.reachable(&succ) {
-            self.nodes[i].state.peer_failed(succ.id);
+    /// The stabilize exchange of node `i` with `succ`, as the node's driver
+    /// does it: a successor that does not answer is dropped and the next one
+    /// asked at once; a dead predecessor it still names is not taken back;
+    /// a successor that moved closer is asked too (up to 8 steps).
+    fn ask_predecessor(&mut self, i: usize, first: Peer<usize>) {
+        let mut s = first;
+        let mut dead: Vec<NodeId> = Vec::new();
+        for step in 1..=8 {
+            if !self.answers(&s) {
+                self.fail(i, s.id);
+                dead.push(s.id);
+                let next = self.nodes[i].state.successor().clone();
+                if step < 8 && next.id != self.nodes[i].state.me().id && !dead.contains(&next.id) {
+                    s = next;
+                    continue;
+                }
+                return;
+            }
+            let st = &self.nodes[s.addr].state;
+            let pred = st.predecessor().cloned().filter(|p| !dead.contains(&p.id));
+            let list = st.successors().to_vec();
+            let before: Vec<NodeId> = self.nodes[i]
+                .state
+                .successors()
+                .iter()
+                .map(|p| p.id)
+                .collect();
+            let notify = on_stabilize_reply(&mut self.nodes[i].state, &s, pred, list);
+            let after = self.nodes[i].state.successors().iter().map(|p| p.id);
+            if !before.iter().copied().eq(after) {
+                // As the node: a changed list pokes the predecessor.
+                if let Some(p) = self.nodes[i].state.predecessor().cloned() {
+                    self.pokes.push(p);
+                }
+            }
+            let next = self.nodes[i].state.successor().clone();
+            if next.id != s.id && next.id != self.nodes[i].state.me().id && step < 8 {
+                s = next;
+                continue;
+            }
+            if let Some(Action::Notify { to, me }) = notify {
+                self.deliver_notify(i, to, me);
+            }
             return;
-        }
-        let s = &self.nodes[succ.addr].state;
-        let (pred, list) = (s.predecessor().cloned(), s.successors().to_vec());
-        if let Some(Action::Notify { to, me }) =
-            on_stabilize_reply(&mut self.nodes[i].state, &succ, pred, list)
-        {
-            self.deliver_notify(i, to, me);
         }
     }
 
     fn deliver_notify(&mut self, from: usize, to: Peer<usize>, me: Peer<usize>) {
-        if !self.reachable(&to) {
-            self.nodes[from].state.peer_failed(to.id);
+        if self.late > 0 && self.rng.below(1000) < self.late {
+            self.delayed.push((from, to, me));
             return;
         }
+        if !self.answers(&to) {
+            if self.nodes[from].alive {
+                self.fail(from, to.id);
+            }
+            return;
+        }
+        self.receive_notify(to, me);
+    }
+
+    /// `to` takes the notify of `me`; one from before its predecessor makes
+    /// it check the predecessor at once, and take `me` if it is gone.
+    fn receive_notify(&mut self, to: Peer<usize>, me: Peer<usize>) {
         let now = self.now_ms;
         let node = &mut self.nodes[to.addr];
-        if node.state.notify(me) {
+        node.lost.found(me.id);
+        let was_root = node.state.owns(alloc::FIRST_ID);
+        if node.state.notify(me.clone()) {
             node.reservations.prune(&node.state, now);
+            if node.state.owns(alloc::FIRST_ID) {
+                node.census.ask_recount();
+            }
+            return;
+        }
+        let Some(pred) = node.state.predecessor().cloned().filter(|p| p.id != me.id) else {
+            return;
+        };
+        if !self.answers(&pred) {
+            self.fail(to.addr, pred.id);
+            let node = &mut self.nodes[to.addr];
+            if node.state.notify(me) {
+                node.reservations.prune(&node.state, now);
+            }
+            if !was_root && node.state.owns(alloc::FIRST_ID) {
+                node.census.ask_recount();
+            }
         }
     }
 
@@ -210,8 +331,8 @@ impl Net {
                 }
             }
             Action::CheckPredecessor(p) => {
-                if !self.reachable(&p) {
-                    self.nodes[i].state.peer_failed(p.id);
+                if !self.answers(&p) {
+                    self.fail(i, p.id);
                 }
             }
         }
@@ -223,16 +344,224 @@ impl Net {
         for a in actions {
             self.execute(i, a);
         }
+        self.run_pokes();
     }
 
-    /// One stabilizer round of every live node, in a random order.
+    /// The stabilize exchanges asked for by pokes (bounded: a change goes
+    /// back at most a successor list's length).
+    fn run_pokes(&mut self) {
+        let mut budget = 4 * self.r;
+        while let Some(p) = self.pokes.pop() {
+            if budget == 0 {
+                self.pokes.clear();
+                return;
+            }
+            budget -= 1;
+            if self.answers(&p) {
+                let succ = self.nodes[p.addr].state.successor().clone();
+                if succ.id != p.id {
+                    self.ask_predecessor(p.addr, succ);
+                }
+            }
+        }
+    }
+
+    /// One stabilizer round of every live node, in a random order; late
+    /// notifies arrive at its end, shuffled; then the root counts if due.
     fn round(&mut self) {
         self.now_ms += ROUND_MS;
+        self.rounds += 1;
         let mut order = self.live();
         self.rng.shuffle(&mut order);
         for i in order {
             self.node_round(i);
         }
+        let mut late = std::mem::take(&mut self.delayed);
+        self.rng.shuffle(&mut late);
+        for (_, to, me) in late {
+            if self.answers(&to) {
+                self.receive_notify(to, me);
+            }
+        }
+        self.census_round();
+    }
+
+    /// Every live node that owns ID 0 counts the ring when its census says
+    /// so, and broadcasts the news down the tree (messages may be lost).
+    fn census_round(&mut self) {
+        let periodic = self.rounds % WALK_EVERY == 0;
+        let now = self.now_ms;
+        let roots: Vec<usize> = self
+            .live()
+            .into_iter()
+            .filter(|&i| self.nodes[i].state.owns(alloc::FIRST_ID))
+            .collect();
+        for root in roots {
+            let node = &mut self.nodes[root];
+            if node.census.walk_due(true, periodic, now, ROUND_MS / 4) {
+                self.walk(root);
+            }
+        }
+    }
+
+    fn walk(&mut self, root: usize) {
+        let st = &self.nodes[root].state;
+        let mut w = Walk::new(
+            st.me().clone(),
+            st.predecessor().cloned(),
+            st.successors(),
+            st.successor_list_len(),
+        );
+        loop {
+            match w.next() {
+                WalkStep::Ask(p) => {
+                    self.walk_requests += 1;
+                    if self.answers(&p) {
+                        let s = &self.nodes[p.addr].state;
+                        let (pred, list) = (s.predecessor().cloned(), s.successors().to_vec());
+                        w.on_reply(&p, pred, &list);
+                    } else {
+                        w.on_failure();
+                    }
+                }
+                WalkStep::Done(members) => {
+                    let me = self.nodes[root].state.me().id;
+                    let (news, send) = self.nodes[root].census.publish(me, &members);
+                    if send {
+                        self.spread_news(root, news);
+                    }
+                    return;
+                }
+                WalkStep::Settling(why) => {
+                    if std::env::var("SIM_DEBUG").is_ok() {
+                        eprintln!("walk at {root}: {why}");
+                    }
+                    self.nodes[root].census.settling();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The lowest ID node `i` knows (as the node's `Ring::lowest_known`).
+    fn lowest_known(&self, i: usize) -> NodeId {
+        let n = &self.nodes[i];
+        let s = &n.state;
+        std::iter::once(s.me())
+            .chain(s.predecessor())
+            .chain(s.successors())
+            .chain(s.fingers().iter().flatten())
+            .map(|p| p.id)
+            .chain(n.census.members().keys().copied())
+            .min()
+            .unwrap_or(alloc::FIRST_ID)
+    }
+
+    /// The root's news down the broadcast tree; a node that knows a lower
+    /// ID than the root's checks with a lookup of ID 0 (as the node's
+    /// `vet_root`) before it applies and forwards it.
+    fn spread_news(&mut self, root: usize, news: News<usize>) {
+        let origin = self.peer(root);
+        let mut level = vec![(root, origin.id)];
+        while !level.is_empty() {
+            let mut next = Vec::new();
+            for (i, limit) in level {
+                for (child, child_limit) in broadcast_targets(&self.nodes[i].state, limit) {
+                    let child = if self.answers(&child) {
+                        child
+                    } else {
+                        // As the node: the first live node after a dead
+                        // child takes its part of the tree.
+                        self.fail(i, child.id);
+                        let next = NodeId(child.id.0.wrapping_add(1));
+                        match self.lookup(i, next) {
+                            Ok((h, _))
+                                if h.id.in_open(child.id, child_limit) && self.answers(&h) =>
+                            {
+                                h
+                            }
+                            _ => continue,
+                        }
+                    };
+                    let c = child.addr;
+                    if origin.id > self.lowest_known(c) {
+                        match self.lookup(c, alloc::FIRST_ID) {
+                            Ok((o, _)) if o.id == origin.id => {
+                                let lower: Vec<NodeId> = self.nodes[c]
+                                    .census
+                                    .members()
+                                    .keys()
+                                    .copied()
+                                    .chain(self.nodes[c].state.neighbours().iter().map(|p| p.id))
+                                    .filter(|id| *id < origin.id)
+                                    .collect();
+                                for id in &lower {
+                                    self.nodes[c].state.peer_failed(*id);
+                                }
+                                self.nodes[c].census.forget(&lower);
+                            }
+                            _ => continue,
+                        }
+                    }
+                    if !self.nodes[c].state.owns(alloc::FIRST_ID) {
+                        self.nodes[c].census.apply(origin.id, news.clone());
+                    }
+                    next.push((c, child_limit));
+                }
+            }
+            level = next;
+        }
+    }
+
+    /// A request from `origin` to the node holding `id`, as the node's
+    /// `conn_for_id`: a lookup, then (if the owner found is another node)
+    /// the owner and its predecessor vouch; up to three tries.
+    fn resolve(&mut self, origin: usize, id: NodeId) -> Resolved {
+        for _ in 0..3 {
+            let Ok((owner, _)) = self.lookup(origin, id) else {
+                continue;
+            };
+            let now = self.now_ms;
+            let target = if owner.id == id {
+                owner
+            } else {
+                if !self.answers(&owner) {
+                    self.fail(origin, owner.id);
+                    continue;
+                }
+                let o = &self.nodes[owner.addr];
+                let lost = o.lost.ids(now);
+                match vouch_owner(
+                    id,
+                    owner.id,
+                    o.state.me().id,
+                    o.state.predecessor().cloned(),
+                    &lost,
+                ) {
+                    Verdict::Holds(p) => p,
+                    Verdict::Absent => return Resolved::NoSuchNode,
+                    Verdict::Settling(_) => continue,
+                    Verdict::AskPred(p) => {
+                        if !self.answers(&p) {
+                            continue;
+                        }
+                        let b = &self.nodes[p.addr];
+                        let lost = b.lost.ids(now);
+                        let succs = b.state.successors().to_vec();
+                        match vouch_pred(id, owner.id, p.id, b.state.me().id, &succs, &lost) {
+                            Verdict::Holds(s) => s,
+                            Verdict::Absent => return Resolved::NoSuchNode,
+                            _ => continue,
+                        }
+                    }
+                }
+            };
+            if self.answers(&target) {
+                return Resolved::Found;
+            }
+            self.fail(origin, target.id);
+        }
+        Resolved::Retry
     }
 
     /// Ask, via `boot`, for the owner of the claim target; claim an ID there.
@@ -246,6 +575,11 @@ impl Net {
         let first = self.peer(boot);
         let lookup = Lookup::via(claim_target(requested), first);
         let (owner, _) = self.run_lookup(None, lookup).map_err(JoinError::Lookup)?;
+        if !self.answers(&owner) {
+            // A dead owner grants nothing: the node asks the node before it
+            // to stabilize now (see `poke_before`) and tries again.
+            return Err(JoinError::DeadOwner(owner));
+        }
         let now = self.now_ms;
         let s = &mut self.nodes[owner.addr];
         let id = alloc::claim(
@@ -258,6 +592,32 @@ impl Net {
         )
         .map_err(JoinError::Claim)?;
         Ok((id, owner))
+    }
+
+    /// A joiner's claim found `dead` as the owner: look up the ID before it
+    /// through `boot`; the node that decides that lookup believes `dead` is
+    /// its successor, and is asked to stabilize at once (as the node's
+    /// `join_via` does with `STABILIZE_NOW`).
+    fn poke_before(&mut self, boot: usize, dead: &Peer<usize>) {
+        let before = NodeId(dead.id.0.wrapping_sub(1));
+        let mut lookup = Lookup::via(before, self.peer(boot));
+        while let LookupStep::Query(p) = lookup.next() {
+            if self.answers(&p) {
+                let route = self.nodes[p.addr].state.next_hop(before);
+                lookup.on_reply(p.id, route);
+            } else {
+                lookup.on_failure(p.id);
+            }
+        }
+        if let Some(p) = lookup.decided_by().cloned() {
+            if self.answers(&p) {
+                let succ = self.nodes[p.addr].state.successor().clone();
+                if succ.id != p.id {
+                    self.ask_predecessor(p.addr, succ);
+                }
+            }
+        }
+        self.run_pokes();
     }
 
     /// Second half of a join: the granting node is the joiner's successor;
@@ -361,6 +721,15 @@ impl Net {
     }
 }
 
+/// How a request by ID ended in the simulator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Resolved {
+    Found,
+    NoSuchNode,
+    /// A retriable error: the ring is settling around the ID.
+    Retry,
+}
+
 #[derive(Clone, Copy, Debug)]
 enum Ids {
     /// 0, 1, 2, ... allocated by the owner of 0.
@@ -397,6 +766,7 @@ fn build(n: usize, ids: Ids, seed: u64) -> (Net, usize) {
             match net.join(boot, requested) {
                 Ok(_) => break,
                 Err(JoinError::Lookup(e)) => panic!("join #{}: {e}", net.nodes.len()),
+                Err(JoinError::DeadOwner(p)) => panic!("join #{}: {p:?} is dead", net.nodes.len()),
                 // The claim reached a node that does not know its range yet (or
                 // a stale owner): a real joiner retries a little later.
                 Err(JoinError::Claim(e)) => {
@@ -647,4 +1017,178 @@ fn small_rings_from_scratch_converge() {
         check_broadcast(&mut net);
         sample_lookups(&mut net, 200, true);
     }
+}
+
+/// What a churn run of the simulator saw.
+#[derive(Debug, Default)]
+struct ChurnReport {
+    requests: usize,
+    found: usize,
+    retriable: usize,
+    false_no_such_node: usize,
+    joins: usize,
+    join_failures: usize,
+    /// Rounds from the root's death until a join got an ID.
+    takeover_rounds: usize,
+    /// Rounds from the end of churn until every node has the exact size.
+    exact_sizes_rounds: usize,
+}
+
+/// Churn at size `n`: `steps` rounds, each killing one random node
+/// abruptly (the root at step `steps / 3`), joining one through a random
+/// live member, and sending `per_step` requests from random live nodes to
+/// random live IDs; `loss` and `late` per mille of the messages are lost or
+/// arrive late. Then churn (and loss) stops and the sizes must converge.
+fn churn(
+    n: usize,
+    steps: usize,
+    per_step: usize,
+    loss: usize,
+    late: usize,
+    seed: u64,
+) -> ChurnReport {
+    let (mut net, _) = build(n, Ids::Sequential, seed);
+    // Start from exact sizes.
+    for _ in 0..2 * WALK_EVERY {
+        net.round();
+    }
+    net.loss = loss;
+    net.late = late;
+    let mut rep = ChurnReport::default();
+    let mut root_died_at = None;
+    for step in 0..steps {
+        let victim = if step == steps / 3 {
+            net.true_root().expect("a root")
+        } else {
+            net.random_live()
+        };
+        if step == steps / 3 {
+            root_died_at = Some(net.rounds);
+        }
+        net.nodes[victim].alive = false;
+        // A join as the node does it: up to 8 tries, a pause between.
+        let boot = net.random_live();
+        rep.joins += 1;
+        let mut joined = false;
+        for attempt in 0..8 {
+            match net.join(boot, None) {
+                Ok(_) => {
+                    joined = true;
+                    break;
+                }
+                Err(JoinError::DeadOwner(d)) => net.poke_before(boot, &d),
+                Err(e) => {
+                    if std::env::var("SIM_DEBUG").is_ok() {
+                        eprintln!("join attempt {attempt}: {e:?}");
+                    }
+                }
+            }
+            // The node pauses 50 ms, doubling, at most a period: the first
+            // three tries within 350 ms, then a period each.
+            if attempt >= 2 {
+                net.round();
+            }
+        }
+        if !joined {
+            rep.join_failures += 1;
+        } else if let Some(t) = root_died_at.take() {
+            rep.takeover_rounds = (net.rounds - t) as usize;
+        }
+        net.round();
+        let oracle = net.oracle();
+        for _ in 0..per_step {
+            let origin = net.random_live();
+            let target = oracle.ring[net.rng.below(oracle.ring.len())].0;
+            rep.requests += 1;
+            match net.resolve(origin, target) {
+                Resolved::Found => rep.found += 1,
+                Resolved::Retry => rep.retriable += 1,
+                Resolved::NoSuchNode => rep.false_no_such_node += 1,
+            }
+        }
+    }
+    net.loss = 0;
+    net.late = 0;
+    let live = net.live();
+    let want = live.len();
+    let mut rounds = 0;
+    while !live.iter().all(|&i| net.nodes[i].census.size() == want) {
+        rounds += 1;
+        if std::env::var("SIM_DEBUG").is_ok() {
+            let r = net.true_root().unwrap();
+            let st = &net.nodes[r].state;
+            eprintln!(
+                "round {rounds}: root {r} id {:?} owns0 {} size {} pred {:?} succ {:?}",
+                st.me().id,
+                st.owns(alloc::FIRST_ID),
+                net.nodes[r].census.size(),
+                st.predecessor().map(|p| p.id),
+                st.successors().iter().map(|p| p.id).collect::<Vec<_>>()
+            );
+        }
+        if rounds == 40 {
+            let o = net.oracle();
+            let mut ids: Vec<NodeId> = o.ring.iter().map(|x| x.0).collect();
+            ids.dedup();
+            eprintln!("distinct live ids {} of {}", ids.len(), o.ring.len());
+            eprintln!("check: {:?}", net.check(&o));
+        }
+        assert!(
+            rounds <= 40,
+            "sizes not exact 40 rounds after churn: {:?} want {want}",
+            live.iter()
+                .map(|&i| net.nodes[i].census.size())
+                .filter(|s| *s != want)
+                .take(10)
+                .collect::<Vec<_>>()
+        );
+        net.round();
+    }
+    rep.exact_sizes_rounds = rounds;
+    // A live ID is found from every sampled node once the ring is still.
+    let oracle = net.oracle();
+    for _ in 0..per_step * 4 {
+        let origin = net.random_live();
+        let target = oracle.ring[net.rng.below(oracle.ring.len())].0;
+        assert_eq!(net.resolve(origin, target), Resolved::Found);
+    }
+    eprintln!(
+        "sim churn n={n} steps={steps} loss={loss}/1000 late={late}/1000: {rep:?}; \
+         {} count requests in {} rounds",
+        net.walk_requests, net.rounds
+    );
+    rep
+}
+
+fn check_churn(rep: &ChurnReport) {
+    assert_eq!(
+        rep.false_no_such_node, 0,
+        "NoSuchNode for a live ID: {rep:?}"
+    );
+    assert_eq!(rep.join_failures, 0, "{rep:?}");
+    assert!(
+        rep.takeover_rounds <= 2,
+        "IDs handed out again after the root died: {rep:?}"
+    );
+    assert!(rep.found * 100 >= rep.requests * 95, "{rep:?}");
+}
+
+#[test]
+fn sim_churn_1k_no_false_absence_and_sizes_converge() {
+    let rep = churn(1_000, 60, 50, 0, 0, 21);
+    check_churn(&rep);
+    assert!(rep.exact_sizes_rounds <= 2, "{rep:?}");
+}
+
+#[test]
+fn sim_churn_1k_with_loss_and_late_messages() {
+    let rep = churn(1_000, 60, 50, 10, 50, 22);
+    check_churn(&rep);
+}
+
+#[test]
+#[ignore = "30 s in a release build: cargo test --release --lib sim_churn_10k -- --ignored"]
+fn sim_churn_10k() {
+    let rep = churn(10_000, 100, 50, 10, 50, 23);
+    check_churn(&rep);
 }

@@ -33,11 +33,22 @@ impl Extra {
     }
 }
 
+/// How far apart the extra rounds and recounts peers ask for are: a quarter
+/// of the stabilizer period, and at most [`MAX_EXTRA_SPACING`] (a ring with a
+/// long period still links joins and carries changes along the successor
+/// lists within round trips).
+fn extra_spacing(interval: Duration) -> Duration {
+    (interval / 4).min(MAX_EXTRA_SPACING)
+}
+
+/// The longest spacing of extra rounds and recounts.
+const MAX_EXTRA_SPACING: Duration = Duration::from_millis(250);
+
 fn run(n: &NodeInner) {
     let interval = n.transport.cfg.stabilize_interval;
     let mut next = Instant::now() + interval;
     let mut extra = Extra {
-        spacing: interval / 4,
+        spacing: extra_spacing(interval),
         last_round: None,
         round_at: None,
         last_recount: None,
@@ -109,6 +120,13 @@ fn do_job(n: &NodeInner, job: Job) {
         } => {
             spread(n, &origin, limit, &kind, data, body, sig);
         }
+        Job::CheckPredecessor(candidate) => check_predecessor(n, candidate),
+        Job::VetRoot {
+            limit,
+            origin,
+            data,
+            sig,
+        } => vet_root(n, limit, origin, data, sig),
         // Spaced out by `run`.
         Job::StabilizeNow | Job::Recount => {}
         Job::Poke(p) => {
@@ -117,6 +135,92 @@ fn do_job(n: &NodeInner, job: Job) {
             }
         }
     }
+}
+
+/// `candidate` notified this node but lies before its predecessor: it
+/// believes the predecessor gone. Ping the predecessor now; if it does not
+/// answer, take `candidate` (which the notify already checked may hold its
+/// ID here) in its place. So the node after a dead root takes over ID 0,
+/// and with it handing out IDs and counting the ring, as soon as the node
+/// before the dead one notices, not a round later.
+fn check_predecessor(n: &NodeInner, candidate: RPeer) {
+    let pred = n
+        .chord
+        .ring
+        .read()
+        .as_ref()
+        .and_then(|r| r.routing.predecessor().cloned());
+    let Some(pred) = pred.filter(|p| p.id != candidate.id) else {
+        return;
+    };
+    let Err(e) = rpc_peer(n, &pred, PING, json!({})) else {
+        return;
+    };
+    failed(n, &pred, &e);
+    let root = {
+        let mut g = n.chord.ring.write();
+        let Some(r) = g.as_mut() else { return };
+        if r.routing.notify(candidate.clone()) {
+            let now = n.chord.now_ms();
+            r.reservations.prune(&r.routing, now);
+        }
+        let root = r.is_root();
+        if root {
+            r.census.ask_recount();
+        }
+        root
+    };
+    n.chord.bump();
+    if root {
+        n.chord.queue(Job::Recount);
+    }
+}
+
+/// Size news from `origin`, above the lowest ID this node knows: if the
+/// ring says `origin` owns ID 0 now (a lookup, which routes around dead
+/// nodes), every lower ID this node knows is gone; apply and forward the news.
+/// Otherwise drop it: only the root counts the ring.
+fn vet_root(n: &NodeInner, limit: NodeId, origin: RPeer, data: Value, sig: Option<String>) {
+    match lookup(n, alloc::FIRST_ID) {
+        Ok(route) if route.owner.id == origin.id => {}
+        Ok(route) => {
+            log::warn!(
+                "dropped size news from {}: ID 0 is owned by {}",
+                origin.id,
+                route.owner.id
+            );
+            return;
+        }
+        Err(e) => {
+            log::debug!("dropped size news from {}: looking up ID 0: {e}", origin.id);
+            return;
+        }
+    }
+    let lower: Vec<NodeId> = {
+        let g = n.chord.ring.read();
+        let Some(r) = g.as_ref() else { return };
+        let rt = &r.routing;
+        rt.predecessor()
+            .into_iter()
+            .chain(rt.successors())
+            .chain(rt.fingers().iter().flatten())
+            .map(|p| p.id)
+            .chain(r.census.members().keys().copied())
+            .filter(|id| *id < origin.id && *id != rt.me().id)
+            .collect()
+    };
+    forget(n, &lower);
+    if let Some(r) = n.chord.ring.write().as_mut() {
+        r.census.forget(&lower);
+    }
+    match serde_json::from_value::<SizeNews>(data.clone()) {
+        Ok(news) => super::serve::apply_size(n, origin.id, news),
+        Err(e) => {
+            log::warn!("malformed size news from {}: {e}", origin.id);
+            return;
+        }
+    }
+    spread(n, &origin, limit, SIZE, data, None, sig);
 }
 
 /// One stabilizer round: stabilize, check the predecessor, fix fingers, and
@@ -150,19 +254,16 @@ pub(super) fn round(n: &NodeInner) {
 }
 
 /// At the root: count the ring now if it is time (`periodic`) or a change
-/// was reported, but not more often than four times a stabilizer period.
+/// was reported, but not more often than four times a stabilizer period
+/// (the decision is [`Census::walk_due`]).
 fn walk_if_due(n: &NodeInner, periodic: bool) {
-    let spacing = n.transport.cfg.stabilize_interval / 4;
+    let spacing = extra_spacing(n.transport.cfg.stabilize_interval).as_millis() as u64;
+    let now = n.chord.now_ms();
     let due = {
         let mut g = n.chord.ring.write();
         let Some(r) = g.as_mut() else { return };
-        let rested = r.last_walk.is_none_or(|t| t.elapsed() >= spacing);
-        let due = r.is_root() && (periodic || (r.recount && rested));
-        if due {
-            r.recount = false;
-            r.last_walk = Some(Instant::now());
-        }
-        due
+        let root = r.is_root();
+        r.census.walk_due(root, periodic, now, spacing)
     };
     if due {
         walk(n);
@@ -182,18 +283,57 @@ fn execute(n: &NodeInner, action: Action<Ep>) {
             // between us and it), stabilize with the new one at once too:
             // joins faster than rounds would otherwise leave this node
             // pointing past a joiner until its next round.
+            //
+            // A successor that does not answer is dropped and the next one
+            // in the list asked at once (so a dead successor is replaced in
+            // this round, not the next); a dead node that the new successor
+            // still names as its predecessor is not taken back.
             let mut s = first;
+            let mut dead: Vec<NodeId> = Vec::new();
             for step in 1..=STABILIZE_STEPS {
                 let reply = match neighbours_of(n, s.addr) {
                     Ok(reply) => reply,
-                    Err(e) => return failed(n, &s, &e),
+                    Err(e) => {
+                        failed(n, &s, &e);
+                        dead.push(s.id);
+                        let next = n
+                            .chord
+                            .ring
+                            .read()
+                            .as_ref()
+                            .map(|r| r.routing.successor().clone());
+                        match next {
+                            Some(next)
+                                if step < STABILIZE_STEPS
+                                    && Some(next.id) != my_id(n)
+                                    && !dead.contains(&next.id) =>
+                            {
+                                s = next;
+                                continue;
+                            }
+                            _ => return,
+                        }
+                    }
                 };
-                let (notify, next) = {
+                let pred = reply.pred.filter(|p| !dead.contains(&p.id));
+                let (notify, next, tell) = {
                     let mut g = n.chord.ring.write();
                     let Some(r) = g.as_mut() else { return };
-                    let a = on_stabilize_reply(&mut r.routing, &s, reply.pred, reply.successors);
-                    (a, r.routing.successor().clone())
+                    let before = ids(r.routing.successors());
+                    let a = on_stabilize_reply(&mut r.routing, &s, pred, reply.successors);
+                    // The list changed: the predecessor's list (which is
+                    // ours, shifted) is stale too. Asking it to stabilize
+                    // now carries a join or a failure back along the
+                    // successor lists in round trips, not rounds, so that
+                    // the root's count settles soon after the ring does.
+                    let tell = (before != ids(r.routing.successors()))
+                        .then(|| r.routing.predecessor().cloned())
+                        .flatten();
+                    (a, r.routing.successor().clone(), tell)
                 };
+                if let Some(p) = tell {
+                    n.chord.queue(Job::Poke(p));
+                }
                 if next.id != s.id && next.id != my_id(n).unwrap_or(s.id) && step < STABILIZE_STEPS
                 {
                     s = next;
@@ -234,6 +374,10 @@ fn execute(n: &NodeInner, action: Action<Ep>) {
     }
 }
 
+fn ids(peers: &[RPeer]) -> Vec<NodeId> {
+    peers.iter().map(|p| p.id).collect()
+}
+
 fn failed(n: &NodeInner, p: &RPeer, e: &Error) {
     log::info!(
         "node {} ({}) does not answer ({e}); routing around it",
@@ -250,7 +394,9 @@ fn tell_root(n: &NodeInner) {
         let mut g = n.chord.ring.write();
         let Some(r) = g.as_mut() else { return };
         let me = r.is_root();
-        r.recount |= me;
+        if me {
+            r.census.ask_recount();
+        }
         me
     };
     if root_is_me {
@@ -267,100 +413,60 @@ fn tell_root(n: &NodeInner) {
     }
 }
 
-/// At the root: walk the ring back along predecessors, count it, and
-/// broadcast the size and what changed since the last count.
-///
-/// Predecessors, not successor lists: a joiner is its successor's
-/// predecessor the moment it is linked in, and each node on the way answers
-/// for its own predecessor, while successor lists are hearsay that catches up
-/// with a join (or a leave) one stabilizer round per hop, with gaps while a
-/// burst of joins settles. The price is one request per node, not one per
-/// `successor_list_len` nodes, at most once per quarter stabilize interval.
+/// At the root: count the ring (a [`Walk`] along successor lists, in
+/// jumps: see `ring::census`), then broadcast the size and what changed
+/// since the last count.
 fn walk(n: &NodeInner) {
-    let (me, pred, alone) = {
+    let mut w = {
         let g = n.chord.ring.read();
         let Some(r) = g.as_ref() else { return };
         let rt = &r.routing;
-        (rt.me().clone(), rt.predecessor().cloned(), rt.is_alone())
+        Walk::new(
+            rt.me().clone(),
+            rt.predecessor().cloned(),
+            rt.successors(),
+            rt.successor_list_len(),
+        )
     };
-    let Some(behind) = walk_back(n, &me, pred, alone) else {
-        // A node has just joined or left and the ring is settling: count
-        // again soon.
-        log::debug!("counting the ring: it is settling; again soon");
-        if let Some(r) = n.chord.ring.write().as_mut() {
-            r.recount = true;
+    loop {
+        match w.next() {
+            WalkStep::Ask(p) => match neighbours_of(n, p.addr) {
+                Ok(reply) => w.on_reply(&reply.me, reply.pred, &reply.successors),
+                Err(e) => {
+                    log::debug!("counting the ring: {} did not answer: {e}", p.id);
+                    w.on_failure();
+                }
+            },
+            WalkStep::Done(members) => {
+                log::debug!(
+                    "counted {} nodes with {} requests",
+                    members.len(),
+                    w.requests()
+                );
+                return publish(n, &members);
+            }
+            WalkStep::Settling(why) => {
+                // A node has just joined or left and the ring is settling:
+                // count again soon.
+                log::debug!("counting the ring: {why}; again soon");
+                if let Some(r) = n.chord.ring.write().as_mut() {
+                    r.census.settling();
+                }
+                n.chord.queue(Job::Recount);
+                return;
+            }
         }
-        n.chord.queue(Job::Recount);
+    }
+}
+
+fn publish(n: &NodeInner, members: &[RPeer]) {
+    let Some(me) = members.first().cloned() else {
         return;
     };
-    let mut members = vec![me.clone()];
-    members.extend(behind.into_iter().rev());
-    publish(n, &me, members);
-}
-
-/// The nodes from `pred` back to (not including) `me`, following
-/// predecessors, each asked for its own; `None` if the chain breaks (a node
-/// does not answer, or answers for another ID, or has no predecessor) or
-/// does not come back to `me` in order.
-fn walk_back(n: &NodeInner, me: &RPeer, pred: Option<RPeer>, alone: bool) -> Option<Vec<RPeer>> {
-    let Some(mut cursor) = pred else {
-        // Alone: nothing behind. Else the predecessor is being replaced.
-        return alone.then(Vec::new);
-    };
-    let mut behind: Vec<RPeer> = Vec::new();
-    while behind.len() < MAX_WALK {
-        if cursor.id == me.id {
-            return Some(behind);
-        }
-        let d = me.id.distance_to(cursor.id);
-        if behind.last().is_some_and(|b| me.id.distance_to(b.id) <= d) {
-            return None;
-        }
-        let reply = match neighbours_of(n, cursor.addr) {
-            Ok(reply) if reply.me.id == cursor.id => reply,
-            Ok(reply) => {
-                log::debug!("counting the ring: {} is now {}", cursor.id, reply.me.id);
-                return None;
-            }
-            Err(e) => {
-                log::debug!("counting the ring: {} did not answer: {e}", cursor.id);
-                return None;
-            }
-        };
-        behind.push(cursor);
-        cursor = reply.pred?;
-    }
-    None
-}
-
-fn publish(n: &NodeInner, me: &RPeer, members: Vec<RPeer>) {
-    let now: BTreeMap<NodeId, Ep> = members.iter().map(|p| (p.id, p.addr)).collect();
     let (news, changed) = {
         let mut g = n.chord.ring.write();
         let Some(r) = g.as_mut() else { return };
-        // New IDs, and IDs now held by another key (a freed ID given out again).
-        let joined: Vec<RPeer> = members
-            .iter()
-            .filter(|p| r.members.get(&p.id) != Some(&p.addr))
-            .cloned()
-            .collect();
-        let left: Vec<NodeId> = r
-            .members
-            .keys()
-            .filter(|id| !now.contains_key(id))
-            .copied()
-            .collect();
-        let changed = !joined.is_empty() || !left.is_empty() || r.size != now.len();
-        r.epoch += 1;
-        r.size = now.len();
-        r.members = now;
-        let news = SizeNews {
-            size: r.size,
-            epoch: r.epoch,
-            joined,
-            left,
-        };
-        (news, changed || r.epoch % REPEAT_SIZE_EVERY == 1)
+        r.census.publish(me.id, members)
     };
     log::debug!(
         "counted {} nodes (epoch {}){}",
@@ -378,9 +484,9 @@ fn publish(n: &NodeInner, me: &RPeer, members: Vec<RPeer>) {
         n.emit(crate::node::Event::PeerLeft { id: *id });
     }
     if changed {
-        if let Ok(data) = serde_json::to_value(&news) {
-            let sig = sign_broadcast(n, me, SIZE, &data, None);
-            spread(n, me, me.id, SIZE, data, None, sig);
+        if let Ok(data) = serde_json::to_value(SizeNews::from(news)) {
+            let sig = sign_broadcast(n, &me, SIZE, &data, None);
+            spread(n, &me, me.id, SIZE, data, None, sig);
         }
     }
 }

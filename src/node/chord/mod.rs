@@ -12,7 +12,9 @@ use crate::id::PublicKey;
 use crate::message::Message;
 use crate::ring::alloc::{self, ClaimError, Reservations};
 use crate::ring::broadcast::broadcast_targets;
+use crate::ring::census::{Census, News, Walk, WalkStep, WALK_EVERY};
 use crate::ring::lookup::{Lookup, LookupStep};
+use crate::ring::resolve::{vouch_owner, vouch_pred, Lost, Verdict};
 use crate::ring::stabilize::{on_stabilize_reply, Action, Stabilizer};
 use crate::ring::{self, RoutingState};
 use crate::transport::Conn;
@@ -21,7 +23,7 @@ use crossbeam_channel::{after, bounded, select, Receiver, Sender, TrySendError};
 use parking_lot::{Condvar, Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -50,15 +52,6 @@ pub(crate) const RECOUNT: &str = "p2prs.recount";
 /// This node's ID changed (it joined or left): sent on every open
 /// connection, so peers that connected earlier know who is on the other end.
 pub(crate) const ANNOUNCE: &str = "p2prs.announce";
-
-/// The root counts the ring every this many stabilizer rounds, and at once
-/// when it learns of a change.
-const WALK_EVERY: u64 = 4;
-/// The root repeats an unchanged size broadcast every this many walks, for
-/// nodes that missed it.
-const REPEAT_SIZE_EVERY: u64 = 4;
-/// Give up counting a ring larger than this.
-const MAX_WALK: usize = 1 << 20;
 
 /// A node of the ring as the peer book knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -126,6 +119,9 @@ struct NeighboursReply {
     pred: Option<RPeer>,
     #[serde(with = "msg::peers")]
     successors: Vec<RPeer>,
+    /// Neighbours it dropped lately because they did not answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    lost: Vec<NodeId>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -243,35 +239,48 @@ struct SizeNews {
     left: Vec<NodeId>,
 }
 
+impl From<News<Ep>> for SizeNews {
+    fn from(n: News<Ep>) -> SizeNews {
+        SizeNews {
+            size: n.size,
+            epoch: n.epoch,
+            joined: n.joined,
+            left: n.left,
+        }
+    }
+}
+
+impl From<SizeNews> for News<Ep> {
+    fn from(n: SizeNews) -> News<Ep> {
+        News {
+            size: n.size,
+            epoch: n.epoch,
+            joined: n.joined,
+            left: n.left,
+        }
+    }
+}
+
 /// This node's place in a ring.
 struct Ring {
     routing: RoutingState<Ep>,
     stabilizer: Stabilizer,
     reservations: Reservations<Ep>,
-    /// The size last counted by the root (or counted here, at the root).
-    size: usize,
-    /// The root's last count: every member.
-    members: BTreeMap<NodeId, Ep>,
-    /// Number of walks done (at the root) or the newest epoch heard.
-    epoch: u64,
-    /// The root should count again at its next round.
-    recount: bool,
-    /// When the root last counted the ring.
-    last_walk: Option<Instant>,
+    /// The size and members last counted by the root (or here, at the root).
+    census: Census<Ep>,
+    /// Neighbours dropped lately because they did not answer.
+    lost: Lost,
 }
 
 impl Ring {
-    fn new(routing: RoutingState<Ep>, fingers_per_round: usize) -> Ring {
-        let me = routing.me().clone();
+    fn new(routing: RoutingState<Ep>, fingers_per_round: usize, lost_ms: u64) -> Ring {
+        let census = Census::new(routing.me());
         Ring {
             routing,
             stabilizer: Stabilizer::new(fingers_per_round),
             reservations: Reservations::new(),
-            size: 1,
-            members: BTreeMap::from([(me.id, me.addr)]),
-            epoch: 0,
-            recount: true,
-            last_walk: None,
+            census,
+            lost: Lost::new(lost_ms),
         }
     }
 
@@ -302,7 +311,7 @@ impl Ring {
             .chain(r.fingers().iter().flatten())
             .find(|p| p.id == id)
             .and_then(|p| p.addr.key)
-            .or_else(|| self.members.get(&id).and_then(|e| e.key))
+            .or_else(|| self.census.members().get(&id).and_then(|e| e.key))
             .or_else(reserved)
     }
 
@@ -343,7 +352,7 @@ impl Ring {
             .chain(r.successors())
             .chain(r.fingers().iter().flatten())
             .map(|p| p.id)
-            .chain(self.members.keys().copied())
+            .chain(self.census.members().keys().copied())
             .min()
             .unwrap_or(alloc::FIRST_ID)
     }
@@ -371,6 +380,18 @@ enum Job {
     Recount,
     /// Ask this peer to stabilize now.
     Poke(RPeer),
+    /// This node notified us from before our predecessor: check the
+    /// predecessor now, and take this one if it is gone.
+    CheckPredecessor(RPeer),
+    /// Size news from `origin`, which is above the lowest ID known here:
+    /// applied and forwarded if a lookup of ID 0 finds `origin` (the root
+    /// died and the next node took over), dropped otherwise.
+    VetRoot {
+        limit: NodeId,
+        origin: RPeer,
+        data: Value,
+        sig: Option<String>,
+    },
 }
 
 /// The ring side of a node.
@@ -387,6 +408,8 @@ pub(crate) struct Chord {
     stabilize_pending: AtomicBool,
     /// A `Recount` is queued or deferred: another is not queued.
     recount_pending: AtomicBool,
+    /// A `CheckPredecessor` is queued: another is not queued.
+    check_pending: AtomicBool,
     /// Addresses with a `Poke` queued.
     pokes_pending: Mutex<HashSet<SocketAddr>>,
     /// Jobs dropped because the queue was full.
@@ -415,6 +438,7 @@ impl Chord {
             jobs_rx,
             stabilize_pending: AtomicBool::new(false),
             recount_pending: AtomicBool::new(false),
+            check_pending: AtomicBool::new(false),
             pokes_pending: Mutex::new(HashSet::new()),
             jobs_dropped: AtomicU64::new(0),
             stop_tx: Mutex::new(Some(stop_tx)),
@@ -469,8 +493,9 @@ impl Chord {
         let fresh = match &job {
             Job::StabilizeNow => !self.stabilize_pending.swap(true, Ordering::AcqRel),
             Job::Recount => !self.recount_pending.swap(true, Ordering::AcqRel),
+            Job::CheckPredecessor(_) => !self.check_pending.swap(true, Ordering::AcqRel),
             Job::Poke(p) => self.pokes_pending.lock().insert(p.addr.at),
-            Job::Forward { .. } => true,
+            Job::Forward { .. } | Job::VetRoot { .. } => true,
         };
         if !fresh {
             return;
@@ -495,10 +520,11 @@ impl Chord {
         match job {
             Job::StabilizeNow => self.stabilize_pending.store(false, Ordering::Release),
             Job::Recount => self.recount_pending.store(false, Ordering::Release),
+            Job::CheckPredecessor(_) => self.check_pending.store(false, Ordering::Release),
             Job::Poke(addr) => {
                 self.pokes_pending.lock().remove(&addr.addr.at);
             }
-            Job::Forward { .. } => {}
+            Job::Forward { .. } | Job::VetRoot { .. } => {}
         }
     }
 }
@@ -527,7 +553,11 @@ fn me_ep(n: &NodeInner) -> Ep {
 
 fn install(n: &NodeInner, routing: RoutingState<Ep>) -> NodeId {
     let id = routing.me().id;
-    *n.chord.ring.write() = Some(Ring::new(routing, n.transport.cfg.fingers_per_round));
+    let cfg = &n.transport.cfg;
+    // Long enough for a live node that its neighbours timed out once to
+    // link itself back in (see `ring::resolve`).
+    let lost_ms = (cfg.stabilize_interval * 2 + cfg.ring_timeout).as_millis() as u64;
+    *n.chord.ring.write() = Some(Ring::new(routing, cfg.fingers_per_round, lost_ms));
     n.chord.left.store(false, Ordering::Release);
     n.transport.set_my_id(Some(id));
     announce(n, Some(id));
@@ -577,7 +607,7 @@ pub(crate) fn peer_book(n: &NodeInner) -> Vec<Peer> {
 }
 
 pub(crate) fn network_size(n: &NodeInner) -> usize {
-    n.chord.ring.read().as_ref().map_or(0, |r| r.size)
+    n.chord.ring.read().as_ref().map_or(0, |r| r.census.size())
 }
 
 pub(crate) fn stabilizer_rounds(n: &NodeInner) -> u64 {
@@ -627,6 +657,11 @@ fn neighbours_of(n: &NodeInner, to: Ep) -> Result<NeighboursReply> {
 
 /// Run a lookup to the end, querying peers over the network.
 fn drive(n: &NodeInner, mut lookup: Lookup<Ep>) -> Result<(RPeer, u32, Vec<NodeId>)> {
+    drive_lookup(n, &mut lookup)
+}
+
+/// [`drive`], leaving the lookup to the caller (to ask who decided it).
+fn drive_lookup(n: &NodeInner, lookup: &mut Lookup<Ep>) -> Result<(RPeer, u32, Vec<NodeId>)> {
     let target = lookup.target();
     loop {
         match lookup.next() {
@@ -655,8 +690,15 @@ fn forget(n: &NodeInner, failed: &[NodeId]) {
     if failed.is_empty() {
         return;
     }
+    let now = n.chord.now_ms();
     if let Some(r) = n.chord.ring.write().as_mut() {
         for id in failed {
+            let rt = &r.routing;
+            if rt.predecessor().is_some_and(|p| p.id == *id)
+                || rt.successors().iter().any(|p| p.id == *id)
+            {
+                r.lost.add(*id, now);
+            }
             r.routing.peer_failed(*id);
         }
     }
@@ -676,7 +718,16 @@ pub(crate) fn lookup(n: &NodeInner, id: NodeId) -> Result<Route> {
     })
 }
 
+/// How many times [`conn_for_id`] looks an ID up before it gives up with
+/// a retriable error (the ring is settling around the ID).
+const RESOLVE_TRIES: u32 = 3;
+
 /// The connection to the node holding exactly `id`.
+///
+/// [`Error::NoSuchNode`] only when two nodes agree that none holds it (see
+/// [`vouch`]); while the ring settles around `id` (a stale route, a dead
+/// owner, an owner that lost its predecessor), the lookup is repeated a few
+/// times, and then the error is a retriable one ([`Error::is_retriable`]).
 pub(crate) fn conn_for_id(n: &NodeInner, id: NodeId) -> Result<Arc<Conn>> {
     let known = {
         let g = n.chord.ring.read();
@@ -702,21 +753,81 @@ pub(crate) fn conn_for_id(n: &NodeInner, id: NodeId) -> Result<Arc<Conn>> {
             }
         }
     }
+    let pause = n.transport.cfg.stabilize_interval / 4;
+    let mut last = None;
+    for attempt in 0..RESOLVE_TRIES {
+        if attempt > 0 {
+            check_running(n)?;
+            std::thread::sleep(pause.min(Duration::from_millis(25 << attempt)));
+        }
+        match resolve(n, id) {
+            Ok(c) => return Ok(c),
+            Err(e) if !e.is_retriable() => return Err(e),
+            Err(e) => {
+                log::debug!("resolving ID {id} (try {}): {e}", attempt + 1);
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::Routing(format!("ID {id}: no route"))))
+}
+
+/// One try of [`conn_for_id`]: look `id` up, check the owner, connect.
+fn resolve(n: &NodeInner, id: NodeId) -> Result<Arc<Conn>> {
     let route = lookup(n, id)?;
     let mut owner = route.owner;
     if owner.id != id {
-        // A node that joined moments ago may not be known to its predecessor
-        // yet: the owner the lookup found knows it as its predecessor.
-        let reply = neighbours_of(n, owner_ep(&owner)).ok();
-        match reply.and_then(|r| r.pred).filter(|p| p.id == id) {
-            Some(p) => owner = to_pub(&p),
+        owner = match vouch(n, id, &owner)? {
+            Some(p) => p,
             None => return Err(Error::NoSuchNode(id)),
-        }
+        };
     }
-    let c = n.transport.connect_to(owner.addr, owner.key)?;
+    let c = match n.transport.connect_to(owner.addr, owner.key) {
+        Ok(c) => c,
+        Err(e) => {
+            // A dead node still named by a stale successor list: route
+            // around it next time.
+            forget(n, &[owner.id]);
+            return Err(e);
+        }
+    };
     match c.peer_id() {
-        Some(other) if other != id => Err(Error::NoSuchNode(id)),
+        Some(other) if other != id => {
+            forget(n, &[id]);
+            Err(Error::Routing(format!(
+                "the node at {} holds ID {other}, not {id}: the ring is settling",
+                owner.addr
+            )))
+        }
         _ => Ok(c),
+    }
+}
+
+/// The lookup of `id` ended at `owner`, the first node after it: does a
+/// node hold `id`? `Some` if the owner's predecessor does (it may have
+/// joined a moment ago). `None` (no node holds it) only if two nodes agree:
+/// the owner knows its predecessor `p`, `id` lies strictly between them, and
+/// `p` names the owner as its successor. Anything else is the ring settling:
+/// a retriable error.
+fn vouch(n: &NodeInner, id: NodeId, owner: &Peer) -> Result<Option<Peer>> {
+    let settling = |why: &str| {
+        Err(Error::Routing(format!(
+            "ID {id}: {why}; the ring is settling"
+        )))
+    };
+    let reply = neighbours_of(n, owner_ep(owner))?;
+    let p = match vouch_owner(id, owner.id, reply.me.id, reply.pred, &reply.lost) {
+        Verdict::Holds(p) => return Ok(Some(to_pub(&p))),
+        Verdict::AskPred(p) => p,
+        Verdict::Absent => return Ok(None),
+        Verdict::Settling(why) => return settling(why),
+    };
+    let back = neighbours_of(n, p.addr)?;
+    match vouch_pred(id, owner.id, p.id, back.me.id, &back.successors, &back.lost) {
+        Verdict::Holds(s) => Ok(Some(to_pub(&s))),
+        Verdict::Absent => Ok(None),
+        Verdict::AskPred(_) => settling("the answers went round"),
+        Verdict::Settling(why) => settling(why),
     }
 }
 
@@ -769,7 +880,13 @@ fn join_via(n: &NodeInner, addr: SocketAddr) -> Result<NodeId> {
         let mut lookup = Lookup::via(target, first.from.clone());
         let _ = lookup.next();
         lookup.on_reply(first.from.id, first.route);
-        let (owner, _, _) = drive(n, lookup)?;
+        let (owner, decided_by) = match drive_lookup(n, &mut lookup) {
+            Ok((owner, _, _)) => (owner, lookup.decided_by().cloned()),
+            Err(e) => {
+                last = e;
+                continue;
+            }
+        };
         let claim = ClaimRequest {
             id: n.chord.preferred,
             addr: n.transport.advertised_addr(),
@@ -784,6 +901,18 @@ fn join_via(n: &NodeInner, addr: SocketAddr) -> Result<NodeId> {
                 last = Error::Remote { code, message };
                 continue;
             }
+            Err(e) if e.is_retriable() => {
+                // The owner of the claim target is dead (the root, say) and
+                // the node that named it has not noticed yet: ask that node
+                // to stabilize now, so that the next node takes the range
+                // over, and try again.
+                log::debug!("claiming an ID at {} ({}): {e}", owner.id, owner.addr);
+                if let Some(p) = decided_by.filter(|p| p.id != owner.id) {
+                    let _ = rpc_peer(n, &p, STABILIZE_NOW, json!({}));
+                }
+                last = e;
+                continue;
+            }
             Err(e) => return Err(e),
         };
         let id = granted.id;
@@ -792,7 +921,7 @@ fn join_via(n: &NodeInner, addr: SocketAddr) -> Result<NodeId> {
         routing.adopt_successors(granted.owner.clone(), granted.successors);
         install(n, routing);
         if let Some(r) = n.chord.ring.write().as_mut() {
-            r.size = granted.size.max(1) + 1;
+            r.census.set_size(granted.size.max(1) + 1);
         }
         let me = me_peer(n, id);
         match rpc_peer(n, &granted.owner, NOTIFY, notify_data(n, &me)) {
@@ -973,13 +1102,31 @@ fn spread(
             serde_json::to_value(&env).unwrap_or_default(),
         );
         frame.body = body.clone();
-        let result = n
-            .transport
-            .connect_to(child.addr.at, child.addr.key)
-            .and_then(|c| c.send_bounded(&frame));
-        match result {
+        let send = |to: &RPeer| {
+            n.transport
+                .connect_to(to.addr.at, to.addr.key)
+                .and_then(|c| c.send_bounded(&frame))
+        };
+        match send(&child) {
             Ok(()) => sent += 1,
-            Err(e) => log::warn!("broadcast to {} ({}): {e}", child.id, child.addr),
+            Err(e) => {
+                // A dead child would take its whole subtree with it: hand its
+                // part to the first live node after it instead.
+                log::info!("broadcast to {} ({}): {e}", child.id, child.addr);
+                forget(n, &[child.id]);
+                let next = NodeId(child.id.0.wrapping_add(1));
+                let heir = lookup(n, next)
+                    .ok()
+                    .map(|r| r.owner)
+                    .filter(|o| o.id != child.id && o.id.in_open(child.id, child_limit));
+                if let Some(h) = heir {
+                    let h = ring::Peer::new(h.id, owner_ep(&h));
+                    match send(&h) {
+                        Ok(()) => sent += 1,
+                        Err(e) => log::warn!("broadcast to {} ({}): {e}", h.id, h.addr),
+                    }
+                }
+            }
         }
     }
     sent

@@ -75,7 +75,7 @@ pub(crate) fn handle(n: &NodeInner, conn: &Arc<Conn>, frame: Frame) {
         }
         RECOUNT => {
             let _ = with_ring(n, |r| {
-                r.recount = true;
+                r.census.ask_recount();
                 Ok(())
             });
             n.chord.queue(Job::Recount);
@@ -165,6 +165,7 @@ fn next_hop(n: &NodeInner, frame: &Frame) -> Result<Message> {
 }
 
 fn neighbours(n: &NodeInner) -> Result<Message> {
+    let now = n.chord.now_ms();
     let reply = {
         let g = n.chord.ring.read();
         let r = g.as_ref().ok_or(Error::NotJoined)?;
@@ -172,6 +173,7 @@ fn neighbours(n: &NodeInner) -> Result<Message> {
             me: r.routing.me().clone(),
             pred: r.routing.predecessor().cloned(),
             successors: r.routing.successors().to_vec(),
+            lost: r.lost.ids(now),
         }
     };
     reply_json(&reply)
@@ -208,6 +210,7 @@ fn notify(n: &NodeInner, conn: &Conn, frame: &Frame) -> Result<Message> {
                 format!("ID {} was not given to this key", candidate.id),
             ));
         }
+        r.lost.found(candidate.id);
         let was_alone = r.routing.is_alone();
         let old = r.routing.predecessor().cloned();
         let changed = r.routing.notify(candidate.clone());
@@ -224,10 +227,21 @@ fn notify(n: &NodeInner, conn: &Conn, frame: &Frame) -> Result<Message> {
             _ => None,
         };
         let recount = changed && r.is_root();
-        r.recount |= recount;
-        Ok((its_pred, recount))
+        if recount {
+            r.census.ask_recount();
+        }
+        // Not taken, from before our predecessor: the candidate believes
+        // our predecessor gone (its successor list skipped it).
+        let check = !changed
+            && r.routing
+                .predecessor()
+                .is_some_and(|p| p.id != candidate.id);
+        Ok((its_pred, recount, check))
     })?;
-    let (its_pred, recount) = poke;
+    let (its_pred, recount, check) = poke;
+    if check {
+        n.chord.queue(Job::CheckPredecessor(candidate));
+    }
     // Our old predecessor should now point at the newcomer: tell it to
     // stabilize at once rather than at its next round (before the recount,
     // which walks the ring on the same thread).
@@ -279,14 +293,16 @@ fn claim(n: &NodeInner, conn: &Conn, frame: &Frame) -> Result<Message> {
             ClaimError::RangeFull => remote("range_full", e.to_string()),
             _ => remote("unsettled", e.to_string()),
         })?;
-        r.recount |= r.is_root();
+        if r.is_root() {
+            r.census.ask_recount();
+        }
         let owner = r.routing.me().clone();
         Ok(ClaimReply {
             id,
             grant: make_grant(n, &owner, id, claimant.key),
             owner,
             successors: r.routing.successors().to_vec(),
-            size: r.size,
+            size: r.census.size(),
         })
     })?;
     log::debug!("granted ID {} to {}", reply.id, req.addr);
@@ -319,30 +335,36 @@ fn on_broadcast(n: &NodeInner, conn: &Arc<Conn>, frame: Frame) {
             return;
         }
     };
+    // Size news from a node above the lowest ID known here is checked first
+    // (see `vet_root`): the root may have died and the next node taken over.
     let checked = match n.chord.ring.read().as_ref() {
-        Some(r) => verify_broadcast(r, &env, frame.body.as_deref()).and_then(|()| {
-            if env.kind == SIZE && env.origin.id > r.lowest_known() {
-                Err(format!(
-                    "size news from {}, which is not the root",
-                    env.origin.id
-                ))
-            } else {
-                Ok(())
-            }
-        }),
+        Some(r) => verify_broadcast(r, &env, frame.body.as_deref())
+            .map(|()| env.kind == SIZE && env.origin.id > r.lowest_known()),
         None => Err("this node is not in a ring".into()),
     };
-    if let Err(why) = checked {
-        log::warn!(
-            "{}: dropped a broadcast from {}: {why}",
-            conn.peer_addr(),
-            env.origin.id
-        );
-        return;
+    match checked {
+        Err(why) => {
+            log::warn!(
+                "{}: dropped a broadcast from {}: {why}",
+                conn.peer_addr(),
+                env.origin.id
+            );
+            return;
+        }
+        Ok(true) => {
+            n.chord.queue(Job::VetRoot {
+                limit: env.limit,
+                origin: env.origin,
+                data: env.data,
+                sig: env.sig,
+            });
+            return;
+        }
+        Ok(false) => {}
     }
     if env.kind == SIZE {
         match serde_json::from_value::<SizeNews>(env.data.clone()) {
-            Ok(news) => apply_size(n, news),
+            Ok(news) => apply_size(n, env.origin.id, news),
             Err(e) => log::warn!("{}: malformed size news: {e}", conn.peer_addr()),
         }
     } else if env.kind.starts_with(crate::node::RESERVED_PREFIX) {
@@ -371,24 +393,18 @@ fn on_broadcast(n: &NodeInner, conn: &Arc<Conn>, frame: Frame) {
     });
 }
 
-fn apply_size(n: &NodeInner, news: SizeNews) {
-    let me = {
+/// Apply the root `origin`'s size news (unless it is older than news
+/// applied already) and tell the user what changed.
+pub(super) fn apply_size(n: &NodeInner, origin: NodeId, news: SizeNews) {
+    let (me, applied) = {
         let mut g = n.chord.ring.write();
         let Some(r) = g.as_mut() else { return };
         if r.is_root() {
             return;
         }
-        r.size = news.size;
-        r.epoch = news.epoch;
-        // The root's signed news binds the joiners' IDs to their keys here too.
-        for p in &news.joined {
-            r.members.insert(p.id, p.addr);
-        }
-        for id in &news.left {
-            r.members.remove(id);
-        }
-        r.routing.me().id
+        (r.routing.me().id, r.census.apply(origin, news.into()))
     };
+    let Some(news) = applied else { return };
     for p in news.joined.into_iter().filter(|p| p.id != me) {
         n.emit(crate::node::Event::PeerJoined {
             id: p.id,

@@ -130,15 +130,19 @@ pub(super) fn round(n: &NodeInner) {
     for a in actions {
         execute(n, a);
     }
+    // Only the links the ring needs every round stay pinned: the successor
+    // (stabilize) and the predecessor (checked). Fingers and the rest of the
+    // successor list are reached on demand and close when idle.
     let neighbours = n
         .chord
         .ring
         .read()
         .as_ref()
-        .map(|r| r.routing.neighbours())
+        .map(|r| r.routing.ring_links())
         .unwrap_or_default();
     n.chord
         .pin_neighbours(&neighbours, |ep| n.transport.find(ep.at));
+    n.transport.trim_temporary();
     n.chord.bump();
     let periodic = n
         .chord

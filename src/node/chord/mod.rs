@@ -261,11 +261,12 @@ struct Ring {
 }
 
 impl Ring {
-    fn new(routing: RoutingState<Ep>, fingers_per_round: usize) -> Ring {
+    fn new(routing: RoutingState<Ep>, cfg: &crate::config::Config) -> Ring {
         let me = routing.me().clone();
         Ring {
             routing,
-            stabilizer: Stabilizer::new(fingers_per_round),
+            stabilizer: Stabilizer::new(cfg.fingers_per_round)
+                .with_max_finger_period(cfg.max_finger_period),
             reservations: Reservations::new(),
             size: 1,
             members: BTreeMap::from([(me.id, me.addr)]),
@@ -527,7 +528,7 @@ fn me_ep(n: &NodeInner) -> Ep {
 
 fn install(n: &NodeInner, routing: RoutingState<Ep>) -> NodeId {
     let id = routing.me().id;
-    *n.chord.ring.write() = Some(Ring::new(routing, n.transport.cfg.fingers_per_round));
+    *n.chord.ring.write() = Some(Ring::new(routing, &n.transport.cfg));
     n.chord.left.store(false, Ordering::Release);
     n.transport.set_my_id(Some(id));
     announce(n, Some(id));

@@ -380,6 +380,9 @@ fn apply_size(n: &NodeInner, news: SizeNews) {
         }
         r.size = news.size;
         r.epoch = news.epoch;
+        if !news.joined.is_empty() || !news.left.is_empty() {
+            r.stabilizer.membership_changed();
+        }
         // The root's signed news binds the joiners' IDs to their keys here too.
         for p in &news.joined {
             r.members.insert(p.id, p.addr);

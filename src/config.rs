@@ -86,8 +86,21 @@ pub struct Config {
     /// [`Connection`](crate::Connection)s) send a keepalive when they have
     /// been quiet for a third of it, so that their peer keeps them open.
     pub idle_timeout: Duration,
-    /// Threads that run user handlers (default 2). Handlers run off the
-    /// connection threads, so a handler may itself make requests. Inline
+    /// A connection that has carried only the ring's own frames (lookups,
+    /// finger refreshes, the ring count, broadcasts of the size) is closed
+    /// after this long unused (default 2 s; inbound: twice it), unless the
+    /// ring keeps it (its successor and predecessor). One that has carried
+    /// a user message or request either way keeps
+    /// [`idle_timeout`](Config::idle_timeout). Taken as at most
+    /// `idle_timeout`. In a large ring this is what keeps a node's
+    /// connections (a thread at each end) few: see `docs/performance.md`.
+    pub ring_idle_timeout: Duration,
+    /// Most threads that run user handlers (default 2). They start with
+    /// the pooled jobs, one more whenever every running one has a job: a node
+    /// that never runs a pooled handler has none. When a node has none and
+    /// the thread budget allows none, a pooled handler runs on its
+    /// connection's thread. Handlers run off the connection threads, so a handler may
+    /// itself make requests. Inline
     /// handlers ([`Node::add_inline_handler`](crate::Node::add_inline_handler))
     /// do not use these threads.
     pub handler_threads: usize,
@@ -103,6 +116,15 @@ pub struct Config {
     /// Finger lookups per stabilizer round (default 2; fingers whose owner is
     /// known from the successor list are refreshed for free).
     pub fingers_per_round: usize,
+    /// Most stabilizer rounds between finger refreshes in a settled ring
+    /// (default 32; 1: every round). While the node's predecessor,
+    /// successors and fingers change, fingers are refreshed every round
+    /// ([`fingers_per_round`](Config::fingers_per_round) lookups); the
+    /// longer they stay the same, the rarer the refresh, up to one round in
+    /// this many, so that an idle ring spends few lookups and connections on
+    /// fingers that do not move. News of a join or a leave, or any change
+    /// seen, refreshes every round again.
+    pub max_finger_period: u64,
     /// Length of the successor list, about log2 of the expected ring size (default 8).
     pub successor_list_len: usize,
     /// Most connections open at once (default 1024). At the limit, a new
@@ -193,11 +215,13 @@ impl Default for Config {
             write_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
+            ring_idle_timeout: Duration::from_secs(2),
             handler_threads: 2,
             connection_stack_size: 256 * 1024,
             stabilize_interval: Duration::from_secs(1),
             ring_timeout: Duration::from_secs(3),
             fingers_per_round: 2,
+            max_finger_period: 32,
             successor_list_len: 8,
             max_connections: 1024,
             max_temporary_connections: 16,

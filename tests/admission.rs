@@ -184,6 +184,9 @@ fn a_frame_that_trickles_is_closed() {
         c.min_frame_rate = 10_000;
         c.frame_grace = Duration::from_millis(300);
     });
+    // The handler pool starts with its first job: served once before the
+    // count, so that it counts.
+    assert_fresh_peer_served(&s, Duration::from_secs(1));
     let threads = p2prs::running_threads();
     let mut slow: Vec<RawPeer> = (0..50)
         .map(|_| RawPeer::handshaken(s.local_addr()))

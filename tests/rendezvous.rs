@@ -337,7 +337,10 @@ fn shutdown_joins_the_rendezvous_threads() {
     let ports = [a.local_addr().port(), b.local_addr().port()];
     let (ida, _) = ring(&a, &b);
     b.request(ida, Message::new("ECHO", 1)).expect("request");
-    assert!(thread_names().contains(&format!("p2prs-rv-{}", ports[0])));
+    // Reading /proc/self/task can miss a live thread while others come and
+    // go (it is read by position): look until it is seen.
+    let rv_thread = format!("p2prs-rv-{}", ports[0]);
+    assert!(wait_until(PATIENCE, || thread_names().contains(&rv_thread)));
     let started = Instant::now();
     a.shutdown();
     b.shutdown();

@@ -248,6 +248,8 @@ impl NodeBuilder {
             events_dropped: AtomicU64::new(0),
             watching: AtomicBool::new(false),
             jobs: Arc::clone(&jobs),
+            pool_started: std::sync::atomic::AtomicUsize::new(0),
+            pool_load: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             peers: Mutex::new(HashMap::new()),
             stopped: AtomicBool::new(false),
             chord: chord::Chord::new(self.id),
@@ -260,21 +262,8 @@ impl NodeBuilder {
                 inner: Arc::clone(&inner),
             })),
         };
-        for i in 0..transport.cfg.handler_threads.max(1) {
-            let queue = Arc::clone(&jobs);
-            transport
-                .threads
-                .spawn(
-                    format!("p2prs-handler-{}-{i}", local.port()),
-                    None,
-                    move || {
-                        while let Some(job) = queue.pop() {
-                            job.incoming.run(&*job.handler);
-                        }
-                    },
-                )
-                .map_err(|e| Error::io("spawning a handler thread", e))?;
-        }
+        // The handler pool's threads start with the first pooled jobs
+        // (`NodeInner::queue_job`): a node that runs no pooled handler has none.
         drop(jobs);
         chord::spawn_stabilizer(&inner, &transport.threads)?;
         transport.start_accept(listener)?;
@@ -378,6 +367,10 @@ pub(crate) struct NodeInner {
     watching: AtomicBool,
     /// Pooled-handler jobs, served one connection at a time in turn.
     jobs: Arc<fair::FairQueue<Job>>,
+    /// Handler pool threads started so far (at most `Config::handler_threads`).
+    pool_started: std::sync::atomic::AtomicUsize,
+    /// Pooled-handler jobs queued or running.
+    pool_load: Arc<std::sync::atomic::AtomicUsize>,
     /// Per open connection: its queue of handler jobs and its bucket of ring
     /// control frames. Removed when the connection closes.
     peers: Mutex<HashMap<u64, Arc<PeerGate>>>,
@@ -1215,6 +1208,52 @@ impl NodeInner {
 }
 
 impl NodeInner {
+    /// Queue a pooled-handler job of connection `key`. The pool grows with
+    /// its jobs: a thread is started when every running one has a job
+    /// (queued or running), up to `Config::handler_threads`, so a node that
+    /// runs no pooled handler spends no thread on it. If the node has no
+    /// handler thread at all and none can be started (the thread budget is
+    /// spent), the job runs here, on the connection's thread, rather than
+    /// wait for a thread that may never come. Refused (and dropped) once the
+    /// node shuts down.
+    fn queue_job(&self, key: u64, job: Job) {
+        let max = self.transport.cfg.handler_threads.max(1);
+        let load = self.pool_load.fetch_add(1, Ordering::AcqRel);
+        let grow = self
+            .pool_started
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max && load >= n).then_some(n + 1)
+            });
+        if let Ok(i) = grow {
+            if let Err(e) = self.start_handler_thread(i) {
+                let left = self.pool_started.fetch_sub(1, Ordering::AcqRel) - 1;
+                log::warn!("no handler thread: {e}");
+                if left == 0 && !self.stopped.load(Ordering::Acquire) {
+                    job.incoming.run(&*job.handler);
+                    self.pool_load.fetch_sub(1, Ordering::AcqRel);
+                    return;
+                }
+            }
+        }
+        if self.jobs.push(key, job).is_err() {
+            // Refused (and dropped): the node shuts down.
+            self.pool_load.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Start handler pool thread number `i`.
+    fn start_handler_thread(&self, i: usize) -> std::io::Result<()> {
+        let queue = Arc::clone(&self.jobs);
+        let load = Arc::clone(&self.pool_load);
+        let name = format!("p2prs-handler-{}-{i}", self.transport.local_addr().port());
+        self.transport.threads.spawn(name, None, move || {
+            while let Some(job) = queue.pop() {
+                job.incoming.run(&*job.handler);
+                load.fetch_sub(1, Ordering::AcqRel);
+            }
+        })
+    }
+
     /// Hand a user message or request to its handler, or to the default
     /// delivery. `from` overrides the sender (for broadcasts: the origin).
     pub(crate) fn dispatch_user(&self, conn: &Arc<Conn>, frame: Frame, from: Option<PeerInfo>) {
@@ -1235,8 +1274,7 @@ impl NodeInner {
                             incoming,
                             _ticket: ticket,
                         };
-                        // Refused (and dropped) once the node shuts down.
-                        let _ = self.jobs.push(conn.id, job);
+                        self.queue_job(conn.id, job);
                     }
                 }
             }

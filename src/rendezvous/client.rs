@@ -198,7 +198,11 @@ impl Client {
                 break;
             }
             wait = match self.live() {
-                Some(conn) => match self.register(t, &conn) {
+                // A link busy with relayed bytes (the relay forwards them at
+                // its rate limit) may answer a refresh late: give it the
+                // keepalive period, not a ring request's timeout, before the
+                // link counts as lost and its relayed connections with it.
+                Some(conn) => match self.register(t, &conn, self.refresh_timeout()) {
                     Ok(()) => self.cfg.rendezvous_keepalive,
                     Err(e) => {
                         log::info!(
@@ -258,7 +262,7 @@ impl Client {
             link.private = Some(private);
             link.public = None;
         }
-        if let Err(e) = self.register(t, &conn) {
+        if let Err(e) = self.register(t, &conn, self.cfg.ring_timeout) {
             conn.close();
             return Err(e);
         }
@@ -266,9 +270,16 @@ impl Client {
         Ok(conn)
     }
 
-    /// Register (or refresh) on `conn`; learn the public endpoint and, before
-    /// the node has joined a ring, announce it.
-    fn register(&self, t: &Arc<Transport>, conn: &Arc<Conn>) -> Result<()> {
+    /// How long a refresh may wait for its answer: the keepalive period, at
+    /// least a ring request's timeout.
+    fn refresh_timeout(&self) -> Duration {
+        self.cfg.rendezvous_keepalive.max(self.cfg.ring_timeout)
+    }
+
+    /// Register (or refresh) on `conn`, waiting `timeout` for each answer;
+    /// learn the public endpoint and, before the node has joined a ring,
+    /// announce it.
+    fn register(&self, t: &Arc<Transport>, conn: &Arc<Conn>, timeout: Duration) -> Result<()> {
         let (private, before) = {
             let l = self.link.lock();
             (l.private.ok_or(Error::Shutdown)?, l.public)
@@ -279,11 +290,8 @@ impl Client {
                 listen,
                 private,
             };
-            conn.request(
-                Message::new(REGISTER, serde_json::to_value(&req)?),
-                self.cfg.ring_timeout,
-            )?
-            .data()
+            conn.request(Message::new(REGISTER, serde_json::to_value(&req)?), timeout)?
+                .data()
         };
         let mut got = ask(t.advertised_addr())?;
         let natted = got.public != private;

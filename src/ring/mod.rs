@@ -407,6 +407,19 @@ impl<A: Clone + Eq + Debug> RoutingState<A> {
         all
     }
 
+    /// The links a node keeps open: its successor and its predecessor
+    /// (distinct, never this node), the successor first.
+    pub fn ring_links(&self) -> Vec<Peer<A>> {
+        let me = self.me.id;
+        let mut v: Vec<Peer<A>> = Vec::with_capacity(2);
+        for p in std::iter::once(self.successor()).chain(self.predecessor()) {
+            if p.id != me && !v.iter().any(|q| q.id == p.id) {
+                v.push(p.clone());
+            }
+        }
+        v
+    }
+
     /// Successors then fingers (may repeat).
     fn known_peers(&self) -> impl Iterator<Item = &Peer<A>> {
         self.successors.iter().chain(self.fingers.iter().flatten())
@@ -601,5 +614,8 @@ mod tests {
         assert_eq!(ids(&s.neighbours()), vec![20, 30, 50, 5]);
         s.set_finger(64, Some(p(70)));
         assert_eq!(s.neighbours().len(), 4);
+        assert_eq!(ids(&s.ring_links()), vec![20, 5]);
+        let alone = RoutingState::new(p(10), 3);
+        assert!(alone.ring_links().is_empty());
     }
 }

@@ -43,13 +43,43 @@ pub enum Action<A> {
     CheckPredecessor(Peer<A>),
 }
 
-/// The stabilizer's memory between rounds: where the finger cursor is and
-/// how many finger lookups a round may plan.
+/// Rounds a routing view must stay the same before each doubling of the
+/// period between finger refreshes (see [`finger_period`]).
+pub const SETTLE_ROUNDS: u64 = 8;
+
+/// Default of the longest period between finger refreshes, in rounds.
+pub const DEFAULT_MAX_FINGER_PERIOD: u64 = 32;
+
+/// How many rounds apart finger lookups run when the routing view has not
+/// changed for `quiet` rounds: every round while it changes, then a period
+/// that doubles every [`SETTLE_ROUNDS`] quiet rounds, up to `max_period`
+/// (0 counts as 1: no backoff). A settled ring thus stops spending lookups
+/// (and the connections they open) on fingers that do not move, and any
+/// change brings the period back to 1.
+pub fn finger_period(quiet: u64, max_period: u64) -> u64 {
+    let doublings = (quiet / SETTLE_ROUNDS).min(62);
+    (1u64 << doublings).min(max_period.max(1))
+}
+
+/// Whether round number `round` runs finger lookups, `quiet` rounds after the
+/// last change to the routing view.
+pub fn fingers_due(round: u64, quiet: u64, max_period: u64) -> bool {
+    round % finger_period(quiet, max_period) == 0
+}
+
+/// The stabilizer's memory between rounds: where the finger cursor is, how
+/// many finger lookups a round may plan, and how long the routing view has
+/// stayed the same (the finger refresh backs off in a settled ring).
 #[derive(Clone, Debug)]
 pub struct Stabilizer {
     cursor: FingerCursor,
     fingers_per_round: usize,
     rounds: u64,
+    max_period: u64,
+    /// The predecessor, successors and fingers seen at the last round.
+    view: Vec<Option<NodeId>>,
+    /// Rounds since the view last changed.
+    quiet: u64,
 }
 
 impl Default for Stabilizer {
@@ -66,7 +96,29 @@ impl Stabilizer {
             cursor: FingerCursor::new(),
             fingers_per_round,
             rounds: 0,
+            max_period: 1,
+            view: Vec::new(),
+            quiet: 0,
         }
+    }
+
+    /// Back the finger refresh off in a settled ring, to at most one round
+    /// in `max_period` (see [`finger_period`]); 1 refreshes every round.
+    pub fn with_max_finger_period(mut self, max_period: u64) -> Self {
+        self.max_period = max_period.max(1);
+        self
+    }
+
+    /// Rounds since the routing view (predecessor, successors, fingers) last
+    /// changed, as seen at the start of the last round.
+    pub fn quiet_rounds(&self) -> u64 {
+        self.quiet
+    }
+
+    /// The ring's membership changed (news of a join or a leave): refresh
+    /// fingers every round again until the view settles anew.
+    pub fn membership_changed(&mut self) {
+        self.quiet = 0;
     }
 
     /// How many rounds have been planned.
@@ -79,6 +131,21 @@ impl Stabilizer {
     /// in `state` directly; the rest come back as `FixFinger` actions.
     pub fn round<A: Clone + Eq + Debug>(&mut self, state: &mut RoutingState<A>) -> Vec<Action<A>> {
         self.rounds += 1;
+        let view: Vec<Option<NodeId>> = std::iter::once(state.predecessor().map(|p| p.id))
+            .chain(state.successors().iter().map(|p| Some(p.id)))
+            .chain(state.fingers().iter().map(|f| f.as_ref().map(|p| p.id)))
+            .collect();
+        if view == self.view {
+            self.quiet += 1;
+        } else {
+            self.view = view;
+            self.quiet = 0;
+        }
+        let lookups = if fingers_due(self.rounds, self.quiet, self.max_period) {
+            self.fingers_per_round
+        } else {
+            0
+        };
         let mut actions = Vec::new();
         if !state.is_alone() {
             actions.push(Action::AskPredecessor(state.successor().clone()));
@@ -86,7 +153,7 @@ impl Stabilizer {
         if let Some(p) = state.predecessor() {
             actions.push(Action::CheckPredecessor(p.clone()));
         }
-        for fix in self.cursor.plan(state, self.fingers_per_round) {
+        for fix in self.cursor.plan(state, lookups) {
             match fix {
                 FingerFix::Known { index, owner } => state.set_finger(index, owner),
                 FingerFix::Lookup { index, start } => {
@@ -168,6 +235,55 @@ mod tests {
             b.fingers().iter().all(|f| f == &Some(p(0))),
             "a owns (b, a]"
         );
+    }
+
+    #[test]
+    fn finger_period_backs_off_and_caps() {
+        assert_eq!(finger_period(0, 32), 1);
+        assert_eq!(finger_period(SETTLE_ROUNDS - 1, 32), 1);
+        assert_eq!(finger_period(SETTLE_ROUNDS, 32), 2);
+        assert_eq!(finger_period(3 * SETTLE_ROUNDS, 32), 8);
+        assert_eq!(finger_period(100 * SETTLE_ROUNDS, 32), 32);
+        assert_eq!(finger_period(u64::MAX, 32), 32);
+        assert_eq!(finger_period(100 * SETTLE_ROUNDS, 0), 1, "0: no backoff");
+        assert_eq!(finger_period(100 * SETTLE_ROUNDS, 1), 1);
+        assert!(fingers_due(7, 0, 32));
+        assert!(fingers_due(64, 1000, 32));
+        assert!(!fingers_due(65, 1000, 32));
+    }
+
+    /// A ring whose view does not change refreshes its fingers ever more
+    /// rarely; a change (in the view, or news of membership) resets it.
+    #[test]
+    fn settled_ring_refreshes_fingers_rarely() {
+        let lookups = |st: &mut Stabilizer, s: &mut RoutingState<usize>| {
+            st.round(s)
+                .into_iter()
+                .filter(|a| matches!(a, Action::FixFinger { .. }))
+                .count()
+        };
+        let mut s = RoutingState::new(p(0), 2);
+        s.adopt_successors(p(1), vec![p(2)]);
+        s.notify(p(u64::MAX - 10));
+        let mut st = Stabilizer::new(2).with_max_finger_period(16);
+        // Lookups never answered: the view stays the same.
+        let first: usize = (0..SETTLE_ROUNDS).map(|_| lookups(&mut st, &mut s)).sum();
+        assert_eq!(first, 2 * SETTLE_ROUNDS as usize, "every round at first");
+        let later: usize = (0..160).map(|_| lookups(&mut st, &mut s)).sum();
+        assert!(
+            later <= 2 * 160 / 4,
+            "backed off: {later} lookups in 160 rounds"
+        );
+        assert!(st.quiet_rounds() >= 160);
+        st.membership_changed();
+        assert_eq!(lookups(&mut st, &mut s), 2, "news of a change: at once");
+        let mut st2 = st.clone();
+        for _ in 0..100 {
+            st2.round(&mut s);
+        }
+        assert!(s.notify(p(u64::MAX - 1)));
+        assert_eq!(lookups(&mut st2, &mut s), 2, "a new predecessor: at once");
+        assert_eq!(st2.quiet_rounds(), 0);
     }
 
     #[test]

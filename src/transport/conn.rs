@@ -126,6 +126,9 @@ pub(crate) const READ_CHUNK: usize = 32 * 1024;
 pub(crate) struct ReadLimits<'a> {
     /// The idle timeout (inbound connections: twice it).
     pub idle: Duration,
+    /// The idle timeout of a connection that has carried only the ring's
+    /// own frames (inbound connections: twice it).
+    pub ring_idle: Duration,
     /// How long a bounced request's answer is waited for.
     pub forward_timeout: Duration,
     /// The minimum rate of a frame under way, bytes a second (0: none).
@@ -168,6 +171,9 @@ pub(crate) struct Conn {
     pending: Mutex<HashMap<u64, Pending>>,
     next_req: AtomicU64,
     pins: AtomicUsize,
+    /// A user message or request went either way: the connection is kept
+    /// for the user's idle timeout, not the ring's shorter one.
+    user: AtomicBool,
     last_active: Mutex<Instant>,
     max_frame: usize,
     /// The thread that reads this connection: a request made on it would
@@ -262,6 +268,7 @@ impl Conn {
             pending: Mutex::new(HashMap::new()),
             next_req: AtomicU64::new(1),
             pins: AtomicUsize::new(0),
+            user: AtomicBool::new(false),
             last_active: Mutex::new(Instant::now()),
             max_frame,
             reader: Mutex::new(None),
@@ -541,6 +548,7 @@ impl Conn {
         if self.is_closed() {
             return Err(self.closed_error());
         }
+        self.note_user(frame);
         let result = match &self.link {
             Link::Tcp { writer, .. } => {
                 let mut g = match bound {
@@ -870,6 +878,19 @@ impl Conn {
         }
     }
 
+    /// Mark the connection as the user's when `frame` is a user message or
+    /// request, or one of the rendezvous protocol (`p2prs.rv.*`, whose link
+    /// and relays keep their own pace): anything but the ring's own frames.
+    fn note_user(&self, frame: &Frame) {
+        let t = frame.msg_type.as_str();
+        if matches!(frame.kind, Kind::Message | Kind::Request)
+            && (!t.starts_with("p2prs.") || t.starts_with("p2prs.rv."))
+            && !self.user.load(Ordering::Relaxed)
+        {
+            self.user.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// When this connection was last used, if the limit on temporary
     /// connections may close it: opened here, not pinned, nothing
     /// outstanding, and quiet for at least `quiet`.
@@ -917,6 +938,17 @@ impl Conn {
     /// (only when `inbound_too`) after twice that, so that a peer with the
     /// same settings closes its end first.
     fn idle_expired(&self, idle: Duration, inbound_too: bool) -> bool {
+        self.idle_expired_with(idle, idle, inbound_too)
+    }
+
+    /// As [`Conn::idle_expired`], with `ring_idle` for a connection that
+    /// has carried only the ring's own frames.
+    fn idle_expired_with(&self, idle: Duration, ring_idle: Duration, inbound_too: bool) -> bool {
+        let idle = if self.user.load(Ordering::Relaxed) {
+            idle
+        } else {
+            ring_idle.min(idle)
+        };
         let limit = if self.outbound {
             idle
         } else if inbound_too {
@@ -992,7 +1024,7 @@ impl Conn {
     ) {
         *self.reader.lock() = Some(std::thread::current().id());
         let idle = limits.idle;
-        let tick = (idle / 3)
+        let tick = (idle.min(limits.ring_idle) / 3)
             .min(limits.frame_grace / 2)
             .clamp(Duration::from_millis(50), Duration::from_millis(500));
         // While answers wait in the backlog, look at it more often.
@@ -1055,7 +1087,7 @@ impl Conn {
                             stream.set_read_timeout(Some(if fast { backlog_tick } else { tick }));
                     }
                     self.expire_forwards(limits.forward_timeout);
-                    if self.idle_expired(idle, true) {
+                    if self.idle_expired_with(idle, limits.ring_idle, true) {
                         log::debug!("closing idle connection to {}", self.peer_addr());
                         break;
                     }
@@ -1189,6 +1221,7 @@ impl Conn {
             match decoder.next_frame() {
                 Ok(Some(frame)) => {
                     n += 1;
+                    self.note_user(&frame);
                     self.deliver(frame, sink);
                 }
                 Ok(None) => return (true, n),

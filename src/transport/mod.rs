@@ -485,6 +485,23 @@ impl Transport {
         Some(conn)
     }
 
+    /// Close the least recently used temporary connections beyond
+    /// `max_temporary_connections` (see [`Transport::evictable`]). Opening a
+    /// connection does this too; a node that only reuses its open
+    /// connections (a periodic walk over many peers, say) needs it done
+    /// periodically, else every peer it visits more often than the idle
+    /// timeout keeps a connection, and a thread at each end.
+    pub(crate) fn trim_temporary(&self) {
+        let evict = self.evictable(&self.conns.lock());
+        for c in evict {
+            log::debug!(
+                "closing the least recently used connection to {}",
+                c.peer_addr()
+            );
+            c.close();
+        }
+    }
+
     /// The temporary connections to close so that at most
     /// `max_temporary_connections` stay open: the least recently used first,
     /// never a pinned one or one with requests outstanding.
@@ -533,6 +550,7 @@ impl Transport {
         if let Some(sink) = sink {
             let limits = ReadLimits {
                 idle: self.cfg.idle_timeout,
+                ring_idle: self.cfg.ring_idle_timeout,
                 forward_timeout: self.cfg.request_timeout,
                 min_frame_rate: self.cfg.min_frame_rate,
                 frame_grace: self.cfg.frame_grace,

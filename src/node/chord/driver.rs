@@ -234,15 +234,19 @@ pub(super) fn round(n: &NodeInner) {
     for a in actions {
         execute(n, a);
     }
+    // Only the links the ring needs every round stay pinned: the successor
+    // (stabilize) and the predecessor (checked). Fingers and the rest of the
+    // successor list are reached on demand and close when idle.
     let neighbours = n
         .chord
         .ring
         .read()
         .as_ref()
-        .map(|r| r.routing.neighbours())
+        .map(|r| r.routing.ring_links())
         .unwrap_or_default();
     n.chord
         .pin_neighbours(&neighbours, |ep| n.transport.find(ep.at));
+    n.transport.trim_temporary();
     n.chord.bump();
     let periodic = n
         .chord
@@ -466,7 +470,11 @@ fn publish(n: &NodeInner, members: &[RPeer]) {
     let (news, changed) = {
         let mut g = n.chord.ring.write();
         let Some(r) = g.as_mut() else { return };
-        r.census.publish(me.id, members)
+        let (news, changed) = r.census.publish(me.id, members);
+        if !news.joined.is_empty() || !news.left.is_empty() {
+            r.stabilizer.membership_changed();
+        }
+        (news, changed)
     };
     log::debug!(
         "counted {} nodes (epoch {}){}",

@@ -273,11 +273,12 @@ struct Ring {
 }
 
 impl Ring {
-    fn new(routing: RoutingState<Ep>, fingers_per_round: usize, lost_ms: u64) -> Ring {
+    fn new(routing: RoutingState<Ep>, cfg: &crate::config::Config, lost_ms: u64) -> Ring {
         let census = Census::new(routing.me());
         Ring {
             routing,
-            stabilizer: Stabilizer::new(fingers_per_round),
+            stabilizer: Stabilizer::new(cfg.fingers_per_round)
+                .with_max_finger_period(cfg.max_finger_period),
             reservations: Reservations::new(),
             census,
             lost: Lost::new(lost_ms),
@@ -557,7 +558,7 @@ fn install(n: &NodeInner, routing: RoutingState<Ep>) -> NodeId {
     // Long enough for a live node that its neighbours timed out once to
     // link itself back in (see `ring::resolve`).
     let lost_ms = (cfg.stabilize_interval * 2 + cfg.ring_timeout).as_millis() as u64;
-    *n.chord.ring.write() = Some(Ring::new(routing, cfg.fingers_per_round, lost_ms));
+    *n.chord.ring.write() = Some(Ring::new(routing, cfg, lost_ms));
     n.chord.left.store(false, Ordering::Release);
     n.transport.set_my_id(Some(id));
     announce(n, Some(id));

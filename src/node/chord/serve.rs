@@ -402,7 +402,14 @@ pub(super) fn apply_size(n: &NodeInner, origin: NodeId, news: SizeNews) {
         if r.is_root() {
             return;
         }
-        (r.routing.me().id, r.census.apply(origin, news.into()))
+        let applied = r.census.apply(origin, news.into());
+        if applied
+            .as_ref()
+            .is_some_and(|a| !a.joined.is_empty() || !a.left.is_empty())
+        {
+            r.stabilizer.membership_changed();
+        }
+        (r.routing.me().id, applied)
     };
     let Some(news) = applied else { return };
     for p in news.joined.into_iter().filter(|p| p.id != me) {

@@ -352,7 +352,7 @@ impl Ring {
             .chain(r.successors())
             .chain(r.fingers().iter().flatten())
             .map(|p| p.id)
-            .chain(self.census.members().keys().copied())
+            .chain(self.census.members().keys().next().copied())
             .min()
             .unwrap_or(alloc::FIRST_ID)
     }

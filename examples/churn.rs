@@ -10,7 +10,8 @@
 //! ```
 //!
 //! Churn: every second one random node is shut down without leaving (its
-//! sockets close, no `leave`), the root (ID 0) at a third of the run, and a
+//! sockets close, no `leave`), the root (the lowest ID) at a third of the
+//! run, and a
 //! new node joins through a random live member; a client requests random
 //! live IDs from random live nodes throughout. A *wrong answer* is
 //! `NoSuchNode` for an ID whose node stayed alive during the request; every
@@ -99,11 +100,12 @@ impl Live {
         victim.shutdown();
         id
     }
+    /// The root: the node with the lowest ID (ID 0, unless it died before).
     fn root_index(&self) -> Option<usize> {
-        self.nodes
-            .lock()
-            .iter()
-            .position(|n| n.id() == Some(NodeId(0)))
+        let g = self.nodes.lock();
+        (0..g.len())
+            .filter(|&i| g[i].id().is_some())
+            .min_by_key(|&i| g[i].id())
     }
 }
 
@@ -321,7 +323,7 @@ fn mass(n: usize) -> Result<(), Error> {
         }
         while killed < k {
             let i = rng.below(live.len());
-            if live.nodes.lock()[i].id() == Some(NodeId(0)) {
+            if Some(i) == live.root_index() {
                 continue;
             }
             live.kill(i);

@@ -62,6 +62,8 @@ struct Net {
     rounds: u64,
     /// Requests the root's counts made.
     walk_requests: u64,
+    /// A node asked the root to count again this round.
+    recount_asked: bool,
 }
 
 /// The true ring: live IDs in order, to check the routing states against.
@@ -117,6 +119,7 @@ impl Net {
             pokes: Vec::new(),
             rounds: 0,
             walk_requests: 0,
+            recount_asked: false,
         }
     }
 
@@ -139,11 +142,10 @@ impl Net {
         self.tell_root();
     }
 
-    /// Ask the root (the live node owning ID 0) to count again.
+    /// Ask the root (the live node owning ID 0) to count again: delivered
+    /// at the end of the round (a `p2prs.recount` message).
     fn tell_root(&mut self) {
-        if let Some(r) = self.true_root() {
-            self.nodes[r].census.ask_recount();
-        }
+        self.recount_asked = true;
     }
 
     fn true_root(&self) -> Option<usize> {
@@ -389,6 +391,11 @@ impl Net {
     /// Every live node that owns ID 0 counts the ring when its census says
     /// so, and broadcasts the news down the tree (messages may be lost).
     fn census_round(&mut self) {
+        if std::mem::take(&mut self.recount_asked) {
+            if let Some(r) = self.true_root() {
+                self.nodes[r].census.ask_recount();
+            }
+        }
         let periodic = self.rounds % WALK_EVERY == 0;
         let now = self.now_ms;
         let roots: Vec<usize> = self
@@ -452,7 +459,7 @@ impl Net {
             .chain(s.successors())
             .chain(s.fingers().iter().flatten())
             .map(|p| p.id)
-            .chain(n.census.members().keys().copied())
+            .chain(n.census.members().keys().next().copied())
             .min()
             .unwrap_or(alloc::FIRST_ID)
     }

@@ -353,7 +353,7 @@ impl Ring {
             .chain(r.successors())
             .chain(r.fingers().iter().flatten())
             .map(|p| p.id)
-            .chain(self.census.members().keys().copied())
+            .chain(self.census.members().keys().next().copied())
             .min()
             .unwrap_or(alloc::FIRST_ID)
     }
@@ -939,7 +939,13 @@ fn join_via(n: &NodeInner, addr: SocketAddr) -> Result<NodeId> {
                     }
                 }
             }
-            Err(e) => log::warn!("notifying {} after joining: {e}", granted.owner.id),
+            // The granter died after the grant (the root, say): stabilize
+            // at once with the next node of its list, which links this node
+            // in before the new owner of the range can give the ID again.
+            Err(e) => {
+                log::warn!("notifying {} after joining: {e}", granted.owner.id);
+                n.chord.queue(Job::StabilizeNow);
+            }
         }
         // The root counts the ring when it links a joiner in itself; a
         // joiner that took its ID elsewhere tells the root.

@@ -338,8 +338,21 @@ fn on_broadcast(n: &NodeInner, conn: &Arc<Conn>, frame: Frame) {
     // Size news from a node above the lowest ID known here is checked first
     // (see `vet_root`): the root may have died and the next node taken over.
     let checked = match n.chord.ring.read().as_ref() {
-        Some(r) => verify_broadcast(r, &env, frame.body.as_deref())
-            .map(|()| env.kind == SIZE && env.origin.id > r.lowest_known()),
+        Some(r) => verify_broadcast(r, &env, frame.body.as_deref()).and_then(|()| {
+            let above = env.kind == SIZE && env.origin.id > r.lowest_known();
+            // The predecessor and successors are checked every round: one
+            // below the origin means the origin is not the root.
+            let rt = &r.routing;
+            let below = |p: &RPeer| p.id < env.origin.id;
+            if above && (rt.predecessor().is_some_and(below) || rt.successors().iter().any(below)) {
+                Err(format!(
+                    "size news from {}, which is not the root",
+                    env.origin.id
+                ))
+            } else {
+                Ok(above)
+            }
+        }),
         None => Err("this node is not in a ring".into()),
     };
     match checked {

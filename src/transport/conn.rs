@@ -145,10 +145,30 @@ struct Lead {
     /// after an answer: the connection's thread reads again after
     /// [`LAZY_RETURN`] unless a requester has taken over.
     last_exit: Option<Instant>,
-    /// The connection's thread sleeps longer than [`LAZY_RETURN`]: a
-    /// requester that stops reading wakes it.
+    /// The connection's thread sleeps longer than [`LAZY_RETURN`], or
+    /// waits for the read state back: a requester that stops reading
+    /// wakes it.
     long_sleep: bool,
+    /// The connection's thread delivers a frame, the read state parked
+    /// here meanwhile: requesters may not take it (unless lent, see
+    /// [`Conn::run_lent`]).
+    delivering: bool,
 }
+
+thread_local! {
+    /// The connection whose thread this is and which lent its reading for
+    /// the handler that runs on it now (see [`Conn::run_lent`]); 0 if none.
+    static LENT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// The connection whose frames this thread delivers now: its small
+    /// bounded writes (answers of handlers running here) wait in the
+    /// writer's buffer and leave together, in one write, once the frames
+    /// read at once are delivered (see `Conn::uncork`); 0 if none.
+    static CORK: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// The most frames a handler lent its connection's reading defers while
+/// it waits for an answer on that connection (see [`Conn::run_lent`]).
+const LENT_DEFER_MAX: usize = 64;
 
 /// How long the connection's thread leaves its socket to requesters after
 /// an answer before it reads again itself: a requester that sends its next
@@ -308,6 +328,8 @@ pub(crate) struct Conn {
     /// While a write is under way, when it began or last made progress
     /// ([`micros_now`]); 0 when none is.
     writing_since: Arc<AtomicU64>,
+    /// Frames wait in the writer's buffer for [`Conn::uncork`].
+    corked: AtomicBool,
     /// Who reads the socket (TCP links).
     lead: Mutex<Lead>,
     /// The connection's thread waits here for the read state.
@@ -347,7 +369,7 @@ impl Conn {
         let progress = Arc::new(AtomicU64::new(0));
         let link = Link::Tcp {
             writer: Mutex::new(Some(SecureWriter::new(
-                Shared(Arc::clone(stream), Arc::clone(&progress), None),
+                Shared::new(Arc::clone(stream), Arc::clone(&progress)),
                 session.sealer(),
             ))),
             raw: Mutex::new(Some(Arc::clone(stream))),
@@ -397,6 +419,7 @@ impl Conn {
             refusal_sent: AtomicBool::new(false),
             slow_peer: Mutex::new(crate::Config::default().slow_peer_timeout),
             writing_since: Arc::new(AtomicU64::new(0)),
+            corked: AtomicBool::new(false),
             lead: Mutex::new(Lead::default()),
             lead_cv: Condvar::new(),
         }
@@ -600,6 +623,53 @@ impl Conn {
         Ok(())
     }
 
+    /// A small bounded write made while this thread delivers the
+    /// connection's frames: buffered, sent by [`Conn::uncork`].
+    fn write_corked(
+        w: &mut SecureWriter,
+        frame: &Frame,
+        max: usize,
+        bound: Duration,
+    ) -> io::Result<()> {
+        if w.stalled.is_some_and(|t| t.elapsed() >= bound) {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the peer does not read",
+            ));
+        }
+        wire::write_frame(&mut *w, frame, max)
+    }
+
+    /// Send the frames buffered by bounded writes while this thread
+    /// delivered frames, as a bounded write.
+    fn uncork(&self) {
+        if !self.corked.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let Link::Tcp { writer, .. } = &self.link else {
+            return;
+        };
+        let bound = *self.slow_peer.lock();
+        let Some(mut g) = self.lock_writer_within(writer, bound) else {
+            log::debug!("{}: the writer stays busy; answers wait", self.peer_addr());
+            self.corked.store(true, Ordering::Release);
+            return;
+        };
+        let Some(w) = g.as_mut() else { return };
+        let _writing = Writing::begin(&self.writing_since);
+        let r = w.flush_try();
+        let stuck = w.backlog.len() > BACKLOG_MAX;
+        drop(g);
+        if r.is_err() || stuck {
+            log::warn!(
+                "{}: a write made no progress for {bound:?}: the peer does not read; closing \
+                 the connection",
+                self.peer_addr()
+            );
+            self.close();
+        }
+    }
+
     /// Send what this connection's backlog holds, if its writer is free,
     /// and close the connection if the backlog has not moved for the
     /// slow-peer bound. Returns whether a backlog is left.
@@ -615,9 +685,7 @@ impl Conn {
             return false;
         }
         let bound = *self.slow_peer.lock();
-        let normal = w.stream.0.write_timeout().ok().flatten();
         let r = w.push_backlog();
-        let _ = w.stream.0.set_write_timeout(normal);
         let stuck = w.stalled.is_some_and(|t| t.elapsed() >= bound);
         let left = !w.backlog.is_empty();
         drop(g);
@@ -693,26 +761,29 @@ impl Conn {
                     return Err(self.closed_error());
                 };
                 let _writing = Writing::begin(&self.writing_since);
+                // Each kind of write sets the socket's write timeout it needs
+                // (no system call when it is set so already).
                 match bound {
                     None => {
+                        w.stream.normal_timeout();
                         wire::write_frame(&mut *w, frame, self.max_frame).and_then(|_| w.flush())
                     }
                     Some(b) if wire::encoded_size(frame).unwrap_or(u64::MAX) <= TRY_MAX => {
-                        let normal = w.stream.0.write_timeout().ok().flatten();
-                        let r = Self::write_try(w, frame, self.max_frame, b);
-                        let _ = w.stream.0.set_write_timeout(normal);
-                        r
+                        if CORK.get() == self.id {
+                            Self::write_corked(w, frame, self.max_frame, b)
+                                .map(|_| self.corked.store(true, Ordering::Release))
+                        } else {
+                            Self::write_try(w, frame, self.max_frame, b)
+                        }
                     }
                     Some(b) => {
                         // The slow-peer bound, plus the frame's size at 1 MiB/s.
                         let size = wire::encoded_size(frame).unwrap_or(0);
                         let allowed = b + Duration::from_micros(size);
-                        let normal = w.stream.0.write_timeout().ok().flatten();
                         w.stream.2 = Some(Instant::now() + allowed);
                         let r = wire::write_frame(&mut *w, frame, self.max_frame)
                             .and_then(|_| w.flush());
                         w.stream.2 = None;
-                        let _ = w.stream.0.set_write_timeout(normal);
                         r
                     }
                 }
@@ -873,7 +944,8 @@ impl Conn {
     /// passes the reading on to another waiting requester, or leaves it to
     /// the connection's thread (see [`LAZY_RETURN`]).
     pub(crate) fn request(&self, msg: Message, timeout: Duration) -> Result<Message> {
-        if *self.reader.lock() == Some(std::thread::current().id()) {
+        let lent = LENT.get() == self.id;
+        if !lent && *self.reader.lock() == Some(std::thread::current().id()) {
             return Err(Error::InvalidArgument(format!(
                 "a request to {} from the thread that reads its connection (an inline \
                  handler) could never get its answer; use a pooled handler",
@@ -900,18 +972,20 @@ impl Conn {
                     after: timeout,
                 });
             }
-            if let Some(state) = self.try_lead() {
-                self.lead_for(state, &slot, deadline);
+            if let Some(state) = self.try_lead(lent) {
+                self.lead_for(state, &slot, deadline, lent);
                 continue;
             }
             slot.park(deadline);
         }
     }
 
-    /// The read state, if nobody reads the socket and a requester may.
-    fn try_lead(&self) -> Option<Box<ReadState>> {
+    /// The read state, if nobody reads the socket and a requester may
+    /// (a `lent` one even when the connection's thread has frames waiting:
+    /// it is that thread, see [`Conn::run_lent`]).
+    fn try_lead(&self, lent: bool) -> Option<Box<ReadState>> {
         let mut g = self.lead.lock();
-        if !g.open || g.urgent {
+        if !g.open || (g.urgent && !lent) || g.delivering {
             return None;
         }
         g.state.take()
@@ -922,9 +996,22 @@ impl Conn {
     /// The hostile-load limits apply as on the connection's thread: the
     /// frame clock on every read, and a frame large enough to count in the
     /// memory budget goes back to the connection's thread.
-    fn lead_for(&self, mut st: Box<ReadState>, slot: &Slot, deadline: Instant) {
+    ///
+    /// A handler running on the connection's thread itself (`lent`: see
+    /// [`Conn::run_lent`]) keeps reading past frames that are not answers,
+    /// up to [`LENT_DEFER_MAX`] of them, since that thread delivers them
+    /// only once the handler returns.
+    fn lead_for(&self, mut st: Box<ReadState>, slot: &Slot, deadline: Instant, lent: bool) {
         loop {
-            if slot.state.lock().answer.is_some() || self.is_closed() || st.needs_conn_thread() {
+            let stop = if lent {
+                st.ended
+                    || st.charged
+                    || st.deferred.len() >= LENT_DEFER_MAX
+                    || st.inbound.held() > FREE_PER_CONN / 2
+            } else {
+                st.needs_conn_thread()
+            };
+            if stop || slot.state.lock().answer.is_some() || self.is_closed() {
                 break;
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -949,7 +1036,7 @@ impl Conn {
                         log::warn!("{}: {e}; closing the connection", self.peer_addr());
                         st.ended = true;
                     } else {
-                        let frames = self.drain_answers(&mut st);
+                        let frames = self.drain_answers(&mut st, lent);
                         let in_frame = st.inbound.in_frame();
                         st.clock.on_bytes(n, in_frame, frames > 0, Instant::now());
                     }
@@ -989,6 +1076,60 @@ impl Conn {
         }
     }
 
+    /// Run `f`, a handler on the connection's thread, with the socket lent
+    /// to requesters meanwhile: a requester waiting on this connection
+    /// reads its own answer while the thread is busy, and so does `f`
+    /// itself if it makes a request over this connection (frames that are
+    /// not answers then wait until `f` returns). Outside the connection's
+    /// delivery of a frame, just runs `f`.
+    pub(crate) fn run_lent<R>(&self, f: impl FnOnce() -> R) -> R {
+        {
+            let mut g = self.lead.lock();
+            if !g.delivering || g.state.is_none() {
+                drop(g);
+                return f();
+            }
+            g.delivering = false;
+            self.nudge_follower();
+        }
+        let before = LENT.replace(self.id);
+        let r = f();
+        LENT.set(before);
+        let mut g = self.lead.lock();
+        while g.state.is_none() {
+            g.long_sleep = true;
+            let _ = self.lead_cv.wait_for(&mut g, Duration::from_millis(10));
+        }
+        g.long_sleep = false;
+        g.delivering = true;
+        r
+    }
+
+    /// The connection's thread parks its read state while it delivers a
+    /// frame (so that a handler may lend it: [`Conn::run_lent`]).
+    fn park_state(&self, st: Box<ReadState>) {
+        let mut g = self.lead.lock();
+        g.state = Some(st);
+        g.delivering = true;
+    }
+
+    /// The read state back after a delivery.
+    fn unpark_state(&self) -> Box<ReadState> {
+        let mut g = self.lead.lock();
+        g.delivering = false;
+        // Frames a requester left while the state was lent are this
+        // thread's to deliver now.
+        g.urgent = false;
+        loop {
+            if let Some(st) = g.state.take() {
+                g.long_sleep = false;
+                return st;
+            }
+            g.long_sleep = true;
+            let _ = self.lead_cv.wait_for(&mut g, Duration::from_millis(10));
+        }
+    }
+
     /// Nudge one requester still waiting for its answer to take over the
     /// reading; false if there is none.
     fn nudge_follower(&self) -> bool {
@@ -1014,7 +1155,7 @@ impl Conn {
     /// Complete every answer the decoder holds; stop at the first frame
     /// that is not one and keep it for the connection's thread. Returns the
     /// frames taken.
-    fn drain_answers(&self, st: &mut ReadState) -> usize {
+    fn drain_answers(&self, st: &mut ReadState, lent: bool) -> usize {
         let mut n = 0;
         loop {
             match st.inbound.decoder.next_frame() {
@@ -1026,7 +1167,9 @@ impl Conn {
                         }
                     } else {
                         st.deferred.push_back(frame);
-                        return n;
+                        if !lent || st.deferred.len() >= LENT_DEFER_MAX {
+                            return n;
+                        }
                     }
                 }
                 Ok(None) => return n,
@@ -1293,7 +1436,7 @@ impl Conn {
         let backlog_tick = Duration::from_millis(10);
         let mut fast = false;
         let _ = stream.set_read_timeout(Some(tick));
-        let mut st = Box::new(ReadState {
+        let st = Box::new(ReadState {
             stream: Arc::clone(&stream),
             inbound,
             buf: vec![0u8; READ_CHUNK],
@@ -1305,11 +1448,11 @@ impl Conn {
             ended: false,
             min_frame_rate: limits.min_frame_rate,
         });
-        let (ok, _, _) = self.drain(&mut st.inbound.decoder, sink);
+        self.lead.lock().open = true;
+        let (mut st, ok, _, _) = self.drain_tcp(st, sink);
         st.ended = !ok;
         st.clock
             .on_bytes(0, st.inbound.in_frame(), false, Instant::now());
-        self.lead.lock().open = true;
         let mut mine = Some(st);
         'lead: loop {
             let mut st = match mine.take() {
@@ -1326,12 +1469,8 @@ impl Conn {
                     break 'lead;
                 }
                 // Frames a requester read and left to this thread.
-                let mut waits = 0;
-                while let Some(frame) = st.deferred.pop_front() {
-                    waits += usize::from(self.deliver(frame, sink));
-                }
-                let (good, _, w) = self.drain(&mut st.inbound.decoder, sink);
-                waits += w;
+                let (back, good, _, waits) = self.drain_tcp(st, sink);
+                st = back;
                 if !good {
                     st.ended = true;
                     continue;
@@ -1379,7 +1518,8 @@ impl Conn {
                             st.ended = true;
                             continue;
                         }
-                        let (good, frames, w) = self.drain(&mut st.inbound.decoder, sink);
+                        let (back, good, frames, w) = self.drain_tcp(st, sink);
+                        st = back;
                         st.ended = !good;
                         let in_frame = st.inbound.in_frame();
                         st.clock.on_bytes(n, in_frame, frames > 0, Instant::now());
@@ -1605,6 +1745,54 @@ impl Conn {
                 sink.on_frame(self, frame);
                 false
             }
+        }
+    }
+
+    /// The connection's thread delivers the frames a requester left to it,
+    /// then every complete frame: answers at once, other frames with the
+    /// read state parked (see [`Conn::run_lent`]). Returns the state,
+    /// whether the connection may go on, the frames decoded, and how many
+    /// answered local requesters.
+    fn drain_tcp(
+        self: &Arc<Conn>,
+        st: Box<ReadState>,
+        sink: &dyn FrameSink,
+    ) -> (Box<ReadState>, bool, usize, usize) {
+        let outer = CORK.replace(self.id);
+        let r = self.drain_corked(st, sink);
+        CORK.set(outer);
+        self.uncork();
+        r
+    }
+
+    fn drain_corked(
+        self: &Arc<Conn>,
+        mut st: Box<ReadState>,
+        sink: &dyn FrameSink,
+    ) -> (Box<ReadState>, bool, usize, usize) {
+        let (mut n, mut waits) = (0, 0);
+        loop {
+            let frame = match st.deferred.pop_front() {
+                Some(frame) => frame,
+                None => match st.inbound.decoder.next_frame() {
+                    Ok(Some(frame)) => {
+                        n += 1;
+                        frame
+                    }
+                    Ok(None) => return (st, true, n, waits),
+                    Err(e) => {
+                        self.refuse(e);
+                        return (st, false, n, waits);
+                    }
+                },
+            };
+            if matches!(frame.kind, Kind::Response | Kind::Error) {
+                waits += usize::from(self.deliver(frame, sink));
+                continue;
+            }
+            self.park_state(st);
+            self.deliver(frame, sink);
+            st = self.unpark_state();
         }
     }
 

@@ -225,7 +225,6 @@ pub(crate) struct Greeted {
 pub(crate) struct Inbound {
     opener: Opener,
     decoder: Decoder,
-    plain: Vec<u8>,
 }
 
 impl Inbound {
@@ -235,7 +234,6 @@ impl Inbound {
         Inbound {
             opener: session.opener(),
             decoder: Decoder::with_header_limit(max_frame, max_header),
-            plain: Vec::new(),
         }
     }
 
@@ -250,16 +248,13 @@ impl Inbound {
     }
 
     /// Feed bytes read from the peer.
+    /// Records are decrypted (or, in plaintext mode, copied) straight into
+    /// the decoder's buffer.
     pub(crate) fn push(&mut self, bytes: &[u8]) -> std::result::Result<(), String> {
-        self.plain.clear();
-        self.opener
-            .open(bytes, &mut self.plain)
-            .map_err(|e| e.to_string())?;
-        self.decoder.push(&self.plain);
-        if self.plain.capacity() > 256 * 1024 {
-            self.plain = Vec::new();
-        }
-        Ok(())
+        let opener = &mut self.opener;
+        self.decoder
+            .push_with(bytes.len(), |buf| opener.open(bytes, buf))
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -766,7 +761,11 @@ impl Conn {
                 match bound {
                     None => {
                         w.stream.normal_timeout();
-                        wire::write_frame(&mut *w, frame, self.max_frame).and_then(|_| w.flush())
+                        w.direct = true;
+                        let r = wire::write_frame(&mut *w, frame, self.max_frame)
+                            .and_then(|_| w.flush());
+                        w.direct = false;
+                        r
                     }
                     Some(b) if wire::encoded_size(frame).unwrap_or(u64::MAX) <= TRY_MAX => {
                         if CORK.get() == self.id {
@@ -781,8 +780,10 @@ impl Conn {
                         let size = wire::encoded_size(frame).unwrap_or(0);
                         let allowed = b + Duration::from_micros(size);
                         w.stream.2 = Some(Instant::now() + allowed);
+                        w.direct = true;
                         let r = wire::write_frame(&mut *w, frame, self.max_frame)
                             .and_then(|_| w.flush());
+                        w.direct = false;
                         w.stream.2 = None;
                         r
                     }

@@ -84,6 +84,9 @@ pub(crate) struct SecureWriter {
     pub(super) backlog: Vec<u8>,
     /// Since when the backlog has waited with none of it going out.
     pub(super) stalled: Option<Instant>,
+    /// The frame being written may block (not a bounded write that must
+    /// not): large pieces skip the plaintext buffer.
+    pub(super) direct: bool,
 }
 
 /// A bounded write of a frame up to this size never blocks: what the
@@ -105,6 +108,7 @@ impl SecureWriter {
             out: Vec::with_capacity(4096),
             backlog: Vec::new(),
             stalled: None,
+            direct: false,
         }
     }
 
@@ -180,6 +184,30 @@ impl SecureWriter {
 
 impl Write for SecureWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.direct && buf.len() >= WRITE_CHUNK {
+            // A large piece (a body) goes without a copy into the plaintext
+            // buffer: in plaintext mode straight to the socket after what
+            // is buffered, else sealed from the caller's bytes.
+            if self.sealer.is_plain() {
+                if !self.plain.is_empty() {
+                    self.seal_plain()?;
+                }
+                if !self.out.is_empty() || !self.backlog.is_empty() {
+                    self.send_out()?;
+                }
+                return self.stream.write(buf);
+            }
+            if self.plain.is_empty() {
+                let n = (buf.len() / WRITE_CHUNK).min(4) * WRITE_CHUNK;
+                self.sealer
+                    .seal(&buf[..n], &mut self.out)
+                    .map_err(|e| io::Error::other(e.to_string()))?;
+                if self.out.len() >= 4 * WRITE_CHUNK {
+                    self.send_out()?;
+                }
+                return Ok(n);
+            }
+        }
         let room = WRITE_CHUNK - self.plain.len();
         let n = buf.len().min(room);
         self.plain.extend_from_slice(&buf[..n]);

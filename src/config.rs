@@ -87,7 +87,8 @@ pub struct Config {
     /// been quiet for a third of it, so that their peer keeps them open.
     pub idle_timeout: Duration,
     /// Threads that run user handlers (default 2). Handlers run off the
-    /// connection threads, so a handler may itself make requests. Inline
+    /// connection threads (except quick ones: see `quick_handlers_inline`),
+    /// so a handler may itself make requests. Inline
     /// handlers ([`Node::add_inline_handler`](crate::Node::add_inline_handler))
     /// do not use these threads.
     pub handler_threads: usize,

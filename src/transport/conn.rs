@@ -251,9 +251,11 @@ impl Inbound {
     /// Records are decrypted (or, in plaintext mode, copied) straight into
     /// the decoder's buffer.
     pub(crate) fn push(&mut self, bytes: &[u8]) -> std::result::Result<(), String> {
+        // At most what came in and what the opener held of a record.
+        let most = bytes.len() + self.opener.pending();
         let opener = &mut self.opener;
         self.decoder
-            .push_with(bytes.len(), |buf| opener.open(bytes, buf))
+            .push_with(most, |buf| opener.open(bytes, buf))
             .map_err(|e| e.to_string())
     }
 }

@@ -508,6 +508,11 @@ pub(crate) struct Sealer {
 }
 
 impl Sealer {
+    /// Whether this is plaintext mode (records are the bytes themselves).
+    pub(crate) fn is_plain(&self) -> bool {
+        self.noise.is_none()
+    }
+
     /// Append `plain`, encrypted as records, to `out`.
     pub(crate) fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
         let Some(noise) = &self.noise else {

@@ -302,6 +302,10 @@ pub struct Decoder {
 /// The most a decoder's buffer grows by at once (plus the bytes pushed).
 pub const MAX_GROWTH: usize = 1024 * 1024;
 
+/// A body this large that ends the decoder's buffer is handed over in that
+/// buffer rather than copied out of it.
+const LARGE_BODY: usize = 64 * 1024;
+
 /// Buffers larger than this are freed, not kept, once empty.
 const KEEP_CAPACITY: usize = 256 * 1024;
 
@@ -332,7 +336,29 @@ impl Decoder {
     }
 
     /// Append bytes read from the connection.
+    #[cfg_attr(
+        not(feature = "unstable-testing"),
+        allow(
+            dead_code,
+            reason = "the transport uses push_with; the tests and fuzz targets use this"
+        )
+    )]
     pub fn push(&mut self, bytes: &[u8]) {
+        self.make_room(bytes.len());
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Append what `fill` appends to the buffer it is given, at most `n`
+    /// bytes: bytes produced straight into the decoder (decrypted records,
+    /// say) with no copy in between. Room is made as [`Decoder::push`]
+    /// makes it for `n` bytes.
+    pub fn push_with<R>(&mut self, n: usize, fill: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+        self.make_room(n);
+        fill(&mut self.buf)
+    }
+
+    /// Make room for `n` more bytes.
+    fn make_room(&mut self, n: usize) {
         if self.start > 0 && self.start == self.buf.len() {
             self.buf.clear();
             self.start = 0;
@@ -340,7 +366,7 @@ impl Decoder {
             self.buf.drain(..self.start);
             self.start = 0;
         }
-        let need = self.buf.len() + bytes.len();
+        let need = self.buf.len() + n;
         if need > self.buf.capacity() {
             // Double up to 1 MiB, then grow by 1 MiB (a large buffer grows
             // in place), never past the end of the frame under way: a frame
@@ -352,7 +378,6 @@ impl Decoder {
             }
             self.buf.reserve_exact(target - self.buf.len());
         }
-        self.buf.extend_from_slice(bytes);
     }
 
     /// Where in `buf` the frame under way ends, once its prefix is here.
@@ -415,6 +440,20 @@ impl Decoder {
         if pending.len() < FRAME_PREFIX + h + b {
             return Ok(None);
         }
+        let end = self.start + FRAME_PREFIX + h + b;
+        if b >= LARGE_BODY && end == self.buf.len() {
+            // A large body that ends the buffer becomes the body itself:
+            // no fresh allocation, only the body moved to the front.
+            let header = &self.buf[self.start + FRAME_PREFIX..self.start + FRAME_PREFIX + h];
+            let frame = decode_header(header, Some(Vec::new()))?;
+            let mut body = std::mem::take(&mut self.buf);
+            body.drain(..end - b);
+            self.start = 0;
+            return Ok(Some(Frame {
+                body: frame.body.map(|_| body),
+                ..frame
+            }));
+        }
         let header = &pending[FRAME_PREFIX..FRAME_PREFIX + h];
         let body = (b > 0).then(|| pending[FRAME_PREFIX + h..FRAME_PREFIX + h + b].to_vec());
         let frame = decode_header(header, body)?;
@@ -459,6 +498,37 @@ mod tests {
         let mut v = Vec::new();
         write_frame(&mut v, f, 1 << 20).unwrap();
         v
+    }
+
+    #[test]
+    fn large_bodies_come_out_whole_in_every_position() {
+        let big: Vec<u8> = (0..LARGE_BODY * 3 + 5).map(|i| (i % 251) as u8).collect();
+        let mut f = Frame::new(Kind::Message, "BIG", json!(1));
+        f.body = Some(big.clone());
+        let small = sample();
+        // Alone (the body ends the buffer), then followed by another frame.
+        for tail in [false, true] {
+            let mut bytes = encode(&f);
+            if tail {
+                bytes.extend(encode(&small));
+            }
+            for step in [1000, 32 * 1024, bytes.len()] {
+                let mut d = Decoder::new(1 << 22);
+                let mut got = Vec::new();
+                for chunk in bytes.chunks(step) {
+                    d.push_with(chunk.len(), |buf| buf.extend_from_slice(chunk));
+                    while let Some(frame) = d.next_frame().unwrap() {
+                        got.push(frame);
+                    }
+                }
+                assert_eq!(got.len(), 1 + usize::from(tail), "step {step}");
+                assert_eq!(got[0].body.as_deref(), Some(&big[..]), "step {step}");
+                if tail {
+                    assert_eq!(got[1].body, small.body);
+                }
+                assert_eq!(d.buffered(), 0);
+            }
+        }
     }
 
     #[test]

@@ -346,6 +346,73 @@ fn many_requests_in_flight_on_one_connection() {
 }
 
 #[test]
+fn requesters_get_their_answers_while_the_peer_talks_back() {
+    // Requesters on one connection read their answers themselves when
+    // nobody else reads; the peer's own messages and requests on the same
+    // connection must still reach their handlers, and every answer its
+    // requester. NOTE is one-way, sent back before each answer; ASK makes
+    // a request back over the connection it came on (a pooled handler that
+    // may run on the connection's thread once it has proved quick).
+    const CALLERS: i64 = 6;
+    const EACH: i64 = 150;
+    let a = node();
+    a.add_handler("ADD", |req| {
+        let n: i64 = req.message().data()?;
+        req.connection().send(Message::new("NOTE", n))?;
+        req.respond(Message::new("ADD RESP", n + 1))?;
+        Ok(())
+    })
+    .unwrap();
+    a.add_handler("ASK", |req| {
+        let n: i64 = req.message().data()?;
+        let back = req.connection().request(Message::new("TWICE", n))?;
+        let twice: i64 = back.data()?;
+        req.respond(Message::new("ASK RESP", twice + 1))?;
+        Ok(())
+    })
+    .unwrap();
+    let b = node();
+    let notes = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&notes);
+    b.add_handler("NOTE", move |_msg| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    })
+    .unwrap();
+    b.add_inline_handler("TWICE", |req| {
+        let n: i64 = req.message().data()?;
+        req.respond(Message::new("TWICE RESP", 2 * n))?;
+        Ok(())
+    })
+    .unwrap();
+    let conn = b.connect(a.local_addr()).unwrap();
+    thread::scope(|s| {
+        for t in 0..CALLERS {
+            let conn = conn.clone();
+            s.spawn(move || {
+                for k in 0..EACH {
+                    let n = t * 1_000_000 + k;
+                    if k % 3 == 0 {
+                        let r = conn.request(Message::new("ASK", n)).unwrap();
+                        assert_eq!(r.data::<i64>().unwrap(), 2 * n + 1);
+                    } else {
+                        let r = conn.request(Message::new("ADD", n)).unwrap();
+                        assert_eq!(r.data::<i64>().unwrap(), n + 1);
+                    }
+                }
+            });
+        }
+    });
+    let adds = (CALLERS * (0..EACH).filter(|k| k % 3 != 0).count() as i64) as usize;
+    assert!(
+        wait_until(PATIENCE, || notes.load(Ordering::SeqCst) == adds),
+        "{} of {adds} one-way messages arrived",
+        notes.load(Ordering::SeqCst)
+    );
+    assert_eq!(b.connection_count(), 1);
+}
+
+#[test]
 fn request_without_handler_is_answered_no_handler() {
     let a = node();
     let b = node();

@@ -27,7 +27,7 @@ use handler::HandlerFn;
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -289,6 +289,8 @@ fn check_kind(kind: &str) -> Result<()> {
 
 struct Job {
     handler: Arc<HandlerFn>,
+    /// The handler's count of quick runs.
+    quick: Arc<AtomicU32>,
     incoming: Incoming,
     /// The job's place in its connection's queue, given back when the job
     /// is done or dropped.
@@ -339,6 +341,25 @@ enum Runs {
 struct Handler {
     f: Arc<HandlerFn>,
     runs: Runs,
+    /// Its runs in a row that each took under [`QUICK`].
+    quick: Arc<AtomicU32>,
+}
+
+/// A pooled handler whose last this many runs each took under [`QUICK`]
+/// may run on the connection's thread (`Config::quick_handlers_inline`).
+pub(crate) const QUICK_RUNS: u32 = 8;
+/// A run of a handler this short counts as quick.
+const QUICK: Duration = Duration::from_micros(50);
+
+/// Count a run of a handler that took `took`.
+fn note_run(quick: &AtomicU32, took: Duration) {
+    if took < QUICK {
+        if quick.load(Ordering::Relaxed) < QUICK_RUNS {
+            quick.fetch_add(1, Ordering::Relaxed);
+        }
+    } else {
+        quick.store(0, Ordering::Relaxed);
+    }
 }
 
 impl Handler {
@@ -349,6 +370,7 @@ impl Handler {
         Handler {
             f: Arc::new(f),
             runs,
+            quick: Arc::new(AtomicU32::new(0)),
         }
     }
 }
@@ -1248,10 +1270,25 @@ impl NodeInner {
         let name = format!("p2prs-handler-{}-{i}", self.transport.local_addr().port());
         self.transport.threads.spawn(name, None, move || {
             while let Some(job) = queue.pop() {
+                let began = Instant::now();
                 job.incoming.run(&*job.handler);
+                note_run(&job.quick, began.elapsed());
                 load.fetch_sub(1, Ordering::AcqRel);
             }
         })
+    }
+
+    /// Whether a pooled handler may run on `conn`'s thread now: it has
+    /// proved quick, and `conn` has no job waiting for or running on the
+    /// handler threads (its messages stay in order).
+    fn may_run_here(&self, handler: &Handler, conn: &Conn) -> bool {
+        self.transport.cfg.quick_handlers_inline
+            && handler.quick.load(Ordering::Relaxed) >= QUICK_RUNS
+            && self
+                .peers
+                .lock()
+                .get(&conn.id)
+                .is_none_or(|gate| *gate.queued.lock() == 0)
     }
 
     /// Hand a user message or request to its handler, or to the default
@@ -1264,6 +1301,11 @@ impl NodeInner {
                 let incoming = Incoming::new(node, Arc::clone(conn), frame, from);
                 match handler.runs {
                     Runs::Inline => incoming.run(&*handler.f),
+                    Runs::Pool if self.may_run_here(&handler, conn) => {
+                        let began = Instant::now();
+                        conn.run_lent(|| incoming.run(&*handler.f));
+                        note_run(&handler.quick, began.elapsed());
+                    }
                     Runs::Pool => {
                         // Waits while this connection's queue is full.
                         let Some(ticket) = self.queue_ticket(conn) else {
@@ -1271,6 +1313,7 @@ impl NodeInner {
                         };
                         let job = Job {
                             handler: handler.f,
+                            quick: handler.quick,
                             incoming,
                             _ticket: ticket,
                         };

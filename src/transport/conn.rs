@@ -10,9 +10,9 @@ use crate::id::PublicKey;
 use crate::message::Message;
 use crate::noise::{Handshaker, Local, Opener, PeerProof, Sealer, Session};
 use crate::wire::{self, Decoder, Frame, Hello, Kind};
-use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError, Sender};
-use parking_lot::{Condvar, Mutex};
-use std::collections::HashMap;
+use crossbeam_channel::{bounded, select, Receiver, Sender};
+use parking_lot::{Condvar, Mutex, MutexGuard};
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 
 /// Where the answer to an outstanding request goes.
 pub(crate) enum Pending {
-    /// A local caller waits on this channel.
-    Wait(Sender<Result<Message>>),
+    /// A local caller waits on this slot (and may read the socket itself
+    /// meanwhile: see [`Conn::request`]).
+    Wait(Arc<Slot>),
     /// The request was bounced here on behalf of a requester on another
     /// connection: relay the answer back to it under its request ID.
     Forward {
@@ -31,6 +32,149 @@ pub(crate) enum Pending {
         since: Instant,
     },
 }
+
+/// Where a requester waits for its answer: filled by whichever thread reads
+/// the answer, nudged when the requester may take over the reading.
+#[derive(Default)]
+pub(crate) struct Slot {
+    state: Mutex<SlotState>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct SlotState {
+    answer: Option<Result<Message>>,
+    /// The socket has nobody reading it: this requester may read it.
+    nudged: bool,
+    /// The requester sleeps on `ready`.
+    parked: bool,
+}
+
+impl Slot {
+    /// Give the requester its answer.
+    fn fill(&self, answer: Result<Message>) {
+        let mut g = self.state.lock();
+        g.answer = Some(answer);
+        if g.parked {
+            self.ready.notify_one();
+        }
+    }
+
+    /// Tell a requester still waiting that it may read the socket; false
+    /// if it has its answer already.
+    fn nudge(&self) -> bool {
+        let mut g = self.state.lock();
+        if g.answer.is_some() {
+            return false;
+        }
+        g.nudged = true;
+        if g.parked {
+            self.ready.notify_one();
+        }
+        true
+    }
+
+    fn take(&self) -> Option<Result<Message>> {
+        self.state.lock().answer.take()
+    }
+
+    /// Sleep until the answer comes, a nudge, or `deadline`.
+    fn park(&self, deadline: Instant) {
+        let mut g = self.state.lock();
+        if g.answer.is_none() && !g.nudged {
+            g.parked = true;
+            let _ = self.ready.wait_until(&mut g, deadline);
+            g.parked = false;
+        }
+        g.nudged = false;
+    }
+}
+
+/// The read side of a TCP connection: whoever holds it reads the socket
+/// (the connection's thread, or a requester waiting for its answer).
+struct ReadState {
+    stream: Arc<TcpStream>,
+    inbound: Inbound,
+    buf: Vec<u8>,
+    clock: FrameClock,
+    /// The connection is charged in the memory budget.
+    charged: bool,
+    /// The socket's read timeout as last set.
+    timeout: Duration,
+    /// The read loop's tick (the longest a requester's read blocks).
+    tick: Duration,
+    /// Frames other than answers, read by a requester: the connection's
+    /// thread delivers them.
+    deferred: VecDeque<Frame>,
+    /// Reading has ended (end of stream, an error, bad input).
+    ended: bool,
+    /// The minimum rate of a frame under way (for the warning).
+    min_frame_rate: u64,
+}
+
+impl ReadState {
+    /// Whether only the connection's thread may read now: frames to
+    /// deliver, the end, or a frame large enough for the memory budget.
+    fn needs_conn_thread(&self) -> bool {
+        self.ended
+            || self.charged
+            || !self.deferred.is_empty()
+            || self.inbound.held() > FREE_PER_CONN / 2
+    }
+
+    fn set_timeout(&mut self, t: Duration) {
+        let t = t.max(Duration::from_micros(100));
+        if t != self.timeout {
+            let _ = self.stream.set_read_timeout(Some(t));
+            self.timeout = t;
+        }
+    }
+}
+
+/// Who may read a TCP connection's socket (see [`Conn::request`]).
+#[derive(Default)]
+struct Lead {
+    /// The read state while nobody reads; taken by the thread that does.
+    state: Option<Box<ReadState>>,
+    /// The read loop runs: requesters may take the state.
+    open: bool,
+    /// The connection's thread must read next (see
+    /// [`ReadState::needs_conn_thread`]).
+    urgent: bool,
+    /// When a requester or the connection's thread last stopped reading
+    /// after an answer: the connection's thread reads again after
+    /// [`LAZY_RETURN`] unless a requester has taken over.
+    last_exit: Option<Instant>,
+    /// The connection's thread sleeps longer than [`LAZY_RETURN`], or
+    /// waits for the read state back: a requester that stops reading
+    /// wakes it.
+    long_sleep: bool,
+    /// The connection's thread delivers a frame, the read state parked
+    /// here meanwhile: requesters may not take it (unless lent, see
+    /// [`Conn::run_lent`]).
+    delivering: bool,
+}
+
+thread_local! {
+    /// The connection whose thread this is and which lent its reading for
+    /// the handler that runs on it now (see [`Conn::run_lent`]); 0 if none.
+    static LENT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// The connection whose frames this thread delivers now: its small
+    /// bounded writes (answers of handlers running here) wait in the
+    /// writer's buffer and leave together, in one write, once the frames
+    /// read at once are delivered (see `Conn::uncork`); 0 if none.
+    static CORK: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// The most frames a handler lent its connection's reading defers while
+/// it waits for an answer on that connection (see [`Conn::run_lent`]).
+const LENT_DEFER_MAX: usize = 64;
+
+/// How long the connection's thread leaves its socket to requesters after
+/// an answer before it reads again itself: a requester that sends its next
+/// request within this time reads its answer on its own thread, with no
+/// hand-off. Frames nobody asked for wait at most about this long.
+const LAZY_RETURN: Duration = Duration::from_micros(500);
 
 /// Receives what a connection reads. Implemented by the node.
 pub(crate) trait FrameSink: Send + Sync {
@@ -81,7 +225,6 @@ pub(crate) struct Greeted {
 pub(crate) struct Inbound {
     opener: Opener,
     decoder: Decoder,
-    plain: Vec<u8>,
 }
 
 impl Inbound {
@@ -91,7 +234,6 @@ impl Inbound {
         Inbound {
             opener: session.opener(),
             decoder: Decoder::with_header_limit(max_frame, max_header),
-            plain: Vec::new(),
         }
     }
 
@@ -106,16 +248,15 @@ impl Inbound {
     }
 
     /// Feed bytes read from the peer.
+    /// Records are decrypted (or, in plaintext mode, copied) straight into
+    /// the decoder's buffer.
     pub(crate) fn push(&mut self, bytes: &[u8]) -> std::result::Result<(), String> {
-        self.plain.clear();
-        self.opener
-            .open(bytes, &mut self.plain)
-            .map_err(|e| e.to_string())?;
-        self.decoder.push(&self.plain);
-        if self.plain.capacity() > 256 * 1024 {
-            self.plain = Vec::new();
-        }
-        Ok(())
+        // At most what came in and what the opener held of a record.
+        let most = bytes.len() + self.opener.pending();
+        let opener = &mut self.opener;
+        self.decoder
+            .push_with(most, |buf| opener.open(bytes, buf))
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -190,6 +331,12 @@ pub(crate) struct Conn {
     /// While a write is under way, when it began or last made progress
     /// ([`micros_now`]); 0 when none is.
     writing_since: Arc<AtomicU64>,
+    /// Frames wait in the writer's buffer for [`Conn::uncork`].
+    corked: AtomicBool,
+    /// Who reads the socket (TCP links).
+    lead: Mutex<Lead>,
+    /// The connection's thread waits here for the read state.
+    lead_cv: Condvar,
 }
 
 impl Conn {
@@ -225,7 +372,7 @@ impl Conn {
         let progress = Arc::new(AtomicU64::new(0));
         let link = Link::Tcp {
             writer: Mutex::new(Some(SecureWriter::new(
-                Shared(Arc::clone(stream), Arc::clone(&progress), None),
+                Shared::new(Arc::clone(stream), Arc::clone(&progress)),
                 session.sealer(),
             ))),
             raw: Mutex::new(Some(Arc::clone(stream))),
@@ -276,6 +423,9 @@ impl Conn {
             refusal_sent: AtomicBool::new(false),
             slow_peer: Mutex::new(crate::Config::default().slow_peer_timeout),
             writing_since: Arc::new(AtomicU64::new(0)),
+            corked: AtomicBool::new(false),
+            lead: Mutex::new(Lead::default()),
+            lead_cv: Condvar::new(),
         }
     }
 
@@ -477,6 +627,53 @@ impl Conn {
         Ok(())
     }
 
+    /// A small bounded write made while this thread delivers the
+    /// connection's frames: buffered, sent by [`Conn::uncork`].
+    fn write_corked(
+        w: &mut SecureWriter,
+        frame: &Frame,
+        max: usize,
+        bound: Duration,
+    ) -> io::Result<()> {
+        if w.stalled.is_some_and(|t| t.elapsed() >= bound) {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the peer does not read",
+            ));
+        }
+        wire::write_frame(&mut *w, frame, max)
+    }
+
+    /// Send the frames buffered by bounded writes while this thread
+    /// delivered frames, as a bounded write.
+    fn uncork(&self) {
+        if !self.corked.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let Link::Tcp { writer, .. } = &self.link else {
+            return;
+        };
+        let bound = *self.slow_peer.lock();
+        let Some(mut g) = self.lock_writer_within(writer, bound) else {
+            log::debug!("{}: the writer stays busy; answers wait", self.peer_addr());
+            self.corked.store(true, Ordering::Release);
+            return;
+        };
+        let Some(w) = g.as_mut() else { return };
+        let _writing = Writing::begin(&self.writing_since);
+        let r = w.flush_try();
+        let stuck = w.backlog.len() > BACKLOG_MAX;
+        drop(g);
+        if r.is_err() || stuck {
+            log::warn!(
+                "{}: a write made no progress for {bound:?}: the peer does not read; closing \
+                 the connection",
+                self.peer_addr()
+            );
+            self.close();
+        }
+    }
+
     /// Send what this connection's backlog holds, if its writer is free,
     /// and close the connection if the backlog has not moved for the
     /// slow-peer bound. Returns whether a backlog is left.
@@ -492,9 +689,7 @@ impl Conn {
             return false;
         }
         let bound = *self.slow_peer.lock();
-        let normal = w.stream.0.write_timeout().ok().flatten();
         let r = w.push_backlog();
-        let _ = w.stream.0.set_write_timeout(normal);
         let stuck = w.stalled.is_some_and(|t| t.elapsed() >= bound);
         let left = !w.backlog.is_empty();
         drop(g);
@@ -571,26 +766,35 @@ impl Conn {
                     return Err(self.closed_error());
                 };
                 let _writing = Writing::begin(&self.writing_since);
+                // Each kind of write sets the socket's write timeout it needs
+                // (no system call when it is set so already).
                 match bound {
                     None => {
-                        wire::write_frame(&mut *w, frame, self.max_frame).and_then(|_| w.flush())
+                        w.stream.normal_timeout();
+                        w.direct = true;
+                        let r = wire::write_frame(&mut *w, frame, self.max_frame)
+                            .and_then(|_| w.flush());
+                        w.direct = false;
+                        r
                     }
                     Some(b) if wire::encoded_size(frame).unwrap_or(u64::MAX) <= TRY_MAX => {
-                        let normal = w.stream.0.write_timeout().ok().flatten();
-                        let r = Self::write_try(w, frame, self.max_frame, b);
-                        let _ = w.stream.0.set_write_timeout(normal);
-                        r
+                        if CORK.get() == self.id {
+                            Self::write_corked(w, frame, self.max_frame, b)
+                                .map(|_| self.corked.store(true, Ordering::Release))
+                        } else {
+                            Self::write_try(w, frame, self.max_frame, b)
+                        }
                     }
                     Some(b) => {
                         // The slow-peer bound, plus the frame's size at 1 MiB/s.
                         let size = wire::encoded_size(frame).unwrap_or(0);
                         let allowed = b + Duration::from_micros(size);
-                        let normal = w.stream.0.write_timeout().ok().flatten();
                         w.stream.2 = Some(Instant::now() + allowed);
+                        w.direct = true;
                         let r = wire::write_frame(&mut *w, frame, self.max_frame)
                             .and_then(|_| w.flush());
+                        w.direct = false;
                         w.stream.2 = None;
-                        let _ = w.stream.0.set_write_timeout(normal);
                         r
                     }
                 }
@@ -742,28 +946,250 @@ impl Conn {
     }
 
     /// Send a request and wait up to `timeout` for its answer.
+    ///
+    /// While nobody else reads the socket, the requester reads it itself
+    /// (leader/follower): its answer then reaches it with no hand-off from
+    /// another thread. It reads answers only; any other frame it meets is
+    /// left to the connection's thread, which it wakes. Answers to other
+    /// requesters it reads are given to them; when it has its own, it
+    /// passes the reading on to another waiting requester, or leaves it to
+    /// the connection's thread (see [`LAZY_RETURN`]).
     pub(crate) fn request(&self, msg: Message, timeout: Duration) -> Result<Message> {
-        if *self.reader.lock() == Some(std::thread::current().id()) {
+        let lent = LENT.get() == self.id;
+        if !lent && *self.reader.lock() == Some(std::thread::current().id()) {
             return Err(Error::InvalidArgument(format!(
                 "a request to {} from the thread that reads its connection (an inline \
                  handler) could never get its answer; use a pooled handler",
                 self.peer_addr()
             )));
         }
-        let (tx, rx) = bounded(1);
+        let slot = Arc::new(Slot::default());
+        let deadline = Instant::now() + timeout;
         let kind = msg.kind().to_string();
-        let req = self.request_frame(msg, Pending::Wait(tx))?;
-        match rx.recv_timeout(timeout) {
-            Ok(result) => result,
-            Err(RecvTimeoutError::Timeout) => {
-                self.pending.lock().remove(&req);
-                Err(Error::Timeout {
+        let req = self.request_frame(msg, Pending::Wait(Arc::clone(&slot)))?;
+        loop {
+            if let Some(answer) = slot.take() {
+                return answer;
+            }
+            if Instant::now() >= deadline {
+                if self.pending.lock().remove(&req).is_none() {
+                    if let Some(answer) = slot.take() {
+                        return answer;
+                    }
+                }
+                return Err(Error::Timeout {
                     kind: crate::error::TimeoutKind::Response,
                     what: format!("a response to {kind:?} from {}", self.peer_addr()),
                     after: timeout,
-                })
+                });
             }
-            Err(RecvTimeoutError::Disconnected) => Err(self.closed_error()),
+            if let Some(state) = self.try_lead(lent) {
+                self.lead_for(state, &slot, deadline, lent);
+                continue;
+            }
+            slot.park(deadline);
+        }
+    }
+
+    /// The read state, if nobody reads the socket and a requester may
+    /// (a `lent` one even when the connection's thread has frames waiting:
+    /// it is that thread, see [`Conn::run_lent`]).
+    fn try_lead(&self, lent: bool) -> Option<Box<ReadState>> {
+        let mut g = self.lead.lock();
+        if !g.open || (g.urgent && !lent) || g.delivering {
+            return None;
+        }
+        g.state.take()
+    }
+
+    /// Read the socket for a requester until its answer is in (`slot`),
+    /// its `deadline`, or a frame only the connection's thread may take.
+    /// The hostile-load limits apply as on the connection's thread: the
+    /// frame clock on every read, and a frame large enough to count in the
+    /// memory budget goes back to the connection's thread.
+    ///
+    /// A handler running on the connection's thread itself (`lent`: see
+    /// [`Conn::run_lent`]) keeps reading past frames that are not answers,
+    /// up to [`LENT_DEFER_MAX`] of them, since that thread delivers them
+    /// only once the handler returns.
+    fn lead_for(&self, mut st: Box<ReadState>, slot: &Slot, deadline: Instant, lent: bool) {
+        loop {
+            let stop = if lent {
+                st.ended
+                    || st.charged
+                    || st.deferred.len() >= LENT_DEFER_MAX
+                    || st.inbound.held() > FREE_PER_CONN / 2
+            } else {
+                st.needs_conn_thread()
+            };
+            if stop || slot.state.lock().answer.is_some() || self.is_closed() {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            st.set_timeout(left.min(st.tick));
+            let stream = Arc::clone(&st.stream);
+            let read = (&*stream).read(&mut st.buf);
+            match read {
+                Ok(0) => {
+                    self.eof.store(true, Ordering::Release);
+                    if let Err(e) = st.inbound.decoder.finish() {
+                        log::warn!("{}: {e}; closing", self.peer_addr());
+                    }
+                    st.ended = true;
+                }
+                Ok(n) => {
+                    self.touch();
+                    let ReadState { inbound, buf, .. } = &mut *st;
+                    if let Err(e) = inbound.push(&buf[..n]) {
+                        log::warn!("{}: {e}; closing the connection", self.peer_addr());
+                        st.ended = true;
+                    } else {
+                        let frames = self.drain_answers(&mut st, lent);
+                        let in_frame = st.inbound.in_frame();
+                        st.clock.on_bytes(n, in_frame, frames > 0, Instant::now());
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => {
+                    if !self.is_closed() {
+                        log::debug!("reading from {}: {e}", self.peer_addr());
+                    }
+                    st.ended = true;
+                }
+            }
+            self.check_clock(&mut st);
+        }
+        self.give_back(st);
+    }
+
+    /// A requester stops reading: the read state goes back, and the reading
+    /// to the connection's thread (at once if it must read, else lazily) or
+    /// to another requester still waiting.
+    fn give_back(&self, st: Box<ReadState>) {
+        let urgent = st.needs_conn_thread() || self.is_closed();
+        let mut g = self.lead.lock();
+        g.state = Some(st);
+        g.last_exit = Some(Instant::now());
+        if urgent {
+            g.urgent = true;
+            self.lead_cv.notify_one();
+        } else if !self.nudge_follower() && g.long_sleep {
+            self.lead_cv.notify_one();
+        }
+    }
+
+    /// Run `f`, a handler on the connection's thread, with the socket lent
+    /// to requesters meanwhile: a requester waiting on this connection
+    /// reads its own answer while the thread is busy, and so does `f`
+    /// itself if it makes a request over this connection (frames that are
+    /// not answers then wait until `f` returns). Outside the connection's
+    /// delivery of a frame, just runs `f`.
+    pub(crate) fn run_lent<R>(&self, f: impl FnOnce() -> R) -> R {
+        {
+            let mut g = self.lead.lock();
+            if !g.delivering || g.state.is_none() {
+                drop(g);
+                return f();
+            }
+            g.delivering = false;
+            self.nudge_follower();
+        }
+        let before = LENT.replace(self.id);
+        let r = f();
+        LENT.set(before);
+        let mut g = self.lead.lock();
+        while g.state.is_none() {
+            g.long_sleep = true;
+            let _ = self.lead_cv.wait_for(&mut g, Duration::from_millis(10));
+        }
+        g.long_sleep = false;
+        g.delivering = true;
+        r
+    }
+
+    /// The connection's thread parks its read state while it delivers a
+    /// frame (so that a handler may lend it: [`Conn::run_lent`]).
+    fn park_state(&self, st: Box<ReadState>) {
+        let mut g = self.lead.lock();
+        g.state = Some(st);
+        g.delivering = true;
+    }
+
+    /// The read state back after a delivery.
+    fn unpark_state(&self) -> Box<ReadState> {
+        let mut g = self.lead.lock();
+        g.delivering = false;
+        // Frames a requester left while the state was lent are this
+        // thread's to deliver now.
+        g.urgent = false;
+        loop {
+            if let Some(st) = g.state.take() {
+                g.long_sleep = false;
+                return st;
+            }
+            g.long_sleep = true;
+            let _ = self.lead_cv.wait_for(&mut g, Duration::from_millis(10));
+        }
+    }
+
+    /// Nudge one requester still waiting for its answer to take over the
+    /// reading; false if there is none.
+    fn nudge_follower(&self) -> bool {
+        self.pending.lock().values().any(|p| match p {
+            Pending::Wait(slot) => slot.nudge(),
+            Pending::Forward { .. } => false,
+        })
+    }
+
+    /// Close the connection if a frame under way is too slow.
+    fn check_clock(&self, st: &mut ReadState) {
+        if let Err((got, window)) = st.clock.check(Instant::now()) {
+            log::warn!(
+                "{}: a frame under way brought {got} bytes in {window:?}, less than \
+                 the minimum of {} bytes/s; closing the connection",
+                self.peer_addr(),
+                st.min_frame_rate
+            );
+            st.ended = true;
+        }
+    }
+
+    /// Complete every answer the decoder holds; stop at the first frame
+    /// that is not one and keep it for the connection's thread. Returns the
+    /// frames taken.
+    fn drain_answers(&self, st: &mut ReadState, lent: bool) -> usize {
+        let mut n = 0;
+        loop {
+            match st.inbound.decoder.next_frame() {
+                Ok(Some(frame)) => {
+                    n += 1;
+                    if matches!(frame.kind, Kind::Response | Kind::Error) {
+                        if !self.complete(frame) {
+                            log::debug!("{}: answer to an unknown request", self.peer_addr());
+                        }
+                    } else {
+                        st.deferred.push_back(frame);
+                        if !lent || st.deferred.len() >= LENT_DEFER_MAX {
+                            return n;
+                        }
+                    }
+                }
+                Ok(None) => return n,
+                Err(e) => {
+                    self.refuse(e);
+                    st.ended = true;
+                    return n;
+                }
+            }
         }
     }
 
@@ -783,12 +1209,17 @@ impl Conn {
     /// Deliver a response or error frame to whoever waits for it.
     /// Returns false when no request with that ID is outstanding.
     pub(crate) fn complete(&self, frame: Frame) -> bool {
-        let Some(req) = frame.req else { return false };
-        let Some(pending) = self.pending.lock().remove(&req) else {
-            return false;
-        };
+        self.complete_to(frame).is_some()
+    }
+
+    /// [`Conn::complete`], saying whether the answer went to a local
+    /// requester (`Some(true)`) or was relayed (`Some(false)`).
+    fn complete_to(&self, frame: Frame) -> Option<bool> {
+        let req = frame.req?;
+        let pending = self.pending.lock().remove(&req)?;
+        let local = matches!(pending, Pending::Wait(_));
         match pending {
-            Pending::Wait(tx) => {
+            Pending::Wait(slot) => {
                 let result = match frame.error {
                     Some(e) => Err(Error::Remote {
                         code: e.code.into(),
@@ -796,7 +1227,7 @@ impl Conn {
                     }),
                     None => Ok(Message::from_frame(frame)),
                 };
-                let _ = tx.send(result);
+                slot.fill(result);
             }
             Pending::Forward { back, req, .. } => {
                 let mut relay = frame;
@@ -809,13 +1240,17 @@ impl Conn {
                 }
             }
         }
-        true
+        Some(local)
     }
 
     /// Close the socket; the read loop ends and fails what is pending.
     pub(crate) fn close(&self) {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
+        }
+        {
+            let _g = self.lead.lock();
+            self.lead_cv.notify_all();
         }
         match &self.link {
             Link::Tcp { raw, writer } => {
@@ -864,9 +1299,7 @@ impl Conn {
         let drained: Vec<Pending> = self.pending.lock().drain().map(|(_, p)| p).collect();
         for p in drained {
             match p {
-                Pending::Wait(tx) => {
-                    let _ = tx.send(Err(self.closed_error()));
-                }
+                Pending::Wait(slot) => slot.fill(Err(self.closed_error())),
                 Pending::Forward { back, req, .. } => {
                     let msg = format!(
                         "the node the request was bounced to ({}) closed the connection",
@@ -1015,10 +1448,17 @@ impl Conn {
 
     /// The read loop: decode frames and hand them to `sink` until the
     /// connection ends. `inbound` may hold bytes read after the handshake.
+    ///
+    /// The socket is read by this thread, or, while this thread leaves it
+    /// to them, by requesters waiting for answers (see [`Conn::request`]):
+    /// after an answer to a local requester, this thread waits for
+    /// [`LAZY_RETURN`] before it reads again, and a requester that comes
+    /// meanwhile reads its own answer. Frames other than answers are always
+    /// delivered here.
     pub(crate) fn read_loop(
         self: &Arc<Conn>,
         stream: Arc<TcpStream>,
-        mut inbound: Inbound,
+        inbound: Inbound,
         sink: &dyn FrameSink,
         limits: &ReadLimits,
     ) {
@@ -1031,86 +1471,140 @@ impl Conn {
         let backlog_tick = Duration::from_millis(10);
         let mut fast = false;
         let _ = stream.set_read_timeout(Some(tick));
-        let mut buf = vec![0u8; READ_CHUNK];
-        let mut clock = FrameClock::new(limits.min_frame_rate, limits.frame_grace);
-        let (mut ok, _) = self.drain(&mut inbound.decoder, sink);
-        clock.on_bytes(0, inbound.in_frame(), false, Instant::now());
-        let mut charged = false;
-        while ok && !self.is_closed() {
-            let held = inbound.held();
-            if charged || held > FREE_PER_CONN {
-                limits.memory.set(self, held);
-                charged = held > FREE_PER_CONN;
-            }
-            // Below half the free allowance, one read cannot grow past it.
-            if held > FREE_PER_CONN / 2 {
-                let before = Instant::now();
-                if !self.wait_for_memory(&inbound, limits) {
-                    break;
+        let st = Box::new(ReadState {
+            stream: Arc::clone(&stream),
+            inbound,
+            buf: vec![0u8; READ_CHUNK],
+            clock: FrameClock::new(limits.min_frame_rate, limits.frame_grace),
+            charged: false,
+            timeout: tick,
+            tick,
+            deferred: VecDeque::new(),
+            ended: false,
+            min_frame_rate: limits.min_frame_rate,
+        });
+        self.lead.lock().open = true;
+        let (mut st, ok, _, _) = self.drain_tcp(st, sink);
+        st.ended = !ok;
+        st.clock
+            .on_bytes(0, st.inbound.in_frame(), false, Instant::now());
+        let mut mine = Some(st);
+        'lead: loop {
+            let mut st = match mine.take() {
+                Some(st) => st,
+                None => match self.wait_lead(tick, backlog_tick, idle, limits, &mut fast) {
+                    Some(st) => st,
+                    None => break 'lead,
+                },
+            };
+            st.set_timeout(if fast { backlog_tick } else { tick });
+            loop {
+                if st.ended || self.is_closed() {
+                    mine = Some(st);
+                    break 'lead;
                 }
-                if before.elapsed() > Duration::from_millis(1) {
-                    clock.restart(Instant::now());
+                // Frames a requester read and left to this thread.
+                let (back, good, _, waits) = self.drain_tcp(st, sink);
+                st = back;
+                if !good {
+                    st.ended = true;
+                    continue;
                 }
-            }
-            match (&*stream).read(&mut buf) {
-                Ok(0) => {
-                    self.eof.store(true, Ordering::Release);
-                    if let Err(e) = inbound.decoder.finish() {
-                        log::warn!("{}: {e}; closing", self.peer_addr());
-                    }
-                    break;
+                let held = st.inbound.held();
+                if st.charged || held > FREE_PER_CONN {
+                    limits.memory.set(self, held);
+                    st.charged = held > FREE_PER_CONN;
                 }
-                Ok(n) => {
-                    self.touch();
-                    if fast && !self.push_backlog() {
-                        fast = false;
-                        let _ = stream.set_read_timeout(Some(tick));
+                // Below half the free allowance, one read cannot grow past it.
+                if held > FREE_PER_CONN / 2 {
+                    let before = Instant::now();
+                    if !self.wait_for_memory(&st.inbound, limits) {
+                        st.ended = true;
+                        continue;
                     }
-                    if let Err(e) = inbound.push(&buf[..n]) {
-                        log::warn!("{}: {e}; closing the connection", self.peer_addr());
-                        break;
+                    if before.elapsed() > Duration::from_millis(1) {
+                        st.clock.restart(Instant::now());
                     }
-                    let (good, frames) = self.drain(&mut inbound.decoder, sink);
-                    ok = good;
-                    clock.on_bytes(n, inbound.in_frame(), frames > 0, Instant::now());
+                } else if waits > 0 && !st.needs_conn_thread() {
+                    // A local requester got its answer: leave the socket to
+                    // it (or another) for its next request.
+                    self.step_down(st);
+                    continue 'lead;
                 }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    let left = self.push_backlog();
-                    if left != fast {
-                        fast = left;
-                        let _ =
-                            stream.set_read_timeout(Some(if fast { backlog_tick } else { tick }));
+                let read = (&*stream).read(&mut st.buf);
+                match read {
+                    Ok(0) => {
+                        self.eof.store(true, Ordering::Release);
+                        if let Err(e) = st.inbound.decoder.finish() {
+                            log::warn!("{}: {e}; closing", self.peer_addr());
+                        }
+                        st.ended = true;
+                        continue;
                     }
-                    self.expire_forwards(limits.forward_timeout);
-                    if self.idle_expired_with(idle, limits.ring_idle, true) {
-                        log::debug!("closing idle connection to {}", self.peer_addr());
-                        break;
+                    Ok(n) => {
+                        self.touch();
+                        if fast && !self.push_backlog() {
+                            fast = false;
+                            st.set_timeout(tick);
+                        }
+                        let ReadState { inbound, buf, .. } = &mut *st;
+                        if let Err(e) = inbound.push(&buf[..n]) {
+                            log::warn!("{}: {e}; closing the connection", self.peer_addr());
+                            st.ended = true;
+                            continue;
+                        }
+                        let (back, good, frames, w) = self.drain_tcp(st, sink);
+                        st = back;
+                        st.ended = !good;
+                        let in_frame = st.inbound.in_frame();
+                        st.clock.on_bytes(n, in_frame, frames > 0, Instant::now());
+                        if w > 0 && good && !st.needs_conn_thread() {
+                            self.check_clock(&mut st);
+                            if !st.ended {
+                                self.step_down(st);
+                                continue 'lead;
+                            }
+                        }
                     }
-                    self.keepalive(idle);
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        let left = self.push_backlog();
+                        if left != fast {
+                            fast = left;
+                            st.set_timeout(if fast { backlog_tick } else { tick });
+                        }
+                        self.expire_forwards(limits.forward_timeout);
+                        if self.idle_expired_with(idle, limits.ring_idle, true) {
+                            log::debug!("closing idle connection to {}", self.peer_addr());
+                            st.ended = true;
+                            continue;
+                        }
+                        self.keepalive(idle);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        if !self.is_closed() {
+                            log::debug!("reading from {}: {e}", self.peer_addr());
+                        }
+                        st.ended = true;
+                        continue;
+                    }
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    if !self.is_closed() {
-                        log::debug!("reading from {}: {e}", self.peer_addr());
-                    }
-                    break;
-                }
-            }
-            if let Err((got, window)) = clock.check(Instant::now()) {
-                log::warn!(
-                    "{}: a frame under way brought {got} bytes in {window:?}, less than \
-                     the minimum of {} bytes/s; closing the connection",
-                    self.peer_addr(),
-                    limits.min_frame_rate
-                );
-                break;
+                self.check_clock(&mut st);
             }
         }
+        // A requester still reading gives the state back at once: the
+        // socket is shut down.
+        let st = match mine {
+            Some(st) => st,
+            None => self.reclaim(),
+        };
+        self.lead.lock().open = false;
+        drop(st);
         limits.memory.set(self, 0);
         if self.refusal_sent.load(Ordering::Acquire) {
             self.linger(&stream);
@@ -1118,6 +1612,76 @@ impl Conn {
         self.close();
         self.fail_pending();
         sink.on_close(self);
+    }
+
+    /// This thread stops reading after an answer to a local requester: a
+    /// requester still waiting reads next, else any that comes within
+    /// [`LAZY_RETURN`].
+    fn step_down(&self, st: Box<ReadState>) {
+        let mut g = self.lead.lock();
+        g.state = Some(st);
+        g.urgent = false;
+        g.last_exit = Some(Instant::now());
+        self.nudge_follower();
+    }
+
+    /// Wait until this thread is to read again: a requester left frames or
+    /// the end for it, or nobody has read for [`LAZY_RETURN`]. Meanwhile
+    /// it does the read loop's periodic work. `None` once the connection
+    /// is closed while a requester holds the read state.
+    fn wait_lead(
+        &self,
+        tick: Duration,
+        backlog_tick: Duration,
+        idle: Duration,
+        limits: &ReadLimits,
+        fast: &mut bool,
+    ) -> Option<Box<ReadState>> {
+        let mut last_work = Instant::now();
+        let mut g = self.lead.lock();
+        loop {
+            if self.is_closed() {
+                return g.state.take();
+            }
+            let since = g.last_exit.map(|t| t.elapsed());
+            let lazy_over = since.is_none_or(|s| s >= LAZY_RETURN);
+            if g.state.is_some() && (g.urgent || lazy_over) {
+                g.urgent = false;
+                g.last_exit = None;
+                return g.state.take();
+            }
+            let period = if *fast { backlog_tick } else { tick };
+            let wait = if lazy_over {
+                period
+            } else {
+                LAZY_RETURN
+                    .saturating_sub(since.unwrap_or_default())
+                    .max(Duration::from_micros(50))
+            };
+            g.long_sleep = wait > LAZY_RETURN;
+            let _ = self.lead_cv.wait_for(&mut g, wait);
+            g.long_sleep = false;
+            if last_work.elapsed() >= period {
+                last_work = Instant::now();
+                MutexGuard::unlocked(&mut g, || {
+                    *fast = self.push_backlog();
+                    self.expire_forwards(limits.forward_timeout);
+                    self.keepalive(idle);
+                });
+            }
+        }
+    }
+
+    /// The read state back from the requester that holds it, once the
+    /// connection is closed (its read then ends at once).
+    fn reclaim(&self) -> Box<ReadState> {
+        let mut g = self.lead.lock();
+        loop {
+            if let Some(st) = g.state.take() {
+                return st;
+            }
+            let _ = self.lead_cv.wait_for(&mut g, Duration::from_millis(10));
+        }
     }
 
     /// After a refusal notice: end our side and read (and discard) what the
@@ -1183,7 +1747,8 @@ impl Conn {
         sink.on_close(self);
     }
 
-    fn deliver(self: &Arc<Conn>, frame: Frame, sink: &dyn FrameSink) {
+    /// Deliver one frame; returns whether it answered a local requester.
+    fn deliver(self: &Arc<Conn>, frame: Frame, sink: &dyn FrameSink) -> bool {
         if frame.kind == Kind::Message && frame.msg_type == REFUSED_TYPE {
             let code = frame
                 .data
@@ -1201,50 +1766,115 @@ impl Conn {
             );
             log::warn!("{message}");
             *self.refused.lock() = Some((code.into(), message));
-            return;
+            return false;
         }
         match frame.kind {
-            Kind::Response | Kind::Error => {
-                if !self.complete(frame) {
+            Kind::Response | Kind::Error => match self.complete_to(frame) {
+                Some(local) => local,
+                None => {
                     log::debug!("{}: answer to an unknown request", self.peer_addr());
+                    false
                 }
+            },
+            Kind::Message | Kind::Request => {
+                sink.on_frame(self, frame);
+                false
             }
-            Kind::Message | Kind::Request => sink.on_frame(self, frame),
+        }
+    }
+
+    /// The connection's thread delivers the frames a requester left to it,
+    /// then every complete frame: answers at once, other frames with the
+    /// read state parked (see [`Conn::run_lent`]). Returns the state,
+    /// whether the connection may go on, the frames decoded, and how many
+    /// answered local requesters.
+    fn drain_tcp(
+        self: &Arc<Conn>,
+        st: Box<ReadState>,
+        sink: &dyn FrameSink,
+    ) -> (Box<ReadState>, bool, usize, usize) {
+        let outer = CORK.replace(self.id);
+        let r = self.drain_corked(st, sink);
+        CORK.set(outer);
+        self.uncork();
+        r
+    }
+
+    fn drain_corked(
+        self: &Arc<Conn>,
+        mut st: Box<ReadState>,
+        sink: &dyn FrameSink,
+    ) -> (Box<ReadState>, bool, usize, usize) {
+        let (mut n, mut waits) = (0, 0);
+        loop {
+            let frame = match st.deferred.pop_front() {
+                Some(frame) => frame,
+                None => match st.inbound.decoder.next_frame() {
+                    Ok(Some(frame)) => {
+                        n += 1;
+                        frame
+                    }
+                    Ok(None) => return (st, true, n, waits),
+                    Err(e) => {
+                        self.refuse(e);
+                        return (st, false, n, waits);
+                    }
+                },
+            };
+            if matches!(frame.kind, Kind::Response | Kind::Error) {
+                waits += usize::from(self.deliver(frame, sink));
+                continue;
+            }
+            self.note_user(&frame);
+            self.park_state(st);
+            self.deliver(frame, sink);
+            st = self.unpark_state();
         }
     }
 
     /// Deliver every complete frame; returns whether the connection may go
-    /// on, and how many frames were delivered.
-    fn drain(self: &Arc<Conn>, decoder: &mut Decoder, sink: &dyn FrameSink) -> (bool, usize) {
-        let mut n = 0;
+    /// on, how many frames were delivered, and how many of them answered
+    /// local requesters.
+    fn drain(
+        self: &Arc<Conn>,
+        decoder: &mut Decoder,
+        sink: &dyn FrameSink,
+    ) -> (bool, usize, usize) {
+        let (mut n, mut waits) = (0, 0);
         loop {
             match decoder.next_frame() {
                 Ok(Some(frame)) => {
                     n += 1;
                     self.note_user(&frame);
-                    self.deliver(frame, sink);
+                    waits += usize::from(self.deliver(frame, sink));
                 }
-                Ok(None) => return (true, n),
+                Ok(None) => return (true, n, waits),
                 Err(e) => {
-                    log::warn!("{}: {e}; closing the connection", self.peer_addr());
-                    // Tell the sender why, so that its requests fail with
-                    // the reason rather than a bare closed connection.
-                    let code = match e {
-                        wire::WireError::FrameTooLarge { .. }
-                        | wire::WireError::HeaderTooLarge { .. } => "frame_too_large",
-                        _ => "protocol_error",
-                    };
-                    let notice = Frame::new(
-                        Kind::Message,
-                        REFUSED_TYPE,
-                        serde_json::json!({ "code": code, "message": e.to_string() }),
-                    );
-                    if self.send_bounded(&notice).is_ok() {
-                        self.refusal_sent.store(true, Ordering::Release);
-                    }
-                    return (false, n);
+                    self.refuse(e);
+                    return (false, n, waits);
                 }
             }
+        }
+    }
+
+    /// Bad input: tell the sender why before the connection closes, so that
+    /// its requests fail with the reason rather than a bare closed
+    /// connection.
+    fn refuse(&self, e: wire::WireError) {
+        log::warn!("{}: {e}; closing the connection", self.peer_addr());
+        let code = match e {
+            wire::WireError::FrameTooLarge { .. } | wire::WireError::HeaderTooLarge { .. } => {
+                "frame_too_large"
+            }
+            _ => "protocol_error",
+        };
+        let notice = Frame::new(
+            Kind::Message,
+            REFUSED_TYPE,
+            serde_json::json!({ "code": code, "message": e.to_string() }),
+        );
+        if self.send_bounded(&notice).is_ok() {
+            self.refusal_sent.store(true, Ordering::Release);
         }
     }
 }

@@ -12,12 +12,39 @@ use std::time::{Duration, Instant};
 /// The write side of a stream whose one descriptor the reader shares.
 /// Its second field is when a write to the socket last made progress
 /// (see `Conn::writing_since`); the third, when set, a deadline for the
-/// frame being written (a bounded write: see `Conn::send_bounded`).
+/// frame being written (a bounded write: see `Conn::send_bounded`); the
+/// fourth, the socket's write timeout as last set, and the fifth, that of
+/// normal writes, so that switching between them costs no system call
+/// when nothing changes.
 pub(crate) struct Shared(
     pub(super) Arc<TcpStream>,
     pub(super) Arc<AtomicU64>,
     pub(super) Option<Instant>,
+    Option<Duration>,
+    Option<Duration>,
 );
+
+impl Shared {
+    /// The write side of `stream`, whose write timeout is that of normal
+    /// writes.
+    pub(super) fn new(stream: Arc<TcpStream>, progress: Arc<AtomicU64>) -> Shared {
+        let normal = stream.write_timeout().ok().flatten();
+        Shared(stream, progress, None, normal, normal)
+    }
+
+    /// Set the socket's write timeout, unless it is so already.
+    pub(super) fn set_timeout(&mut self, t: Option<Duration>) {
+        if self.3 != t {
+            let _ = self.0.set_write_timeout(t);
+            self.3 = t;
+        }
+    }
+
+    /// Back to the write timeout of normal writes.
+    pub(super) fn normal_timeout(&mut self) {
+        self.set_timeout(self.4);
+    }
+}
 
 impl Write for Shared {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -31,7 +58,7 @@ impl Write for Shared {
                     "the peer takes too long to read",
                 ));
             }
-            let _ = self.0.set_write_timeout(Some(left));
+            self.set_timeout(Some(left));
         }
         let n = (&*self.0).write(buf)?;
         if n > 0 {
@@ -57,6 +84,9 @@ pub(crate) struct SecureWriter {
     pub(super) backlog: Vec<u8>,
     /// Since when the backlog has waited with none of it going out.
     pub(super) stalled: Option<Instant>,
+    /// The frame being written may block (not a bounded write that must
+    /// not): large pieces skip the plaintext buffer.
+    pub(super) direct: bool,
 }
 
 /// A bounded write of a frame up to this size never blocks: what the
@@ -78,6 +108,7 @@ impl SecureWriter {
             out: Vec::with_capacity(4096),
             backlog: Vec::new(),
             stalled: None,
+            direct: false,
         }
     }
 
@@ -94,8 +125,8 @@ impl SecureWriter {
     }
 
     /// Seal what is buffered and send what the socket takes within about a
-    /// millisecond; the rest waits in the backlog. The caller restores the
-    /// socket's write timeout.
+    /// millisecond; the rest waits in the backlog. It leaves the socket's
+    /// write timeout at 1 ms (see `Shared::normal_timeout`).
     pub(super) fn flush_try(&mut self) -> io::Result<()> {
         if !self.plain.is_empty() {
             self.seal_plain()?;
@@ -105,16 +136,13 @@ impl SecureWriter {
     }
 
     /// Send what the socket takes of the backlog within about a millisecond.
-    /// The caller restores the socket's write timeout.
+    /// It leaves the socket's write timeout at 1 ms.
     pub(super) fn push_backlog(&mut self) -> io::Result<()> {
         if self.backlog.is_empty() {
             self.stalled = None;
             return Ok(());
         }
-        let _ = self
-            .stream
-            .0
-            .set_write_timeout(Some(Duration::from_millis(1)));
+        self.stream.set_timeout(Some(Duration::from_millis(1)));
         let mut sent = 0;
         let result = loop {
             if sent == self.backlog.len() {
@@ -156,6 +184,30 @@ impl SecureWriter {
 
 impl Write for SecureWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.direct && buf.len() >= WRITE_CHUNK {
+            // A large piece (a body) goes without a copy into the plaintext
+            // buffer: in plaintext mode straight to the socket after what
+            // is buffered, else sealed from the caller's bytes.
+            if self.sealer.is_plain() {
+                if !self.plain.is_empty() {
+                    self.seal_plain()?;
+                }
+                if !self.out.is_empty() || !self.backlog.is_empty() {
+                    self.send_out()?;
+                }
+                return self.stream.write(buf);
+            }
+            if self.plain.is_empty() {
+                let n = (buf.len() / WRITE_CHUNK).min(4) * WRITE_CHUNK;
+                self.sealer
+                    .seal(&buf[..n], &mut self.out)
+                    .map_err(|e| io::Error::other(e.to_string()))?;
+                if self.out.len() >= 4 * WRITE_CHUNK {
+                    self.send_out()?;
+                }
+                return Ok(n);
+            }
+        }
         let room = WRITE_CHUNK - self.plain.len();
         let n = buf.len().min(room);
         self.plain.extend_from_slice(&buf[..n]);

@@ -111,6 +111,36 @@ impl Res {
     }
 }
 
+/// CPU seconds this process has used (user and system).
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which ends with the last ')'.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    // utime and stime are fields 14 and 15 of the line, in ticks of 1/100 s.
+    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
+}
+
+/// This process's threads by name, without the port: `p2prs-conn` 3000, ...
+fn thread_names() -> String {
+    let mut by: BTreeMap<String, usize> = BTreeMap::new();
+    if let Ok(d) = std::fs::read_dir("/proc/self/task") {
+        for t in d.flatten() {
+            let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            let kind: String = name
+                .trim()
+                .trim_end_matches(|c: char| c.is_ascii_digit() || c == '-')
+                .to_string();
+            *by.entry(kind).or_insert(0) += 1;
+        }
+    }
+    let v: Vec<String> = by.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    v.join(", ")
+}
+
 /// Connections per node (each end counted at its node): median and most.
 fn conns(nodes: &[Node]) -> String {
     let mut c: Vec<usize> = nodes.iter().map(|x| x.connection_count()).collect();
@@ -352,8 +382,15 @@ fn single(o: &Opts) -> Result<(), Error> {
             Res::now().per_node(n)
         );
     }
+    let cpu = cpu_secs();
     std::thread::sleep(Duration::from_secs(o.idle));
     let idle = Res::now();
+    let cpu = (cpu_secs() - cpu) / o.idle.max(1) as f64;
+    println!(
+        "idle CPU: {:.2} s a second in all, {:.2} ms a second per node",
+        cpu,
+        cpu * 1000.0 / n.max(1) as f64
+    );
     let right = nodes.iter().filter(|x| x.network_size() == n).count();
     println!(
         "idle {} s later: {}; {right} of {n} nodes see {n}; {}",
@@ -361,6 +398,7 @@ fn single(o: &Opts) -> Result<(), Error> {
         idle.per_node(n),
         conns(&nodes)
     );
+    println!("threads by name: {}", thread_names());
 
     let mut hops = Vec::new();
     let mut wrong = 0;

@@ -144,10 +144,19 @@ pub struct Config {
     /// (not pinned, nothing outstanding, quiet for at least a second), or is
     /// refused if there is none: silent peers cannot lock others out.
     pub max_connections: usize,
-    /// Most temporary connections this node keeps open (default 16): when it
-    /// opens one more, it closes the least recently used one that is quiet.
-    /// Connections to ring neighbours and constant connections do not count.
+    /// Most temporary connections this node keeps open that have carried
+    /// user messages or requests (default 16): when it opens one more, and
+    /// at every stabilizer round, it closes the least recently used ones
+    /// that are quiet. Connections to ring neighbours and constant
+    /// connections do not count.
     pub max_temporary_connections: usize,
+    /// Most temporary connections this node keeps open that have carried
+    /// only the ring's own requests (lookup hops, finger refreshes, the
+    /// count; default 4), closed least recently used first as for
+    /// [`max_temporary_connections`](Config::max_temporary_connections).
+    /// Each costs a thread at both ends: in a ring of many nodes in one
+    /// process this bounds the threads the ring's own traffic holds.
+    pub max_ring_connections: usize,
     /// The rendezvous server to keep a link to, as `host:port` (default none;
     /// set it with [`NodeBuilder::rendezvous`](crate::NodeBuilder::rendezvous)).
     /// See `docs/nat-traversal.md`.
@@ -238,6 +247,7 @@ impl Default for Config {
             successor_list_len: 8,
             max_connections: 1024,
             max_temporary_connections: 16,
+            max_ring_connections: 4,
             rendezvous: None,
             traversal: Traversal::Auto,
             punch_timeout: Duration::from_secs(10),

@@ -1311,6 +1311,12 @@ impl Conn {
         }
     }
 
+    /// Whether a user message or request (or the rendezvous protocol's)
+    /// has gone either way on this connection.
+    pub(crate) fn is_user(&self) -> bool {
+        self.user.load(Ordering::Relaxed)
+    }
+
     /// Mark the connection as the user's when `frame` is a user message or
     /// request, or one of the rendezvous protocol (`p2prs.rv.*`, whose link
     /// and relays keep their own pace): anything but the ring's own frames.

@@ -503,25 +503,40 @@ impl Transport {
     }
 
     /// The temporary connections to close so that at most
-    /// `max_temporary_connections` stay open: the least recently used first,
-    /// never a pinned one or one with requests outstanding.
+    /// `max_temporary_connections` that have carried user traffic and
+    /// `max_ring_connections` that have carried only the ring's stay open:
+    /// the least recently used first, never a pinned one or one with
+    /// requests outstanding, nor one used in the last moment (200 ms; 20 ms
+    /// for the ring's, whose requests are repeated once if the connection
+    /// closes under them).
     fn evictable(&self, conns: &HashMap<u64, Arc<Conn>>) -> Vec<Arc<Conn>> {
-        let quiet = std::time::Duration::from_millis(200);
-        let mut temps: Vec<(std::time::Instant, &Arc<Conn>)> = conns
-            .values()
-            .filter_map(|c| c.evictable(quiet).map(|t| (t, c)))
-            .collect();
-        let cap = self.cfg.max_temporary_connections;
-        if temps.len() <= cap {
-            return Vec::new();
+        let classes = [
+            (
+                true,
+                std::time::Duration::from_millis(200),
+                self.cfg.max_temporary_connections,
+            ),
+            (
+                false,
+                std::time::Duration::from_millis(20),
+                self.cfg.max_ring_connections,
+            ),
+        ];
+        let mut out = Vec::new();
+        for (user, quiet, cap) in classes {
+            let mut temps: Vec<(std::time::Instant, &Arc<Conn>)> = conns
+                .values()
+                .filter(|c| c.is_user() == user)
+                .filter_map(|c| c.evictable(quiet).map(|t| (t, c)))
+                .collect();
+            if temps.len() <= cap {
+                continue;
+            }
+            temps.sort_by_key(|(t, _)| *t);
+            let excess = temps.len() - cap;
+            out.extend(temps.into_iter().take(excess).map(|(_, c)| Arc::clone(c)));
         }
-        temps.sort_by_key(|(t, _)| *t);
-        let excess = temps.len() - cap;
-        temps
-            .into_iter()
-            .take(excess)
-            .map(|(_, c)| Arc::clone(c))
-            .collect()
+        out
     }
 
     fn read(&self, conn: Arc<Conn>, stream: Arc<TcpStream>, greeted: Greeted) {

@@ -45,7 +45,7 @@ pub enum Action<A> {
 
 /// Rounds a routing view must stay the same before each doubling of the
 /// period between finger refreshes (see [`finger_period`]).
-pub const SETTLE_ROUNDS: u64 = 8;
+pub const SETTLE_ROUNDS: u64 = 2;
 
 /// Default of the longest period between finger refreshes, in rounds.
 pub const DEFAULT_MAX_FINGER_PERIOD: u64 = 32;

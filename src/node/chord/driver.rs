@@ -125,8 +125,9 @@ fn do_job(n: &NodeInner, job: Job) {
             limit,
             origin,
             data,
+            body,
             sig,
-        } => vet_root(n, limit, origin, data, sig),
+        } => vet_root(n, limit, origin, data, body, sig),
         // Spaced out by `run`.
         Job::StabilizeNow | Job::Recount => {}
         Job::Poke(p) => {
@@ -180,7 +181,14 @@ fn check_predecessor(n: &NodeInner, candidate: RPeer) {
 /// ring says `origin` owns ID 0 now (a lookup, which routes around dead
 /// nodes), every lower ID this node knows is gone; apply and forward the news.
 /// Otherwise drop it: only the root counts the ring.
-fn vet_root(n: &NodeInner, limit: NodeId, origin: RPeer, data: Value, sig: Option<String>) {
+fn vet_root(
+    n: &NodeInner,
+    limit: NodeId,
+    origin: RPeer,
+    data: Value,
+    body: Option<Vec<u8>>,
+    sig: Option<String>,
+) {
     match lookup(n, alloc::FIRST_ID) {
         Ok(route) if route.owner.id == origin.id => {}
         Ok(route) => {
@@ -213,14 +221,14 @@ fn vet_root(n: &NodeInner, limit: NodeId, origin: RPeer, data: Value, sig: Optio
     if let Some(r) = n.chord.ring.write().as_mut() {
         r.census.forget(&lower);
     }
-    match serde_json::from_value::<SizeNews>(data.clone()) {
+    match size_news(&data, body.as_deref()) {
         Ok(news) => super::serve::apply_size(n, origin.id, news),
         Err(e) => {
             log::warn!("malformed size news from {}: {e}", origin.id);
             return;
         }
     }
-    spread(n, &origin, limit, SIZE, data, None, sig);
+    spread(n, &origin, limit, SIZE, data, body, sig);
 }
 
 /// One stabilizer round: stabilize, check the predecessor, fix fingers, and
@@ -492,9 +500,12 @@ fn publish(n: &NodeInner, members: &[RPeer]) {
         n.emit(crate::node::Event::PeerLeft { id: *id });
     }
     if changed {
-        if let Ok(data) = serde_json::to_value(SizeNews::from(news)) {
-            let sig = sign_broadcast(n, &me, SIZE, &data, None);
-            spread(n, &me, me.id, SIZE, data, None, sig);
+        // In the body: the joiners of a large ring (a key and an address
+        // each) can exceed the frame header's size limit.
+        if let Ok(body) = serde_json::to_vec(&SizeNews::from(news)) {
+            let data = Value::Null;
+            let sig = sign_broadcast(n, &me, SIZE, &data, Some(&body));
+            spread(n, &me, me.id, SIZE, data, Some(body), sig);
         }
     }
 }

@@ -391,6 +391,7 @@ enum Job {
         limit: NodeId,
         origin: RPeer,
         data: Value,
+        body: Option<Vec<u8>>,
         sig: Option<String>,
     },
 }
@@ -1025,6 +1026,16 @@ pub(crate) fn broadcast(n: &NodeInner, msg: Message) -> Result<usize> {
 }
 
 /// This node's signature of a broadcast it originates (none in plaintext mode).
+/// The size news a `p2prs.size` broadcast carries: in its body (JSON), or
+/// in its data from a node that sends it there. The body has room for the
+/// joiners of a large ring, which can exceed the header's size limit.
+fn size_news(data: &Value, body: Option<&[u8]>) -> serde_json::Result<SizeNews> {
+    match body {
+        Some(b) => serde_json::from_slice(b),
+        None => serde_json::from_value(data.clone()),
+    }
+}
+
 fn sign_broadcast(
     n: &NodeInner,
     me: &RPeer,

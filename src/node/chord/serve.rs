@@ -369,6 +369,7 @@ fn on_broadcast(n: &NodeInner, conn: &Arc<Conn>, frame: Frame) {
                 limit: env.limit,
                 origin: env.origin,
                 data: env.data,
+                body: frame.body,
                 sig: env.sig,
             });
             return;
@@ -376,7 +377,7 @@ fn on_broadcast(n: &NodeInner, conn: &Arc<Conn>, frame: Frame) {
         Ok(false) => {}
     }
     if env.kind == SIZE {
-        match serde_json::from_value::<SizeNews>(env.data.clone()) {
+        match size_news(&env.data, frame.body.as_deref()) {
             Ok(news) => apply_size(n, env.origin.id, news),
             Err(e) => log::warn!("{}: malformed size news: {e}", conn.peer_addr()),
         }

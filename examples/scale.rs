@@ -252,6 +252,9 @@ fn opts() -> Opts {
 }
 
 fn main() -> Result<(), Error> {
+    // `RUST_LOG=p2prs=info` (or debug) shows what the nodes do.
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .try_init();
     let o = opts();
     match (&o.child, o.procs) {
         (Some(_), _) => child(&o),

@@ -1136,8 +1136,16 @@ impl Conn {
     /// connections may close it: opened here, not pinned, nothing
     /// outstanding, and quiet for at least `quiet`.
     pub(crate) fn evictable(&self, quiet: Duration) -> Option<Instant> {
+        self.unkept_since(true, quiet)
+    }
+
+    /// When this connection was last used, if it is open, was opened by
+    /// this node (`outbound` true) or by the peer (false), is not pinned,
+    /// has no request of ours outstanding, and has been quiet for at least
+    /// `quiet`.
+    fn unkept_since(&self, outbound: bool, quiet: Duration) -> Option<Instant> {
         let last = *self.last_active.lock();
-        (self.outbound
+        (self.outbound == outbound
             && !self.is_closed()
             && self.pins.load(Ordering::Acquire) == 0
             && self.pending.lock().is_empty()
@@ -1207,13 +1215,7 @@ impl Conn {
     /// been quiet for at least `quiet`: one a new inbound connection may
     /// replace when the node is full.
     pub(crate) fn replaceable(&self, quiet: Duration) -> Option<Instant> {
-        let last = *self.last_active.lock();
-        (!self.outbound
-            && !self.is_closed()
-            && self.pins.load(Ordering::Acquire) == 0
-            && self.pending.lock().is_empty()
-            && last.elapsed() >= quiet)
-            .then_some(last)
+        self.unkept_since(false, quiet)
     }
 
     /// A connection this node keeps (pinned) and that has been quiet for a

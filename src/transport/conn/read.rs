@@ -5,6 +5,16 @@
 use super::*;
 
 impl Conn {
+    /// The peer closed its side: a frame cut short there is bad input, and
+    /// the read ends.
+    fn at_eof(&self, st: &mut ReadState) {
+        self.eof.store(true, Ordering::Release);
+        if let Err(e) = st.inbound.decoder.finish() {
+            log::warn!("{}: {e}; closing", self.peer_addr());
+        }
+        st.ended = true;
+    }
+
     /// The read state, if nobody reads the socket and a requester may
     /// (a `lent` one even when the connection's thread has frames waiting:
     /// it is that thread, see [`Conn::run_lent`]).
@@ -53,13 +63,7 @@ impl Conn {
             let stream = Arc::clone(&st.stream);
             let read = (&*stream).read(&mut st.buf);
             match read {
-                Ok(0) => {
-                    self.eof.store(true, Ordering::Release);
-                    if let Err(e) = st.inbound.decoder.finish() {
-                        log::warn!("{}: {e}; closing", self.peer_addr());
-                    }
-                    st.ended = true;
-                }
+                Ok(0) => self.at_eof(&mut st),
                 Ok(n) => {
                     self.touch();
                     let ReadState { inbound, buf, .. } = &mut *st;
@@ -328,11 +332,7 @@ impl Conn {
                 let read = (&*stream).read(&mut st.buf);
                 match read {
                     Ok(0) => {
-                        self.eof.store(true, Ordering::Release);
-                        if let Err(e) = st.inbound.decoder.finish() {
-                            log::warn!("{}: {e}; closing", self.peer_addr());
-                        }
-                        st.ended = true;
+                        self.at_eof(&mut st);
                         continue;
                     }
                     Ok(n) => {

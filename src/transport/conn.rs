@@ -126,6 +126,17 @@ impl ReadState {
             || self.inbound.held() > FREE_PER_CONN / 2
     }
 
+    /// A read filled the buffer: the peer sends faster than the buffer
+    /// takes, so double it (up to [`READ_CHUNK`]). A connection starts with
+    /// [`READ_FIRST`] bytes, so the many quiet ones of a large ring cost
+    /// little memory and a busy one soon reads in large pieces.
+    fn filled(&mut self, n: usize) {
+        let len = read_size_after(self.buf.len(), n);
+        if len != self.buf.len() {
+            self.buf.resize(len, 0);
+        }
+    }
+
     fn set_timeout(&mut self, t: Duration) {
         let t = t.max(Duration::from_micros(100));
         if t != self.timeout {
@@ -266,6 +277,19 @@ impl Inbound {
 
 /// Bytes read from a socket at once.
 pub(crate) const READ_CHUNK: usize = 32 * 1024;
+/// The read buffer a connection starts with; it grows to [`READ_CHUNK`]
+/// while reads fill it.
+const READ_FIRST: usize = 4 * 1024;
+
+/// The read buffer's size after a read of `n` bytes into `len`: doubled,
+/// up to [`READ_CHUNK`], when the read filled it.
+fn read_size_after(len: usize, n: usize) -> usize {
+    if n == len && len < READ_CHUNK {
+        (len * 2).min(READ_CHUNK)
+    } else {
+        len
+    }
+}
 
 /// What bounds a connection's read loop (from the node's `Config`).
 pub(crate) struct ReadLimits<'a> {
@@ -1334,5 +1358,26 @@ pub(crate) fn reply(conn: &Conn, frame: &Frame, answer: Result<Message>) {
     };
     if let Err(e) = conn.send_bounded(&out) {
         log::debug!("answering {}: {e}", conn.peer_addr());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_read_buffer_grows_while_reads_fill_it() {
+        let mut len = READ_FIRST;
+        // Reads that leave room keep it small.
+        assert_eq!(read_size_after(len, 100), READ_FIRST);
+        assert_eq!(read_size_after(len, READ_FIRST - 1), READ_FIRST);
+        // Full reads double it up to the largest chunk, then it stays.
+        let mut sizes = vec![len];
+        while len < READ_CHUNK {
+            len = read_size_after(len, len);
+            sizes.push(len);
+        }
+        assert_eq!(sizes, vec![4096, 8192, 16384, 32768]);
+        assert_eq!(read_size_after(READ_CHUNK, READ_CHUNK), READ_CHUNK);
     }
 }

@@ -67,7 +67,9 @@ impl Conn {
                 Ok(n) => {
                     self.touch();
                     let ReadState { inbound, buf, .. } = &mut *st;
-                    if let Err(e) = inbound.push(&buf[..n]) {
+                    let pushed = inbound.push(&buf[..n]);
+                    st.filled(n);
+                    if let Err(e) = pushed {
                         log::warn!("{}: {e}; closing the connection", self.peer_addr());
                         st.ended = true;
                     } else {
@@ -272,7 +274,7 @@ impl Conn {
         let st = Box::new(ReadState {
             stream: Arc::clone(&stream),
             inbound,
-            buf: vec![0u8; READ_CHUNK],
+            buf: vec![0u8; READ_FIRST],
             clock: FrameClock::new(limits.min_frame_rate, limits.frame_grace),
             charged: false,
             timeout: tick,
@@ -342,7 +344,9 @@ impl Conn {
                             st.set_timeout(tick);
                         }
                         let ReadState { inbound, buf, .. } = &mut *st;
-                        if let Err(e) = inbound.push(&buf[..n]) {
+                        let pushed = inbound.push(&buf[..n]);
+                        st.filled(n);
+                        if let Err(e) = pushed {
                             log::warn!("{}: {e}; closing the connection", self.peer_addr());
                             st.ended = true;
                             continue;

@@ -72,10 +72,10 @@ pub fn render(rows: &[Row], title: &str, subtitle: &str) -> String {
         let v = v.max(10f64.powi(d0)).log10();
         LAT.3 - (v - d0 as f64) / (d1 - d0) as f64 * (LAT.3 - LAT.1)
     };
-    frame(&mut s, LAT, "request latency (log scale)");
     for d in d0..=d1 {
         hline(&mut s, LAT, ly(10f64.powi(d)), &fmt_us(10f64.powi(d)));
     }
+    frame(&mut s, LAT, "request latency (log scale)");
     x.ticks(&mut s, LAT);
     let pick = |f: fn(&Row) -> f64| -> Vec<(f64, f64)> {
         rows.iter()
@@ -94,13 +94,13 @@ pub fn render(rows: &[Row], title: &str, subtitle: &str) -> String {
         .fold(1.0, f64::max)
         .ceil();
     let hy = |v: f64| HOPS.3 - v / top * (HOPS.3 - HOPS.1);
-    frame(&mut s, HOPS, "lookup hops");
     let step = if top > 8.0 { 2.0 } else { 1.0 };
     let mut v = 0.0;
     while v <= top {
         hline(&mut s, HOPS, hy(v), &format!("{v}"));
         v += step;
     }
+    frame(&mut s, HOPS, "lookup hops");
     x.ticks(&mut s, HOPS);
     let reference: Vec<(f64, f64)> = rows
         .iter()
@@ -185,7 +185,7 @@ impl XAxis {
     }
 }
 
-/// The plot area's box and its y-axis label.
+/// The plot area's box (over its grid lines) and its y-axis label.
 fn frame(s: &mut String, p: (f64, f64, f64, f64), label: &str) {
     let _ = writeln!(
         s,

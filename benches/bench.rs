@@ -12,16 +12,23 @@
 //! `NodeBuilder::insecure_plaintext()`; the throughput rows also against a
 //! bare TCP + Noise stream (`snow` directly, `Noise_XX_25519_*_BLAKE2s`,
 //! 64 KiB records) and with both ciphers. Then: connect + handshake time,
-//! requests by ID in a 64-node ring, and join times.
+//! requests by ID in a 64-node ring, and join times; and the chart of
+//! request latency and lookup hops against ring size.
 //!
 //! Sizes are set by environment variables (defaults in brackets):
 //! `BENCH_ITERS` round trips per latency row [10000], `BENCH_WARMUP` [1000],
 //! `BENCH_ROUNDS` interleaved rounds [5], `BENCH_SECS_MS` milliseconds per
 //! requests/s row [1000], `BENCH_BULK_MIB` MiB per 1 MiB-body row [256],
 //! `BENCH_SMALL` messages per 64 B row [200000], `BENCH_CONNECTS` [300],
-//! `BENCH_RING` nodes [64], `BENCH_RING_REQUESTS` [1000]; and `BENCH_ONLY`,
-//! a comma-separated list of the sections to run (`latency`, `rps`, `bulk`,
-//! `small`, `connect`, `ring`; all by default). See `docs/performance.md`.
+//! `BENCH_RING` nodes [64], `BENCH_RING_REQUESTS` [1000]; for the chart,
+//! `BENCH_CHART_SIZES` ring sizes [16,64,256] (at most 1,024 nodes each),
+//! `BENCH_CHART_LOOKUPS` per size [1000], `BENCH_CHART_REQUESTS` pairs per
+//! size [500], `BENCH_CHART_SETTLE_MS` idle time after every node reports
+//! the right size, before measuring [3000], and `BENCH_CHART_SVG` where the
+//! chart goes [target/perf-chart.svg] (its figures go next to it, `.tsv`);
+//! and `BENCH_ONLY`, a comma-separated list of the sections to run
+//! (`latency`, `rps`, `bulk`, `small`, `connect`, `ring`, `chart`; all by
+//! default; `chart` adds about 30 s). See `docs/performance.md`.
 
 use p2prs::wire::{encoded_size, Frame, Kind, FRAME_PREFIX};
 use p2prs::{Cipher, Connection, Incoming, Message, Node, NodeBuilder, NodeId};
@@ -32,6 +39,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
+
+#[path = "support/svg.rs"]
+mod svg;
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -52,6 +62,11 @@ struct Sizes {
     connects: usize,
     ring: usize,
     ring_requests: usize,
+    chart_sizes: Vec<usize>,
+    chart_lookups: usize,
+    chart_requests: usize,
+    chart_svg: String,
+    chart_settle: Duration,
 }
 
 /// The encryption modes of a p2prs row.
@@ -101,6 +116,17 @@ fn main() -> Res<()> {
         connects: env("BENCH_CONNECTS", 300),
         ring: env("BENCH_RING", 64),
         ring_requests: env("BENCH_RING_REQUESTS", 1000),
+        chart_sizes: std::env::var("BENCH_CHART_SIZES")
+            .unwrap_or_else(|_| "16,64,256".into())
+            .split(',')
+            .filter_map(|v| v.trim().parse().ok())
+            .map(|n: usize| n.clamp(2, CHART_MAX_NODES))
+            .collect(),
+        chart_lookups: env("BENCH_CHART_LOOKUPS", 1000),
+        chart_requests: env("BENCH_CHART_REQUESTS", 500),
+        chart_settle: Duration::from_millis(env("BENCH_CHART_SETTLE_MS", 3000) as u64),
+        chart_svg: std::env::var("BENCH_CHART_SVG")
+            .unwrap_or_else(|_| "target/perf-chart.svg".into()),
     };
     let started = Instant::now();
     println!(
@@ -112,13 +138,14 @@ fn main() -> Res<()> {
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let on = |section: &str| only.is_empty() || only.split(',').any(|o| o.trim() == section);
     type Section = fn(&Sizes) -> Res<()>;
-    let sections: [(&str, Section); 6] = [
+    let sections: [(&str, Section); 7] = [
         ("latency", latency),
         ("rps", requests_per_second),
         ("bulk", bulk),
         ("small", small),
         ("connect", connects),
         ("ring", ring),
+        ("chart", chart),
     ];
     for (name, f) in sections {
         if on(name) {
@@ -949,4 +976,276 @@ fn ring_once(s: &Sizes, mode: Mode) -> Res<()> {
         x.shutdown();
     }
     Ok(())
+}
+
+// ---- latency and hops against ring size -------------------------------------------
+
+/// The most nodes in one ring of the chart.
+const CHART_MAX_NODES: usize = 1024;
+
+/// Threads a node of the chart's rings may take at most: its own and both
+/// ends of its connections, all in this process (8-18 measured).
+const CHART_THREADS_PER_NODE: usize = 18;
+
+/// The thread budget the chart raises the process's to at most.
+const CHART_MAX_BUDGET: usize = 15_000;
+
+/// What one ring size measured.
+struct ChartRow {
+    fig: svg::Row,
+    /// Until every node reported the right size, after the last join.
+    sized: Option<Duration>,
+    hops_max: u32,
+    lookups: usize,
+    lookups_failed: usize,
+    requests: usize,
+    requests_failed: usize,
+    threads: usize,
+}
+
+/// A small xorshift generator: the same choices every run.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n.max(1) as u64) as usize
+    }
+}
+
+fn chart(s: &Sizes) -> Res<()> {
+    let cores = thread::available_parallelism().map_or(0, |n| n.get());
+    println!("## latency and lookup hops against ring size, one process, default config (AES-GCM)");
+    println!(
+        "{:>6} {:>9} {:>9} {:>8} {:>8} {:>11} {:>11} {:>11} {:>11} {:>8}",
+        "nodes",
+        "sized ms",
+        "hops avg",
+        "hops p99",
+        "hops max",
+        "first med",
+        "first p99",
+        "again med",
+        "again p99",
+        "failed"
+    );
+    let mut rows = Vec::new();
+    for &n in &s.chart_sizes {
+        let r = chart_once(s, n)?;
+        println!(
+            "{:>6} {:>9} {:>9.2} {:>8.0} {:>8} {:>11.1} {:>11.1} {:>11.1} {:>11.1} {:>8}",
+            n,
+            r.sized
+                .map_or("-".into(), |d| format!("{:.0}", d.as_secs_f64() * 1e3)),
+            r.fig.hops.0,
+            r.fig.hops.1,
+            r.hops_max,
+            r.fig.first.0,
+            r.fig.first.1,
+            r.fig.again.0,
+            r.fig.again.1,
+            format!("{}+{}", r.lookups_failed, r.requests_failed)
+        );
+        rows.push(r);
+    }
+    println!(
+        "(latency in µs; sized: after the last join; then {} ms idle; {} lookups of random \
+         node IDs from random nodes and {} requests by ID between distinct random pairs per \
+         size, each pair then asked again at once; failed: lookups+requests)",
+        s.chart_settle.as_millis(),
+        s.chart_lookups,
+        s.chart_requests
+    );
+    let date = utc_date();
+    let figs: Vec<svg::Row> = rows.iter().map(|r| r.fig).collect();
+    let doc = svg::render(
+        &figs,
+        "p2prs: request latency and lookup hops against ring size",
+        &format!(
+            "{date}, {cores} cores, one process, default config (AES-GCM); \
+             per size: {} pairs, {} lookups",
+            s.chart_requests, s.chart_lookups
+        ),
+    );
+    let path = std::path::Path::new(&s.chart_svg);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, doc)?;
+    let tsv = path.with_extension("tsv");
+    let mut t = format!(
+        "# p2prs bench chart, {date}, {cores} cores; latency in µs\n\
+         nodes\tsized_ms\thops_mean\thops_p99\thops_max\tlookups\tlookups_failed\t\
+         first_median_us\tfirst_p99_us\tagain_median_us\tagain_p99_us\trequests\t\
+         requests_failed\tthreads\n"
+    );
+    for r in &rows {
+        t.push_str(&format!(
+            "{}\t{}\t{:.3}\t{}\t{}\t{}\t{}\t{:.1}\t{:.1}\t{:.1}\t{:.1}\t{}\t{}\t{}\n",
+            r.fig.nodes,
+            r.sized
+                .map_or("".into(), |d| format!("{:.1}", d.as_secs_f64() * 1e3)),
+            r.fig.hops.0,
+            r.fig.hops.1,
+            r.hops_max,
+            r.lookups,
+            r.lookups_failed,
+            r.fig.first.0,
+            r.fig.first.1,
+            r.fig.again.0,
+            r.fig.again.1,
+            r.requests,
+            r.requests_failed,
+            r.threads
+        ));
+    }
+    std::fs::write(&tsv, t)?;
+    println!("chart: {}; figures: {}", path.display(), tsv.display());
+    println!();
+    Ok(())
+}
+
+/// One ring of `n` nodes: build, wait for the sizes, measure, shut down.
+fn chart_once(s: &Sizes, n: usize) -> Res<ChartRow> {
+    let want = (n * CHART_THREADS_PER_NODE + 200).min(CHART_MAX_BUDGET);
+    if p2prs::max_threads() < want {
+        p2prs::set_max_threads(want);
+    }
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ n as u64);
+    let mut nodes: Vec<Node> = Vec::with_capacity(n);
+    let built = (|| -> Res<()> {
+        for i in 0..n {
+            let node = Node::builder().start()?;
+            node.add_handler("ECHO", echo)?;
+            if i > 0 {
+                let via = nodes[rng.below(i)].local_addr();
+                node.join_network(&[via])?;
+            } else {
+                node.create_network()?;
+            }
+            nodes.push(node);
+        }
+        Ok(())
+    })();
+    let measured = built.and_then(|()| chart_measure(s, &nodes, &mut rng));
+    for x in nodes {
+        x.shutdown();
+    }
+    measured
+}
+
+fn chart_measure(s: &Sizes, nodes: &[Node], rng: &mut Rng) -> Res<ChartRow> {
+    let n = nodes.len();
+    let t = Instant::now();
+    let deadline = t + Duration::from_secs(60);
+    while !nodes.iter().all(|x| x.network_size() == n) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(5));
+    }
+    let sized = nodes
+        .iter()
+        .all(|x| x.network_size() == n)
+        .then(|| t.elapsed());
+    // The ring is busy right after its joins (finger lookups on new
+    // connections, until the finger refresh backs off): let it settle.
+    thread::sleep(s.chart_settle);
+    let ids: Vec<NodeId> = nodes
+        .iter()
+        .map(|x| x.id().ok_or("not joined"))
+        .collect::<Result<_, _>>()?;
+
+    let mut hops = Vec::with_capacity(s.chart_lookups);
+    let mut lookups_failed = 0;
+    for _ in 0..s.chart_lookups {
+        let (a, b) = (rng.below(n), rng.below(n));
+        match nodes[a].lookup(ids[b]) {
+            Ok(r) if r.owner.id == ids[b] => hops.push(r.hops),
+            _ => lookups_failed += 1,
+        }
+    }
+    hops.sort_unstable();
+    let hops_mean = hops.iter().map(|&h| h as f64).sum::<f64>() / hops.len().max(1) as f64;
+    let hops_p99 = hops
+        .get(((hops.len().max(1) - 1) as f64 * 0.99).round() as usize)
+        .copied()
+        .unwrap_or(0);
+
+    // Distinct unordered pairs, each asked once in a random direction, so
+    // that a first request is the pair's first (the ring's own links may
+    // already join some pairs).
+    let mut pairs: Vec<(usize, usize)> = (0..n)
+        .flat_map(|a| (a + 1..n).map(move |b| (a, b)))
+        .collect();
+    let k = s.chart_requests.min(pairs.len());
+    for i in 0..k {
+        let j = i + rng.below(pairs.len() - i);
+        pairs.swap(i, j);
+    }
+    let body = vec![7u8; 64];
+    let (mut first, mut again) = (Vec::with_capacity(k), Vec::with_capacity(k));
+    let mut failed = 0;
+    for &(a, b) in &pairs[..k] {
+        let (a, b) = if rng.below(2) == 0 { (a, b) } else { (b, a) };
+        let t = Instant::now();
+        if nodes[a]
+            .request(ids[b], Message::bytes("ECHO", body.clone()))
+            .is_err()
+        {
+            failed += 1;
+            continue;
+        }
+        first.push(t.elapsed());
+        let t = Instant::now();
+        match nodes[a].request(ids[b], Message::bytes("ECHO", body.clone())) {
+            Ok(_) => again.push(t.elapsed()),
+            Err(_) => failed += 1,
+        }
+    }
+    let stats = |v: &mut Vec<Duration>| {
+        if v.is_empty() {
+            (0.0, 0.0)
+        } else {
+            let s = Stats::of(v);
+            (s.median, s.p99)
+        }
+    };
+    Ok(ChartRow {
+        fig: svg::Row {
+            nodes: n,
+            first: stats(&mut first),
+            again: stats(&mut again),
+            hops: (hops_mean, hops_p99 as f64),
+        },
+        sized,
+        hops_max: hops.last().copied().unwrap_or(0),
+        lookups: s.chart_lookups,
+        lookups_failed,
+        requests: k,
+        requests_failed: failed,
+        threads: p2prs::running_threads(),
+    })
+}
+
+/// Today's date (UTC) as `YYYY-MM-DD HH:MM UTC`, from the system clock.
+fn utc_date() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60
+    )
 }

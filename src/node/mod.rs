@@ -534,13 +534,12 @@ impl Node {
     /// node's handler threads ([`Config::handler_threads`]), so they may
     /// block, send and make requests themselves.
     ///
-    /// A handler that has proved quick (its last 8 runs under 50 µs each)
-    /// runs on the connection's own thread instead, which saves two thread
-    /// hand-offs per request; the first slow run sends it back to the
-    /// handler threads, and only that connection waits meanwhile. That
-    /// thread's stack is [`Config::connection_stack_size`] (256 KiB): a
-    /// handler that needs a deeper stack, or that must never run there,
-    /// belongs on a node with [`Config::quick_handlers_inline`] off.
+    /// With [`Config::quick_handlers_inline`] on (off by default), a handler
+    /// that has proved quick (its last 8 runs under 50 µs each) runs on the
+    /// connection's own thread instead, which saves two thread hand-offs per
+    /// request; the first slow run sends it back to the handler threads,
+    /// and only that connection waits meanwhile. That thread's stack is
+    /// [`Config::connection_stack_size`] (256 KiB).
     ///
     /// ```
     /// use p2prs::{Message, Node};

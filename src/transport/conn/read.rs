@@ -129,9 +129,16 @@ impl Conn {
             g.delivering = false;
             self.nudge_follower();
         }
+        // Answers written so far wait in the writer for the end of this
+        // read's deliveries (corked); `f` may wait, and a requester below may
+        // wait for what those answers set off at the peer: send them now.
+        self.uncork();
         let before = LENT.replace(self.id);
         let r = f();
         LENT.set(before);
+        // The same for what `f` answered, before this thread waits for the
+        // read state, which a requester may hold until its answer comes.
+        self.uncork();
         let mut g = self.lead.lock();
         while g.state.is_none() {
             g.long_sleep = true;

@@ -137,6 +137,14 @@ impl ReadState {
         }
     }
 
+    /// Take the `n` bytes a read put in the buffer: into the decoder
+    /// (through the record layer), and grow the buffer if they filled it.
+    fn take_read(&mut self, n: usize) -> std::result::Result<(), String> {
+        let pushed = self.inbound.push(&self.buf[..n]);
+        self.filled(n);
+        pushed
+    }
+
     fn set_timeout(&mut self, t: Duration) {
         let t = t.max(Duration::from_micros(100));
         if t != self.timeout {
@@ -693,18 +701,23 @@ impl Conn {
         let stuck = w.backlog.len() > BACKLOG_MAX;
         drop(g);
         if r.is_err() || stuck {
-            log::warn!(
-                "{}: a write made no progress for {bound:?}: the peer does not read; closing \
-                 the connection",
-                self.peer_addr()
-            );
-            self.close();
+            self.close_unread(bound);
         }
     }
 
     /// Send what this connection's backlog holds, if its writer is free,
     /// and close the connection if the backlog has not moved for the
     /// slow-peer bound. Returns whether a backlog is left.
+    /// Close a connection whose peer has not read for `bound`.
+    fn close_unread(&self, bound: Duration) {
+        log::warn!(
+            "{}: a write made no progress for {bound:?}: the peer does not read; closing the \
+             connection",
+            self.peer_addr()
+        );
+        self.close();
+    }
+
     fn push_backlog(&self) -> bool {
         let Link::Tcp { writer, .. } = &self.link else {
             return false;
@@ -722,12 +735,7 @@ impl Conn {
         let left = !w.backlog.is_empty();
         drop(g);
         if r.is_err() || stuck {
-            log::warn!(
-                "{}: a write made no progress for {bound:?}: the peer does not read; closing \
-                 the connection",
-                self.peer_addr()
-            );
-            self.close();
+            self.close_unread(bound);
             return false;
         }
         left

@@ -66,10 +66,7 @@ impl Conn {
                 Ok(0) => self.at_eof(&mut st),
                 Ok(n) => {
                     self.touch();
-                    let ReadState { inbound, buf, .. } = &mut *st;
-                    let pushed = inbound.push(&buf[..n]);
-                    st.filled(n);
-                    if let Err(e) = pushed {
+                    if let Err(e) = st.take_read(n) {
                         log::warn!("{}: {e}; closing the connection", self.peer_addr());
                         st.ended = true;
                     } else {
@@ -350,10 +347,7 @@ impl Conn {
                             fast = false;
                             st.set_timeout(tick);
                         }
-                        let ReadState { inbound, buf, .. } = &mut *st;
-                        let pushed = inbound.push(&buf[..n]);
-                        st.filled(n);
-                        if let Err(e) = pushed {
+                        if let Err(e) = st.take_read(n) {
                             log::warn!("{}: {e}; closing the connection", self.peer_addr());
                             st.ended = true;
                             continue;

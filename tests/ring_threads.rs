@@ -53,7 +53,7 @@ fn threads_at_most(bound: usize) -> bool {
 #[test]
 fn a_settled_ring_holds_few_threads_per_node() {
     let _serial = SERIAL.lock();
-    let base = thread_count();
+    let base = settled_thread_count();
     let nodes: Vec<Node> = (0..N).map(|_| ring_node()).collect();
     nodes[0].create_network().unwrap();
     for i in 1..N {

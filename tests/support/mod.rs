@@ -98,6 +98,28 @@ pub fn thread_count() -> usize {
         .count()
 }
 
+/// The process's thread count once it holds still: three reads 10 ms apart
+/// that agree (within `PATIENCE`). A read of `/proc/self/task` while other
+/// threads exit can miss live ones (it is read by position), so a count
+/// taken as a baseline must not be taken while threads come and go.
+pub fn settled_thread_count() -> usize {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = (thread_count(), 0);
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        let now = thread_count();
+        last = if now == last.0 {
+            (now, last.1 + 1)
+        } else {
+            (now, 0)
+        };
+        if last.1 >= 2 {
+            break;
+        }
+    }
+    last.0
+}
+
 // ---- Captured log records ------------------------------------------------
 
 struct Capture {

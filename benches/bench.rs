@@ -32,6 +32,7 @@
 
 use p2prs::wire::{encoded_size, Frame, Kind, FRAME_PREFIX};
 use p2prs::{Cipher, Connection, Incoming, Message, Node, NodeBuilder, NodeId};
+use p2prs_rng::Rng;
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -1003,18 +1004,6 @@ struct ChartRow {
     threads: usize,
 }
 
-/// A small xorshift generator: the same choices every run.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n.max(1) as u64) as usize
-    }
-}
-
 fn chart(s: &Sizes) -> Res<()> {
     let cores = thread::available_parallelism().map_or(0, |n| n.get());
     println!("## latency and lookup hops against ring size, one process, default config (AES-GCM)");
@@ -1113,7 +1102,7 @@ fn chart_once(s: &Sizes, n: usize) -> Res<ChartRow> {
     if p2prs::max_threads() < want {
         p2prs::set_max_threads(want);
     }
-    let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ n as u64);
+    let mut rng = Rng::new(0x2545_f491_4f6c_dd1d ^ n as u64);
     let mut nodes: Vec<Node> = Vec::with_capacity(n);
     let built = (|| -> Res<()> {
         for i in 0..n {

@@ -29,6 +29,7 @@
 //! in all.
 
 use p2prs::{Error, Message, Node, NodeId};
+use p2prs_rng::Rng;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -163,18 +164,6 @@ fn kind(e: &Error) -> String {
         .next()
         .unwrap_or("?")
         .to_string()
-}
-
-/// A small xorshift generator: the same pairs every run.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n.max(1) as u64) as usize
-    }
 }
 
 struct Opts {
@@ -369,7 +358,7 @@ fn budget_for(o: &Opts, nodes: usize) {
 
 fn single(o: &Opts) -> Result<(), Error> {
     budget_for(o, o.nodes);
-    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut rng = Rng::new(0x2545_f491_4f6c_dd1d);
     let t = Instant::now();
     let nodes = grow(o.nodes, None, o.interval(), &mut rng);
     let n = nodes.len();
@@ -630,7 +619,7 @@ fn child(o: &Opts) -> Result<(), Error> {
         ),
         None => None,
     };
-    let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ (*k as u64 + 1).wrapping_mul(0x9e37_79b9));
+    let mut rng = Rng::new(0x2545_f491_4f6c_dd1d ^ (*k as u64 + 1).wrapping_mul(0x9e37_79b9));
     let t = Instant::now();
     let nodes = grow(o.nodes, via, o.interval(), &mut rng);
     let n = nodes.len();

@@ -440,3 +440,122 @@ fn the_rendezvous_binds_registrations_to_keys() {
     assert!(wait_until(PATIENCE, || rv.stats().refused_frames >= 1));
     assert_eq!(rv.stats().relayed_frames, before);
 }
+
+/// The bytes an origin signs for a broadcast (docs/protocol.md): written
+/// out here from the document, so that the test also checks it.
+fn broadcast_signed_bytes(
+    id: u64,
+    at: SocketAddr,
+    key: &[u8; 32],
+    kind: &str,
+    data: &serde_json::Value,
+    body: &[u8],
+) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let mut v = b"p2prs-broadcast-v1\0".to_vec();
+    v.extend_from_slice(&id.to_be_bytes());
+    v.extend_from_slice(at.to_string().as_bytes());
+    v.push(0);
+    v.extend_from_slice(key);
+    v.extend_from_slice(kind.as_bytes());
+    v.push(0);
+    v.extend_from_slice(&serde_json::to_vec(data).expect("data JSON"));
+    v.push(0);
+    v.push(1);
+    v.extend_from_slice(&Sha256::digest(body));
+    v
+}
+
+#[test]
+fn a_member_that_is_not_the_root_cannot_publish_size_news() {
+    use ed25519_dalek::{Signer, SigningKey};
+    let key = "members only";
+    capture_logs();
+    let secret = [7u8; 32];
+    let mk = |identity: Option<Identity>| {
+        let b = Node::builder().config(test_config()).network_key(key);
+        match identity {
+            Some(i) => b.identity(i),
+            None => b,
+        }
+        .start()
+        .expect("starting a keyed node")
+    };
+    let a = mk(None);
+    let b = mk(Some(Identity::from_secret_bytes(secret)));
+    let c = mk(None);
+    a.create_network().expect("a");
+    b.join_network(&[a.local_addr()]).expect("b");
+    c.join_network(&[a.local_addr()]).expect("c");
+    assert!(wait_until(PATIENCE, || [&a, &b, &c]
+        .iter()
+        .all(|n| n.network_size() == 3)));
+    let (ida, idb) = (a.id().expect("a"), b.id().expect("b"));
+    assert!(idb > ida, "the root holds the lowest ID");
+
+    // B holds a real ID and its own key, and signs size news as itself:
+    // a count that adds a stranger and drops the root.
+    let signer = SigningKey::from_bytes(&secret);
+    let bkey = signer.verifying_key().to_bytes();
+    assert_eq!(
+        b.public_key().to_string(),
+        Identity::from_secret_bytes(secret).public_key().to_string()
+    );
+    let stranger = Identity::generate().expect("identity").public_key();
+    let news = json!({
+        "size": 999, "epoch": 1u64 << 40,
+        "joined": [{ "id": 666, "addr": { "at": "6.6.6.6:6", "key": stranger.to_string() } }],
+        "left": [ida.0],
+    });
+    let body = serde_json::to_vec(&news).expect("news JSON");
+    let data = serde_json::Value::Null;
+    let signed = broadcast_signed_bytes(idb.0, b.local_addr(), &bkey, "p2prs.size", &data, &body);
+    let sig: String = signer
+        .sign(&signed)
+        .to_bytes()
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect();
+    let origin = json!({ "id": idb.0, "addr": { "at": b.local_addr().to_string(), "key": b.public_key().to_string() } });
+    let hole = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let listen = hole.local_addr().expect("addr");
+    let mid = Identity::generate().expect("identity");
+    // To C, whose successor (the root) is below B; and to the root itself,
+    // which must look up ID 0 before it could take news from above it.
+    for (target, why) in [(&c, "not the root"), (&a, "ID 0 is owned by")] {
+        let mut m = member(target, key, &mid, listen, 150);
+        let frame = json!({
+            "kind": "message", "type": "p2prs.broadcast", "bin": true,
+            "data": { "limit": idb.0, "origin": origin, "type": "p2prs.size",
+                      "data": data, "sig": sig }
+        });
+        m.send_frame(&frame, &body).expect("send");
+        assert!(
+            wait_until(PATIENCE, || warned(&["size news from", why])),
+            "the forged news was not dropped with {why:?}"
+        );
+    }
+    // A real broadcast from the root still gets through, after the forged
+    // news on the same paths; the ring is unchanged.
+    let got = Arc::new(AtomicBool::new(false));
+    let g2 = Arc::clone(&got);
+    c.add_handler("NEWS", move |_| {
+        g2.store(true, Ordering::SeqCst);
+        Ok(())
+    })
+    .expect("NEWS");
+    a.broadcast(Message::new("NEWS", "real"))
+        .expect("broadcast");
+    assert!(wait_until(PATIENCE, || got.load(Ordering::SeqCst)));
+    for n in [&a, &b, &c] {
+        assert_eq!(n.network_size(), 3);
+        assert!(n.peer_book().iter().all(|p| p.id != NodeId(666)));
+    }
+    for n in [&b, &c] {
+        assert!(
+            n.peer_book().iter().any(|p| p.id == ida),
+            "the root is still known"
+        );
+        assert_eq!(n.lookup(NodeId(0)).map(|r| r.owner.id).ok(), Some(ida));
+    }
+}

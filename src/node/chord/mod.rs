@@ -737,7 +737,21 @@ pub(crate) fn conn_for_id(n: &NodeInner, id: NodeId) -> Result<Arc<Conn>> {
         if r.routing.me().id == id {
             Some(r.routing.me().clone())
         } else {
-            r.routing.neighbours().into_iter().find(|p| p.id == id)
+            // A neighbour, or else a member of the root's last count (the
+            // census every node keeps from the signed size news): a first
+            // contact then needs no lookup. The node dialled must prove the
+            // key the entry names and still say it holds the ID; a stale
+            // entry falls back to the lookup below.
+            r.routing
+                .neighbours()
+                .into_iter()
+                .find(|p| p.id == id)
+                .or_else(|| {
+                    r.census.members().get(&id).map(|addr| RPeer {
+                        id,
+                        addr: addr.clone(),
+                    })
+                })
         }
     };
     if let Some(p) = known {
@@ -747,11 +761,11 @@ pub(crate) fn conn_for_id(n: &NodeInner, id: NodeId) -> Result<Arc<Conn>> {
             Ok(c) if c.peer_id() == Some(id) => return Ok(c),
             Ok(_) => {
                 log::debug!("peer book entry {id} ({}) no longer holds it", p.addr);
-                forget(n, &[id]);
+                forget_member(n, id);
             }
             Err(e) => {
                 log::debug!("peer book entry {id} ({}) unreachable: {e}", p.addr);
-                forget(n, &[id]);
+                forget_member(n, id);
             }
         }
     }
@@ -772,6 +786,19 @@ pub(crate) fn conn_for_id(n: &NodeInner, id: NodeId) -> Result<Arc<Conn>> {
         }
     }
     Err(last.unwrap_or_else(|| Error::Routing(format!("ID {id}: no route"))))
+}
+
+/// `id`, named by the peer book or the census, is not there any more:
+/// route around it, and take it out of the census until news brings it
+/// back (the root's census is the base of its next count's news, and
+/// stays as counted).
+fn forget_member(n: &NodeInner, id: NodeId) {
+    forget(n, &[id]);
+    if let Some(r) = n.chord.ring.write().as_mut() {
+        if !r.is_root() {
+            r.census.forget(&[id]);
+        }
+    }
 }
 
 /// One try of [`conn_for_id`]: look `id` up, check the owner, connect.

@@ -12,7 +12,7 @@ use crate::id::PublicKey;
 use crate::message::Message;
 use crate::ring::alloc::{self, ClaimError, Reservations};
 use crate::ring::broadcast::broadcast_targets;
-use crate::ring::census::{Census, News, Walk, WalkStep, WALK_EVERY};
+use crate::ring::census::{Census, Encode, News, Walk, WalkStep, WALK_EVERY};
 use crate::ring::lookup::{Lookup, LookupStep};
 use crate::ring::resolve::{vouch_owner, vouch_pred, Lost, Verdict};
 use crate::ring::stabilize::{on_stabilize_reply, Action, Stabilizer};
@@ -52,6 +52,8 @@ pub(crate) const RECOUNT: &str = "p2prs.recount";
 /// This node's ID changed (it joined or left): sent on every open
 /// connection, so peers that connected earlier know who is on the other end.
 pub(crate) const ANNOUNCE: &str = "p2prs.announce";
+/// Ask a node for its member list (the root's last count, if it holds it).
+pub(crate) const MEMBERS: &str = "p2prs.members";
 
 /// A node of the ring as the peer book knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -74,6 +76,17 @@ pub(crate) struct Ep {
     /// Its identity (absent in plaintext mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<PublicKey>,
+}
+
+/// The bytes of an address in the digest of a member list.
+impl Encode for Ep {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.at.to_string().as_bytes());
+        out.push(0);
+        if let Some(k) = &self.key {
+            out.extend_from_slice(k.as_bytes());
+        }
+    }
 }
 
 impl std::fmt::Display for Ep {
@@ -237,6 +250,10 @@ struct SizeNews {
     joined: Vec<RPeer>,
     #[serde(default)]
     left: Vec<NodeId>,
+    /// The digest of the whole member list after the count (hex), which
+    /// the root's signature of the news covers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    digest: Option<String>,
 }
 
 impl From<News<Ep>> for SizeNews {
@@ -246,6 +263,7 @@ impl From<News<Ep>> for SizeNews {
             epoch: n.epoch,
             joined: n.joined,
             left: n.left,
+            digest: n.digest.map(|d| crate::identity::hex(&d)),
         }
     }
 }
@@ -257,8 +275,30 @@ impl From<SizeNews> for News<Ep> {
             epoch: n.epoch,
             joined: n.joined,
             left: n.left,
+            digest: n.digest.as_deref().and_then(unhex_digest),
         }
     }
+}
+
+/// A member list's digest from hex; anything else is no digest.
+fn unhex_digest(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 || !s.is_ascii() {
+        return None;
+    }
+    let mut d = [0u8; 32];
+    for (i, b) in d.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(d)
+}
+
+/// A node's member list (the answer to `p2prs.members`, in the body).
+#[derive(Serialize, Deserialize)]
+struct MembersReply {
+    /// The count it is.
+    epoch: u64,
+    #[serde(with = "msg::peers")]
+    members: Vec<RPeer>,
 }
 
 /// This node's place in a ring.
@@ -702,6 +742,7 @@ fn forget(n: &NodeInner, failed: &[NodeId]) {
                 r.lost.add(*id, now);
             }
             r.routing.peer_failed(*id);
+            r.census.suspect(*id);
         }
     }
 }

@@ -464,7 +464,14 @@ pub(crate) struct Chord {
     pinned: Mutex<HashMap<NodeId, Arc<Conn>>>,
     /// The grant of this node's ID, shown in its notifies.
     grant: Mutex<Option<Grant>>,
+    /// Member lists served lately: a token bucket of [`MEMBER_LISTS_PER_SEC`].
+    lists: Mutex<(f64, Instant)>,
 }
+
+/// Most member lists (`p2prs.members`) a node serves a second, over all its
+/// connections (with bursts of as many): each is a large answer (about 150
+/// bytes a member), so a peer that asks over and over gets `busy`.
+pub(crate) const MEMBER_LISTS_PER_SEC: f64 = 32.0;
 
 impl Chord {
     pub(crate) fn new(preferred: Option<NodeId>) -> Chord {
@@ -488,6 +495,22 @@ impl Chord {
             started: Instant::now(),
             pinned: Mutex::new(HashMap::new()),
             grant: Mutex::new(None),
+            lists: Mutex::new((MEMBER_LISTS_PER_SEC, Instant::now())),
+        }
+    }
+
+    /// Whether a member list may be served now (takes a token).
+    fn may_serve_list(&self) -> bool {
+        let mut b = self.lists.lock();
+        let now = Instant::now();
+        let earned = now.saturating_duration_since(b.1).as_secs_f64() * MEMBER_LISTS_PER_SEC;
+        b.0 = (b.0 + earned).min(MEMBER_LISTS_PER_SEC);
+        b.1 = now;
+        if b.0 >= 1.0 {
+            b.0 -= 1.0;
+            true
+        } else {
+            false
         }
     }
 
@@ -1258,5 +1281,15 @@ mod tests {
         c.queue(Job::StabilizeNow);
         assert_eq!(c.jobs_rx.len(), RING_JOBS);
         assert_eq!(c.jobs_dropped.load(Ordering::Acquire), 45);
+    }
+
+    #[test]
+    fn member_lists_are_served_at_a_bounded_rate() {
+        let c = Chord::new(None);
+        let served = (0..1000).filter(|_| c.may_serve_list()).count();
+        assert!(
+            served >= MEMBER_LISTS_PER_SEC as usize && served <= MEMBER_LISTS_PER_SEC as usize + 2,
+            "{served}"
+        );
     }
 }

@@ -187,6 +187,12 @@ fn neighbours(n: &NodeInner) -> Result<Message> {
 /// This node's member list, if it is the root's last count (the body
 /// holds it: a large ring's list exceeds the header's size limit).
 fn members(n: &NodeInner) -> Result<Message> {
+    if !n.chord.may_serve_list() {
+        return Err(remote(
+            "busy",
+            "member lists are served at a bounded rate; ask again later",
+        ));
+    }
     let snapshot = with_ring(n, |r| Ok(r.census.snapshot()))?;
     let Some((epoch, members)) = snapshot else {
         return Err(remote(

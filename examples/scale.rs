@@ -14,7 +14,8 @@
 //! Options: `--procs P` splits the ring over `P` processes of this same
 //! example (the first creates the ring, the others join through its first
 //! node; the figures are summed); `--idle S` waits `S` seconds (default 10)
-//! after the sizes are right before the idle figures are taken; `--pairs K`
+//! after the sizes are right before the idle figures are taken (and the CPU
+//! of a second such wait after them); `--pairs K`
 //! requests (default 2,000) by ID between random pairs of nodes;
 //! `--interval MS` sets the stabilizer interval (default 250 ms up to 256
 //! nodes, else the default 1 s).
@@ -391,6 +392,17 @@ fn single(o: &Opts) -> Result<(), Error> {
         conns(&nodes)
     );
     println!("threads by name: {}", thread_names());
+    let cpu = cpu_secs();
+    std::thread::sleep(Duration::from_secs(o.idle));
+    let cpu = (cpu_secs() - cpu) / o.idle.max(1) as f64;
+    println!(
+        "idle CPU {} s after that: {:.2} s a second in all, {:.2} ms a second per node; {}; {}",
+        o.idle,
+        cpu,
+        cpu * 1000.0 / n.max(1) as f64,
+        Res::now().per_node(n),
+        conns(&nodes)
+    );
 
     let mut hops = Vec::new();
     let mut wrong = 0;

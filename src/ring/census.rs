@@ -24,9 +24,21 @@
 //! twice change nothing), and news from another root (the old one died and
 //! the next node owns ID 0 now) at once, numbering on from it; a new root
 //! numbers its counts on from the newest epoch it heard.
+//!
+//! The member list. News carries the changes since the last count, so a node
+//! that joined late or missed a message holds only part of the ring. The
+//! root's news also carries a [`digest`] of the whole member list after the
+//! count, which its signature covers: a node whose own list hashes to it
+//! holds exactly the root's count ([`Census::current`]), and then fills its
+//! fingers from it without lookups ([`Members::owner`]). A node whose list
+//! does not match asks a neighbour for its list ([`Census::snapshot_due`]),
+//! holds the answer aside ([`Census::offer_snapshot`]), brings it up to date
+//! with the news that follows, and takes it only once it hashes to a digest
+//! the root signed: a neighbour's list is never believed on its word.
 
 use super::Peer;
 use crate::id::NodeId;
+use sha2::{Digest as _, Sha256};
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 
@@ -39,6 +51,38 @@ pub const REPEAT_SIZE_EVERY: u64 = 4;
 /// A walk gives up past this many members.
 pub const MAX_WALK: usize = 1 << 20;
 
+/// A digest of a member list (SHA-256; see [`digest`]).
+pub type Digest = [u8; 32];
+
+/// An address as bytes, for the [`digest`] of a member list: the same
+/// address must give the same bytes on every node.
+pub trait Encode {
+    /// Append this address's bytes to `out`.
+    fn encode(&self, out: &mut Vec<u8>);
+}
+
+impl Encode for usize {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&(*self as u64).to_be_bytes());
+    }
+}
+
+/// The digest of a member list: SHA-256 over a tag and every member in ID
+/// order, its ID and its address (length-prefixed).
+pub fn digest<A: Encode>(members: &BTreeMap<NodeId, A>) -> Digest {
+    let mut h = Sha256::new();
+    h.update(b"p2prs-census-v1\0");
+    let mut buf = Vec::with_capacity(128);
+    for (id, a) in members {
+        buf.clear();
+        a.encode(&mut buf);
+        h.update(id.0.to_be_bytes());
+        h.update((buf.len() as u32).to_be_bytes());
+        h.update(&buf);
+    }
+    h.finalize().into()
+}
+
 /// The root's size news: the count, its number, and what changed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct News<A> {
@@ -50,7 +94,40 @@ pub struct News<A> {
     pub joined: Vec<Peer<A>>,
     /// Members gone since the last count.
     pub left: Vec<NodeId>,
+    /// The [`digest`] of the whole member list after this count (absent
+    /// from a root that does not send one).
+    pub digest: Option<Digest>,
 }
+
+/// A current member list as a source of fingers: the owner of any ID
+/// without a lookup, except for members this node found dead since the
+/// list was counted.
+#[derive(Clone, Copy, Debug)]
+pub struct Members<'a, A> {
+    map: &'a BTreeMap<NodeId, A>,
+    suspects: &'a [NodeId],
+}
+
+impl<'a, A: Clone> Members<'a, A> {
+    /// A list (`suspects`: members not to name).
+    pub fn new(map: &'a BTreeMap<NodeId, A>, suspects: &'a [NodeId]) -> Self {
+        Members { map, suspects }
+    }
+
+    /// The first member at or after `start` (wrapping), unless this node
+    /// found it dead since the count (then `None`: the caller looks it up).
+    pub fn owner(&self, start: NodeId) -> Option<Peer<A>> {
+        let (id, a) = self
+            .map
+            .range(start..)
+            .next()
+            .or_else(|| self.map.iter().next())?;
+        (!self.suspects.contains(id)).then(|| Peer::new(*id, a.clone()))
+    }
+}
+
+/// Most suspects a census remembers between two counts.
+const MAX_SUSPECTS: usize = 64;
 
 /// One node's view of the ring's size and membership.
 #[derive(Clone, Debug)]
@@ -66,9 +143,21 @@ pub struct Census<A> {
     /// change is counted and sent again twice (successor lists lag a little
     /// behind the ring, and a broadcast may miss nodes while it settles).
     moving: u8,
+    /// The epoch and digest of the last news applied (or count made here).
+    heard: Option<(u64, Digest)>,
+    /// The epoch at which `members` matched the digest heard.
+    verified: Option<u64>,
+    /// The epoch at which `members` was hashed and did not match.
+    checked: Option<u64>,
+    /// A neighbour's member list at an epoch, not yet matched to a digest.
+    pending: Option<(u64, BTreeMap<NodeId, A>)>,
+    /// The epoch for which a neighbour's list was asked last.
+    snapshot_asked: Option<u64>,
+    /// Members this node found dead since the last news.
+    suspects: Vec<NodeId>,
 }
 
-impl<A: Clone + Eq + Debug> Census<A> {
+impl<A: Clone + Eq + Debug + Encode> Census<A> {
     /// A ring of one: this node.
     pub fn new(me: &Peer<A>) -> Self {
         Census {
@@ -79,7 +168,111 @@ impl<A: Clone + Eq + Debug> Census<A> {
             recount: true,
             last_walk_ms: None,
             moving: 0,
+            heard: None,
+            verified: None,
+            checked: None,
+            pending: None,
+            snapshot_asked: None,
+            suspects: Vec::new(),
         }
+    }
+
+    /// Whether the member list is the root's last count exactly: it hashes
+    /// to the digest of the last news (checked once per epoch; a pending
+    /// neighbour's list of that epoch that matches is taken instead).
+    pub fn current(&mut self) -> bool {
+        let Some((e, d)) = self.heard else {
+            return false;
+        };
+        if self.verified == Some(e) {
+            return true;
+        }
+        if self.checked != Some(e) {
+            self.checked = Some(e);
+            if self.members.len() == self.size && digest(&self.members) == d {
+                self.verified = Some(e);
+                return true;
+            }
+        }
+        match self.pending.take() {
+            Some((p, m)) if p == e && m.len() == self.size && digest(&m) == d => {
+                self.members = m;
+                self.verified = Some(e);
+                true
+            }
+            Some((p, m)) if p > e => {
+                self.pending = Some((p, m));
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// The member list as a source of fingers, when it is [`current`](Self::current).
+    pub fn finger_source(&mut self) -> Option<Members<'_, A>> {
+        if !self.current() {
+            return None;
+        }
+        Some(Members::new(&self.members, &self.suspects))
+    }
+
+    /// The member list and its epoch, to hand to a neighbour, when it is
+    /// [`current`](Self::current).
+    pub fn snapshot(&mut self) -> Option<(u64, Vec<Peer<A>>)> {
+        if !self.current() {
+            return None;
+        }
+        let list = self
+            .members
+            .iter()
+            .map(|(id, a)| Peer::new(*id, a.clone()))
+            .collect();
+        Some((self.epoch, list))
+    }
+
+    /// Whether to ask a neighbour for its member list now: news came with
+    /// a digest this list does not match, and none was asked for at this
+    /// epoch (at most one ask per count heard).
+    pub fn snapshot_due(&mut self) -> bool {
+        if self.heard.is_none() || self.current() {
+            return false;
+        }
+        if self.pending.is_some() || self.snapshot_asked == Some(self.epoch) {
+            return false;
+        }
+        self.snapshot_asked = Some(self.epoch);
+        true
+    }
+
+    /// A neighbour's member list at `epoch`: held aside until it matches
+    /// the digest of that epoch (news after it is applied to it meanwhile).
+    /// Older than the news applied here: dropped.
+    pub fn offer_snapshot(&mut self, epoch: u64, members: Vec<Peer<A>>) {
+        if epoch < self.epoch || self.heard.is_none() {
+            return;
+        }
+        let map: BTreeMap<NodeId, A> = members.into_iter().map(|p| (p.id, p.addr)).collect();
+        self.pending = Some((epoch, map));
+        // Check again at this epoch, with the list offered.
+        if epoch == self.epoch {
+            self.checked = Some(epoch);
+        }
+    }
+
+    /// This node found `id` dead: its fingers do not name it from the list
+    /// until the next news.
+    pub fn suspect(&mut self, id: NodeId) {
+        if self.members.contains_key(&id)
+            && !self.suspects.contains(&id)
+            && self.suspects.len() < MAX_SUSPECTS
+        {
+            self.suspects.push(id);
+        }
+    }
+
+    /// Whether this node found `id` dead since the last news.
+    pub fn suspected(&self, id: NodeId) -> bool {
+        self.suspects.contains(&id)
     }
 
     /// The size last counted (by the root, or here at the root).
@@ -98,10 +291,14 @@ impl<A: Clone + Eq + Debug> Census<A> {
         &self.members
     }
 
-    /// Drop these members (the ring showed they are gone).
+    /// Drop these members (the ring showed they are gone). The list no
+    /// longer matches the last count.
     pub fn forget(&mut self, ids: &[NodeId]) {
         for id in ids {
-            self.members.remove(id);
+            if self.members.remove(id).is_some() {
+                self.verified = None;
+                self.checked = None;
+            }
         }
     }
 
@@ -173,13 +370,19 @@ impl<A: Clone + Eq + Debug> Census<A> {
         };
         self.epoch += 1;
         self.size = now.len();
+        let d = digest(&now);
         self.members = now;
         self.source = Some(me);
+        self.heard = Some((self.epoch, d));
+        self.verified = Some(self.epoch);
+        self.pending = None;
+        self.suspects.clear();
         let news = News {
             size: self.size,
             epoch: self.epoch,
             joined,
             left,
+            digest: Some(d),
         };
         let send = changed || again || self.epoch % REPEAT_SIZE_EVERY == 1;
         (news, send)
@@ -201,6 +404,18 @@ impl<A: Clone + Eq + Debug> Census<A> {
         for id in &news.left {
             self.members.remove(id);
         }
+        // A neighbour's list from before this news takes its changes too.
+        if let Some((e, m)) = self.pending.as_mut().filter(|(e, _)| *e < news.epoch) {
+            for p in &news.joined {
+                m.insert(p.id, p.addr.clone());
+            }
+            for id in &news.left {
+                m.remove(id);
+            }
+            *e = news.epoch;
+        }
+        self.heard = news.digest.map(|d| (news.epoch, d));
+        self.suspects.clear();
         Some(news)
     }
 }
@@ -506,6 +721,7 @@ mod tests {
             epoch,
             joined: joined.into_iter().map(p).collect(),
             left: left.into_iter().map(NodeId).collect(),
+            digest: None,
         };
         assert!(c.apply(NodeId(0), news(3, 7, vec![0, 1], vec![])).is_some());
         assert_eq!(c.size(), 3);
@@ -525,5 +741,90 @@ mod tests {
         let (n, _) = c.publish(NodeId(5), &[p(5), p(1)]);
         assert_eq!(n.epoch, 4);
         assert_eq!(n.left, vec![NodeId(2), NodeId(3)]);
+    }
+
+    /// The root's news for the count `ids`, from a root whose last count
+    /// was `before`.
+    fn counted(root: &mut Census<usize>, ids: &[u64]) -> News<usize> {
+        let members: Vec<Peer<usize>> = ids.iter().map(|&i| p(i)).collect();
+        root.publish(NodeId(ids[0]), &members).0
+    }
+
+    #[test]
+    fn a_list_that_matches_the_digest_is_current() {
+        let mut root = Census::new(&p(0));
+        assert!(!root.current(), "nothing counted yet");
+        let n1 = counted(&mut root, &[0, 1, 2]);
+        assert!(root.current(), "the root's own count");
+        assert!(n1.digest.is_some());
+        // A node that was there from the start takes every change.
+        let mut old = Census::new(&p(1));
+        old.apply(
+            NodeId(0),
+            News {
+                joined: vec![p(0), p(2)],
+                ..n1.clone()
+            },
+        );
+        assert!(old.current());
+        let src = old.finger_source().expect("current");
+        assert_eq!(src.owner(NodeId(2)), Some(p(2)));
+        assert_eq!(src.owner(NodeId(3)), Some(p(0)), "wraps to the lowest");
+        // A joiner holds only what changed since it came: not current.
+        let n2 = counted(&mut root, &[0, 1, 2, 3]);
+        let mut new = Census::new(&p(3));
+        new.apply(NodeId(0), n2.clone());
+        assert!(!new.current());
+        assert!(new.finger_source().is_none());
+        assert!(new.snapshot_due(), "asks a neighbour");
+        assert!(!new.snapshot_due(), "once per count");
+        old.apply(NodeId(0), n2.clone());
+        assert!(old.current());
+        // A neighbour's list of the same count is checked and taken.
+        let (e, list) = old.snapshot().expect("current");
+        assert_eq!(e, n2.epoch);
+        new.offer_snapshot(e, list);
+        assert!(new.current());
+        assert_eq!(new.members().len(), 4);
+        // A forged list does not match the digest and is not taken.
+        let n3 = counted(&mut root, &[0, 1, 2, 3, 4]);
+        let mut late = Census::new(&p(4));
+        late.apply(NodeId(0), n3.clone());
+        assert!(late.snapshot_due());
+        late.offer_snapshot(n3.epoch, vec![p(0), p(1), p(2), p(3), p(5)]);
+        assert!(!late.current());
+        assert!(!late.members().contains_key(&NodeId(5)));
+        // A list from a count not heard yet waits for its news; one from
+        // before the news takes the news's changes.
+        let mut ahead = Census::new(&p(4));
+        ahead.apply(NodeId(0), n3.clone());
+        let before = old.snapshot().expect("current");
+        assert_eq!(before.0 + 1, n3.epoch);
+        ahead.offer_snapshot(before.0, before.1.clone());
+        assert!(
+            ahead.pending.is_none(),
+            "older than the news applied: dropped"
+        );
+        let mut slow = Census::new(&p(9));
+        slow.apply(NodeId(0), n2.clone());
+        slow.offer_snapshot(before.0, before.1);
+        slow.apply(NodeId(0), n3.clone());
+        assert!(slow.current(), "the list from before plus the news");
+        // Missing a change leaves the list behind until a neighbour's list.
+        let n4 = counted(&mut root, &[0, 1, 2, 3, 4, 6]);
+        let n5 = counted(&mut root, &[0, 1, 2, 3, 6]);
+        slow.apply(NodeId(0), n5.clone());
+        assert!(!slow.current(), "missed the join of 6: {n4:?}");
+        // A member found dead is not named until the next news.
+        old.apply(NodeId(0), n3.clone());
+        old.suspect(NodeId(4));
+        let src = old.finger_source().expect("current");
+        assert_eq!(src.owner(NodeId(4)), None);
+        assert_eq!(src.owner(NodeId(3)), Some(p(3)));
+        old.apply(NodeId(0), n4);
+        assert_eq!(old.finger_source().unwrap().owner(NodeId(4)), Some(p(4)));
+        // Forgetting members leaves the list behind the count.
+        old.forget(&[NodeId(1)]);
+        assert!(!old.current());
     }
 }

@@ -5,8 +5,11 @@
 //! already known (the successor list, the node's own range after its
 //! predecessor, or the range of the previous finger) is filled in locally. With
 //! densely allocated IDs (0, 1, 2, ...) or random IDs, a full round of the
-//! table then costs about log2(N) lookups instead of 64.
+//! table then costs about log2(N) lookups instead of 64. A node whose
+//! member list is the root's last count ([`Members`]) needs none: every
+//! finger is the first member at or after its start.
 
+use super::census::Members;
 use super::{Peer, RoutingState};
 use crate::id::NodeId;
 use std::fmt::Debug;
@@ -129,17 +132,20 @@ impl FingerCursor {
     }
 
     /// Plan the next fingers to fix: walk the table from where the last call
-    /// stopped, filling in known owners locally, until `max_lookups` lookups
-    /// are planned or the whole table has been visited once.
+    /// stopped, filling in known owners locally, until a finger needs a
+    /// lookup beyond the `max_lookups` planned or the whole table has been
+    /// visited once.
     ///
     /// A start's owner is known when it lies in `(s_{j-1}, s_j]` for a
     /// successor-list entry `s_j` (then it is `s_j`), in `(predecessor, me]`
-    /// (then it is this node), or in `(me, f]` where `f` is the value of the
-    /// previous finger (then it is `f`: no node lies between that finger's start
-    /// and `f`). Only the remaining starts need a lookup.
+    /// (then it is this node), when `members` (a current member list) names
+    /// it, or when it lies in `(me, f]` where `f` is the value of the
+    /// previous finger (then it is `f`: no node lies between that finger's
+    /// start and `f`). Only the remaining starts need a lookup.
     pub fn plan<A: Clone + Eq + Debug>(
         &mut self,
         state: &RoutingState<A>,
+        members: Option<&Members<'_, A>>,
         max_lookups: usize,
     ) -> Vec<FingerFix<A>> {
         let mut out = Vec::new();
@@ -149,16 +155,14 @@ impl FingerCursor {
             i => state.fingers()[i - 1].clone(),
         };
         for _ in 0..FINGER_COUNT {
-            if lookups >= max_lookups {
-                break;
-            }
             let index = self.next;
             let start = finger_start(state.me().id, index);
-            match known_owner(state, start, prev.as_ref()) {
+            match known_owner(state, start, members, prev.as_ref()) {
                 Some(owner) => {
                     prev.clone_from(&owner);
                     out.push(FingerFix::Known { index, owner });
                 }
+                None if lookups >= max_lookups => break,
                 None => {
                     lookups += 1;
                     prev.clone_from(&state.fingers()[index]);
@@ -179,6 +183,7 @@ impl FingerCursor {
 fn known_owner<A: Clone + Eq + Debug>(
     state: &RoutingState<A>,
     start: NodeId,
+    members: Option<&Members<'_, A>>,
     previous_finger: Option<&Peer<A>>,
 ) -> Option<Option<Peer<A>>> {
     let me = state.me().id;
@@ -196,6 +201,9 @@ fn known_owner<A: Clone + Eq + Debug>(
         if start.in_half_open(p.id, me) {
             return Some(None);
         }
+    }
+    if let Some(owner) = members.and_then(|m| m.owner(start)) {
+        return Some((owner.id != me).then_some(owner));
     }
     match previous_finger {
         Some(f) if start.in_half_open(me, f.id) => Some(Some(f.clone())),
@@ -256,7 +264,7 @@ mod tests {
         let mut c = FingerCursor::new();
         let mut last = 0;
         for _ in 0..count {
-            let plan = c.plan(s, usize::MAX);
+            let plan = c.plan(s, None, usize::MAX);
             assert_eq!(c.position(), 0);
             last = 0;
             for fix in plan {
@@ -292,7 +300,7 @@ mod tests {
         let n = 1000;
         let s = dense(5, n, 4);
         let mut c = FingerCursor::new();
-        let plan = c.plan(&s, 2);
+        let plan = c.plan(&s, None, 2);
         let lookups: Vec<usize> = plan
             .iter()
             .filter_map(|f| match f {
@@ -307,10 +315,73 @@ mod tests {
         );
         assert_eq!(c.position(), 5);
         let alone = RoutingState::new(p(1), 4);
-        let plan = FingerCursor::new().plan(&alone, 8);
+        let plan = FingerCursor::new().plan(&alone, None, 8);
         assert_eq!(plan.len(), FINGER_COUNT);
         assert!(plan
             .iter()
             .all(|f| matches!(f, FingerFix::Known { owner: None, .. })));
+    }
+
+    /// With a current member list no finger needs a lookup, and every
+    /// finger is the true owner of its start, the highest node's included
+    /// (whose starts past the top all belong to the root); a member found
+    /// dead is looked up instead.
+    #[test]
+    fn a_current_member_list_fills_every_finger() {
+        use std::collections::BTreeMap;
+        let n = 1000;
+        let map: BTreeMap<NodeId, usize> = (0..n).map(|i| (NodeId(i), i as usize)).collect();
+        for me in [5, 500, n - 1] {
+            let mut s = dense(me, n, 8);
+            let members = Members::new(&map, &[]);
+            let plan = FingerCursor::new().plan(&s, Some(&members), 0);
+            assert_eq!(plan.len(), FINGER_COUNT, "the whole table in one round");
+            for fix in plan {
+                match fix {
+                    FingerFix::Known { index, owner } => s.set_finger(index, owner),
+                    FingerFix::Lookup { index, .. } => {
+                        panic!("node {me}: finger {index} looked up")
+                    }
+                }
+            }
+            for (i, f) in s.fingers().iter().enumerate() {
+                let want = owner(n, finger_start(NodeId(me), i));
+                let want = (want != me).then_some(want);
+                assert_eq!(f.as_ref().map(|f| f.id.0), want, "node {me} finger {i}");
+            }
+        }
+        // Node 5's finger 9 (start 517) belongs to 517, which it found dead.
+        let s = dense(5, n, 8);
+        let suspects = [NodeId(517)];
+        let members = Members::new(&map, &suspects);
+        let plan = FingerCursor::new().plan(&s, Some(&members), 4);
+        let lookups: Vec<usize> = plan
+            .iter()
+            .filter_map(|f| match f {
+                FingerFix::Lookup { index, .. } => Some(*index),
+                FingerFix::Known { .. } => None,
+            })
+            .collect();
+        assert_eq!(lookups, vec![9]);
+        // Random IDs: the first member at or after each start, wrapping.
+        let ids = [3u64, 1 << 20, 1 << 40, (1 << 63) + 7, u64::MAX - 1];
+        let map: BTreeMap<NodeId, usize> = ids.iter().map(|&i| (NodeId(i), 0)).collect();
+        let members = Members::new(&map, &[]);
+        let mut s = RoutingState::new(Peer::new(NodeId(1 << 40), 0), 1);
+        s.adopt_successors(Peer::new(NodeId((1 << 63) + 7), 0), vec![]);
+        s.notify(Peer::new(NodeId(1 << 20), 0));
+        for fix in FingerCursor::new().plan(&s, Some(&members), 0) {
+            if let FingerFix::Known { index, owner } = fix {
+                s.set_finger(index, owner);
+            }
+        }
+        let got: Vec<Option<u64>> = s
+            .fingers()
+            .iter()
+            .map(|f| f.as_ref().map(|p| p.id.0))
+            .collect();
+        assert_eq!(got[62], Some((1 << 63) + 7));
+        assert_eq!(got[63], Some(u64::MAX - 1), "start 2^63 + 2^40");
+        assert!(got[..62].iter().all(|f| *f == Some((1 << 63) + 7)));
     }
 }

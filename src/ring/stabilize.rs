@@ -11,6 +11,7 @@
 //! | `FixFinger { index, start }` | run a [`Lookup`](super::lookup::Lookup) for `start` | `set_finger(index, Some(owner))` | nothing (retried next cycle) |
 //! | `CheckPredecessor(p)` | ping `p` | - | `peer_failed(p.id)` |
 
+use super::census::Members;
 use super::finger::{FingerCursor, FingerFix};
 use super::{Peer, RoutingState};
 use crate::id::NodeId;
@@ -129,7 +130,18 @@ impl Stabilizer {
     /// Plan one round: stabilize with the successor (unless alone), check the
     /// predecessor, and fix some fingers. Fingers whose owner is known are set
     /// in `state` directly; the rest come back as `FixFinger` actions.
-    pub fn round<A: Clone + Eq + Debug>(&mut self, state: &mut RoutingState<A>) -> Vec<Action<A>> {
+    ///
+    /// With `members`, a member list that is the root's last count (see
+    /// [`Census::finger_source`](super::census::Census::finger_source)),
+    /// every finger is set from it in every round, without a lookup (the
+    /// successor list and the predecessor still come first): news of a join
+    /// or a leave moves just the fingers whose start it touches. Only a
+    /// member this node found dead since the count is looked up, when due.
+    pub fn round<A: Clone + Eq + Debug>(
+        &mut self,
+        state: &mut RoutingState<A>,
+        members: Option<Members<'_, A>>,
+    ) -> Vec<Action<A>> {
         self.rounds += 1;
         let view: Vec<Option<NodeId>> = std::iter::once(state.predecessor().map(|p| p.id))
             .chain(state.successors().iter().map(|p| Some(p.id)))
@@ -153,7 +165,7 @@ impl Stabilizer {
         if let Some(p) = state.predecessor() {
             actions.push(Action::CheckPredecessor(p.clone()));
         }
-        for fix in self.cursor.plan(state, lookups) {
+        for fix in self.cursor.plan(state, members.as_ref(), lookups) {
             match fix {
                 FingerFix::Known { index, owner } => state.set_finger(index, owner),
                 FingerFix::Lookup { index, start } => {
@@ -192,7 +204,7 @@ mod tests {
     fn lonely_node_does_nothing() {
         let mut s = RoutingState::new(p(0), 4);
         let mut st = Stabilizer::new(4);
-        assert!(st.round(&mut s).is_empty());
+        assert!(st.round(&mut s, None).is_empty());
         assert_eq!(st.rounds(), 1);
     }
 
@@ -205,7 +217,7 @@ mod tests {
         assert!(a.notify(p(1 << 40)));
         assert_eq!(a.successor(), &p(1 << 40));
         let mut sa = Stabilizer::new(4);
-        let acts = sa.round(&mut a);
+        let acts = sa.round(&mut a, None);
         assert_eq!(
             acts,
             vec![
@@ -230,7 +242,7 @@ mod tests {
             "a owns (b, a]"
         );
         let mut sb = Stabilizer::new(4);
-        sb.round(&mut b);
+        sb.round(&mut b, None);
         assert!(
             b.fingers().iter().all(|f| f == &Some(p(0))),
             "a owns (b, a]"
@@ -257,7 +269,7 @@ mod tests {
     #[test]
     fn settled_ring_refreshes_fingers_rarely() {
         let lookups = |st: &mut Stabilizer, s: &mut RoutingState<usize>| {
-            st.round(s)
+            st.round(s, None)
                 .into_iter()
                 .filter(|a| matches!(a, Action::FixFinger { .. }))
                 .count()
@@ -279,7 +291,7 @@ mod tests {
         assert_eq!(lookups(&mut st, &mut s), 2, "news of a change: at once");
         let mut st2 = st.clone();
         for _ in 0..100 {
-            st2.round(&mut s);
+            st2.round(&mut s, None);
         }
         assert!(s.notify(p(u64::MAX - 1)));
         assert_eq!(lookups(&mut st2, &mut s), 2, "a new predecessor: at once");
@@ -293,10 +305,40 @@ mod tests {
         s.notify(p(u64::MAX));
         let mut st = Stabilizer::new(3);
         let fixes = st
-            .round(&mut s)
+            .round(&mut s, None)
             .into_iter()
             .filter(|a| matches!(a, Action::FixFinger { .. }))
             .count();
         assert_eq!(fixes, 3);
+    }
+
+    /// A node whose member list is current looks up no finger, however
+    /// often news of joins resets the refresh, and follows a join at once.
+    #[test]
+    fn a_current_member_list_needs_no_finger_lookups() {
+        use std::collections::BTreeMap;
+        let mut map: BTreeMap<NodeId, usize> = (0..100).map(|i| (NodeId(i), i as usize)).collect();
+        let mut s = RoutingState::new(p(5), 4);
+        s.adopt_successors(p(6), vec![p(7), p(8), p(9)]);
+        s.notify(p(4));
+        let mut st = Stabilizer::new(4).with_max_finger_period(32);
+        for _ in 0..5 {
+            st.membership_changed();
+            let acts = st.round(&mut s, Some(Members::new(&map, &[])));
+            assert!(!acts.iter().any(|a| matches!(a, Action::FixFinger { .. })));
+        }
+        assert_eq!(s.fingers()[6].as_ref().map(|f| f.id), Some(NodeId(69)));
+        assert_eq!(s.fingers()[7].as_ref().map(|f| f.id), Some(NodeId(0)));
+        // Node 133 joins: the fingers whose start it now owns move to it.
+        map.insert(NodeId(133), 133);
+        st.round(&mut s, Some(Members::new(&map, &[])));
+        assert_eq!(s.fingers()[7].as_ref().map(|f| f.id), Some(NodeId(133)));
+        assert_eq!(s.fingers()[6].as_ref().map(|f| f.id), Some(NodeId(69)));
+        // Without the list, the same ring needs lookups.
+        let mut bare = RoutingState::new(p(5), 4);
+        bare.adopt_successors(p(6), vec![p(7), p(8), p(9)]);
+        bare.notify(p(4));
+        let acts = Stabilizer::new(4).round(&mut bare, None);
+        assert!(acts.iter().any(|a| matches!(a, Action::FixFinger { .. })));
     }
 }

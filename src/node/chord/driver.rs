@@ -237,11 +237,15 @@ pub(super) fn round(n: &NodeInner) {
     let actions = {
         let mut g = n.chord.ring.write();
         let Some(r) = g.as_mut() else { return };
-        r.stabilizer.round(&mut r.routing)
+        // A member list that is the root's last count fills the fingers
+        // without lookups (`ring::census`).
+        let members = r.census.finger_source();
+        r.stabilizer.round(&mut r.routing, members)
     };
     for a in actions {
         execute(n, a);
     }
+    pull_members(n);
     // Only the links the ring needs every round stay pinned: the successor
     // (stabilize) and the predecessor (checked). Fingers and the rest of the
     // successor list are reached on demand and close when idle.
@@ -263,6 +267,55 @@ pub(super) fn round(n: &NodeInner) {
         .as_ref()
         .is_some_and(|r| r.stabilizer.rounds() % WALK_EVERY == 0);
     walk_if_due(n, periodic);
+}
+
+/// A member list behind the root's count (this node joined after the
+/// counts it heard began, or missed one): ask the successor for its list,
+/// and if the successor's is behind too, the root (which counts: its list
+/// is always current), at most once per count heard. The list is held
+/// aside and taken only once it matches a digest the root signed
+/// (`Census::offer_snapshot`).
+fn pull_members(n: &NodeInner) {
+    let succ = {
+        let mut g = n.chord.ring.write();
+        let Some(r) = g.as_mut() else { return };
+        if r.routing.is_alone() || !r.census.snapshot_due() {
+            return;
+        }
+        r.routing.successor().clone()
+    };
+    let e = match members_of(n, &succ) {
+        Ok(()) => return,
+        Err(e) => e,
+    };
+    log::debug!("asking {} for its member list: {e}", succ.id);
+    // A best-effort ask: a hop that does not answer this lookup is not
+    // dropped from the routing state (other requests will tell).
+    let start = {
+        let g = n.chord.ring.read();
+        let Some(r) = g.as_ref() else { return };
+        Lookup::new(alloc::FIRST_ID, &r.routing)
+    };
+    let root = match drive(n, start) {
+        Ok((root, _, _)) if root.id != succ.id && Some(root.id) != my_id(n) => root,
+        _ => return,
+    };
+    if let Err(e) = members_of(n, &root) {
+        log::debug!("asking the root {} for its member list: {e}", root.id);
+    }
+}
+
+/// Ask `p` for its member list and offer it to the census.
+fn members_of(n: &NodeInner, p: &RPeer) -> Result<()> {
+    let m = rpc_peer(n, p, MEMBERS, json!({}))?;
+    let body = m
+        .body()
+        .ok_or_else(|| Error::Routing("a member list without a body".into()))?;
+    let list: MembersReply = serde_json::from_slice(body)?;
+    if let Some(r) = n.chord.ring.write().as_mut() {
+        r.census.offer_snapshot(list.epoch, list.members);
+    }
+    Ok(())
 }
 
 /// At the root: count the ring now if it is time (`periodic`) or a change
@@ -478,10 +531,9 @@ fn publish(n: &NodeInner, members: &[RPeer]) {
     let (news, changed) = {
         let mut g = n.chord.ring.write();
         let Some(r) = g.as_mut() else { return };
+        // The root's own list is its count: its fingers follow it, with
+        // no lookups to reset.
         let (news, changed) = r.census.publish(me.id, members);
-        if !news.joined.is_empty() || !news.left.is_empty() {
-            r.stabilizer.membership_changed();
-        }
         (news, changed)
     };
     log::debug!(

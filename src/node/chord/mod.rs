@@ -12,7 +12,7 @@ use crate::id::PublicKey;
 use crate::message::Message;
 use crate::ring::alloc::{self, ClaimError, Reservations};
 use crate::ring::broadcast::broadcast_targets;
-use crate::ring::census::{Census, News, Walk, WalkStep, WALK_EVERY};
+use crate::ring::census::{Census, Encode, News, Walk, WalkStep, WALK_EVERY};
 use crate::ring::lookup::{Lookup, LookupStep};
 use crate::ring::resolve::{vouch_owner, vouch_pred, Lost, Verdict};
 use crate::ring::stabilize::{on_stabilize_reply, Action, Stabilizer};
@@ -52,6 +52,8 @@ pub(crate) const RECOUNT: &str = "p2prs.recount";
 /// This node's ID changed (it joined or left): sent on every open
 /// connection, so peers that connected earlier know who is on the other end.
 pub(crate) const ANNOUNCE: &str = "p2prs.announce";
+/// Ask a node for its member list (the root's last count, if it holds it).
+pub(crate) const MEMBERS: &str = "p2prs.members";
 
 /// A node of the ring as the peer book knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -74,6 +76,17 @@ pub(crate) struct Ep {
     /// Its identity (absent in plaintext mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<PublicKey>,
+}
+
+/// The bytes of an address in the digest of a member list.
+impl Encode for Ep {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.at.to_string().as_bytes());
+        out.push(0);
+        if let Some(k) = &self.key {
+            out.extend_from_slice(k.as_bytes());
+        }
+    }
 }
 
 impl std::fmt::Display for Ep {
@@ -237,6 +250,10 @@ struct SizeNews {
     joined: Vec<RPeer>,
     #[serde(default)]
     left: Vec<NodeId>,
+    /// The digest of the whole member list after the count (hex), which
+    /// the root's signature of the news covers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    digest: Option<String>,
 }
 
 impl From<News<Ep>> for SizeNews {
@@ -246,6 +263,7 @@ impl From<News<Ep>> for SizeNews {
             epoch: n.epoch,
             joined: n.joined,
             left: n.left,
+            digest: n.digest.map(|d| crate::identity::hex(&d)),
         }
     }
 }
@@ -257,8 +275,30 @@ impl From<SizeNews> for News<Ep> {
             epoch: n.epoch,
             joined: n.joined,
             left: n.left,
+            digest: n.digest.as_deref().and_then(unhex_digest),
         }
     }
+}
+
+/// A member list's digest from hex; anything else is no digest.
+fn unhex_digest(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 || !s.is_ascii() {
+        return None;
+    }
+    let mut d = [0u8; 32];
+    for (i, b) in d.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(d)
+}
+
+/// A node's member list (the answer to `p2prs.members`, in the body).
+#[derive(Serialize, Deserialize)]
+struct MembersReply {
+    /// The count it is.
+    epoch: u64,
+    #[serde(with = "msg::peers")]
+    members: Vec<RPeer>,
 }
 
 /// This node's place in a ring.
@@ -424,7 +464,14 @@ pub(crate) struct Chord {
     pinned: Mutex<HashMap<NodeId, Arc<Conn>>>,
     /// The grant of this node's ID, shown in its notifies.
     grant: Mutex<Option<Grant>>,
+    /// Member lists served lately: a token bucket of [`MEMBER_LISTS_PER_SEC`].
+    lists: Mutex<(f64, Instant)>,
 }
+
+/// Most member lists (`p2prs.members`) a node serves a second, over all its
+/// connections (with bursts of as many): each is a large answer (about 150
+/// bytes a member), so a peer that asks over and over gets `busy`.
+pub(crate) const MEMBER_LISTS_PER_SEC: f64 = 32.0;
 
 impl Chord {
     pub(crate) fn new(preferred: Option<NodeId>) -> Chord {
@@ -448,6 +495,22 @@ impl Chord {
             started: Instant::now(),
             pinned: Mutex::new(HashMap::new()),
             grant: Mutex::new(None),
+            lists: Mutex::new((MEMBER_LISTS_PER_SEC, Instant::now())),
+        }
+    }
+
+    /// Whether a member list may be served now (takes a token).
+    fn may_serve_list(&self) -> bool {
+        let mut b = self.lists.lock();
+        let now = Instant::now();
+        let earned = now.saturating_duration_since(b.1).as_secs_f64() * MEMBER_LISTS_PER_SEC;
+        b.0 = (b.0 + earned).min(MEMBER_LISTS_PER_SEC);
+        b.1 = now;
+        if b.0 >= 1.0 {
+            b.0 -= 1.0;
+            true
+        } else {
+            false
         }
     }
 
@@ -702,6 +765,7 @@ fn forget(n: &NodeInner, failed: &[NodeId]) {
                 r.lost.add(*id, now);
             }
             r.routing.peer_failed(*id);
+            r.census.suspect(*id);
         }
     }
 }
@@ -747,10 +811,14 @@ pub(crate) fn conn_for_id(n: &NodeInner, id: NodeId) -> Result<Arc<Conn>> {
                 .into_iter()
                 .find(|p| p.id == id)
                 .or_else(|| {
-                    r.census.members().get(&id).map(|addr| RPeer {
-                        id,
-                        addr: addr.clone(),
-                    })
+                    r.census
+                        .members()
+                        .get(&id)
+                        .filter(|_| !r.census.suspected(id))
+                        .map(|addr| RPeer {
+                            id,
+                            addr: *addr,
+                        })
                 })
         }
     };
@@ -761,11 +829,11 @@ pub(crate) fn conn_for_id(n: &NodeInner, id: NodeId) -> Result<Arc<Conn>> {
             Ok(c) if c.peer_id() == Some(id) => return Ok(c),
             Ok(_) => {
                 log::debug!("peer book entry {id} ({}) no longer holds it", p.addr);
-                forget_member(n, id);
+                forget(n, &[id]);
             }
             Err(e) => {
                 log::debug!("peer book entry {id} ({}) unreachable: {e}", p.addr);
-                forget_member(n, id);
+                forget(n, &[id]);
             }
         }
     }
@@ -786,19 +854,6 @@ pub(crate) fn conn_for_id(n: &NodeInner, id: NodeId) -> Result<Arc<Conn>> {
         }
     }
     Err(last.unwrap_or_else(|| Error::Routing(format!("ID {id}: no route"))))
-}
-
-/// `id`, named by the peer book or the census, is not there any more:
-/// route around it, and take it out of the census until news brings it
-/// back (the root's census is the base of its next count's news, and
-/// stays as counted).
-fn forget_member(n: &NodeInner, id: NodeId) {
-    forget(n, &[id]);
-    if let Some(r) = n.chord.ring.write().as_mut() {
-        if !r.is_root() {
-            r.census.forget(&[id]);
-        }
-    }
 }
 
 /// One try of [`conn_for_id`]: look `id` up, check the owner, connect.
@@ -1244,5 +1299,15 @@ mod tests {
         c.queue(Job::StabilizeNow);
         assert_eq!(c.jobs_rx.len(), RING_JOBS);
         assert_eq!(c.jobs_dropped.load(Ordering::Acquire), 45);
+    }
+
+    #[test]
+    fn member_lists_are_served_at_a_bounded_rate() {
+        let c = Chord::new(None);
+        let served = (0..1000).filter(|_| c.may_serve_list()).count();
+        assert!(
+            served >= MEMBER_LISTS_PER_SEC as usize && served <= MEMBER_LISTS_PER_SEC as usize + 2,
+            "{served}"
+        );
     }
 }

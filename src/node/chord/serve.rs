@@ -51,7 +51,11 @@ fn reply_json(v: &impl Serialize) -> Result<Message> {
 pub(crate) fn handle(n: &NodeInner, conn: &Arc<Conn>, frame: Frame) {
     // Frames that make the node do work beyond answering are rate-limited
     // per connection: past the rate, this reader waits (backpressure).
-    if matches!(frame.msg_type.as_str(), STABILIZE_NOW | RECOUNT | BROADCAST) && !n.throttle(conn) {
+    if matches!(
+        frame.msg_type.as_str(),
+        STABILIZE_NOW | RECOUNT | BROADCAST | MEMBERS
+    ) && !n.throttle(conn)
+    {
         return;
     }
     if let Some(id) = frame.data.get("from_id").and_then(Value::as_u64) {
@@ -66,6 +70,7 @@ pub(crate) fn handle(n: &NodeInner, conn: &Arc<Conn>, frame: Frame) {
         }
         NEXT_HOP => next_hop(n, &frame),
         NEIGHBOURS => neighbours(n),
+        MEMBERS => members(n),
         NOTIFY => notify(n, conn, &frame),
         CLAIM => claim(n, conn, &frame),
         LEAVING => leaving(n, conn, &frame),
@@ -177,6 +182,26 @@ fn neighbours(n: &NodeInner) -> Result<Message> {
         }
     };
     reply_json(&reply)
+}
+
+/// This node's member list, if it is the root's last count (the body
+/// holds it: a large ring's list exceeds the header's size limit).
+fn members(n: &NodeInner) -> Result<Message> {
+    if !n.chord.may_serve_list() {
+        return Err(remote(
+            "busy",
+            "member lists are served at a bounded rate; ask again later",
+        ));
+    }
+    let snapshot = with_ring(n, |r| Ok(r.census.snapshot()))?;
+    let Some((epoch, members)) = snapshot else {
+        return Err(remote(
+            "not_current",
+            "this node's member list is behind the root's count",
+        ));
+    };
+    let body = serde_json::to_vec(&MembersReply { epoch, members })?;
+    Ok(Message::new("p2prs.ok", Value::Null).with_body(body))
 }
 
 fn notify(n: &NodeInner, conn: &Conn, frame: &Frame) -> Result<Message> {
@@ -417,9 +442,13 @@ pub(super) fn apply_size(n: &NodeInner, origin: NodeId, news: SizeNews) {
             return;
         }
         let applied = r.census.apply(origin, news.into());
+        // A current member list moves the fingers the change touches by
+        // itself (`ring::census`); only a node whose list is behind the
+        // count needs its lookups every round again.
         if applied
             .as_ref()
             .is_some_and(|a| !a.joined.is_empty() || !a.left.is_empty())
+            && !r.census.current()
         {
             r.stabilizer.membership_changed();
         }

@@ -413,6 +413,95 @@ fn requesters_get_their_answers_while_the_peer_talks_back() {
 }
 
 #[test]
+fn a_requester_takes_its_answer_read_with_a_message_for_a_quick_handler() {
+    // The peer sends, in one write, a message whose quick pooled handler
+    // runs on the connection's thread and the answer to a request of ours.
+    // The connection's thread reads both and runs the handler with the
+    // reading lent; the handler waits until the requester has its answer.
+    // The requester must take the answer already read (it waits in the
+    // read state's decoder) rather than wait on the socket for bytes the
+    // peer will never send: the peer sends nothing more.
+    let a = node_with(|c| {
+        c.quick_handlers_inline = true;
+        c.request_timeout = Duration::from_secs(3);
+    });
+    let (conn_tx, conn_rx) = bounded::<p2prs::Connection>(1);
+    let (got_tx, got_rx) = bounded::<()>(1);
+    let stale = got_rx.clone();
+    // Per run: whether it ran on the connection's thread, and, for a run
+    // that waits, whether the requester got its answer meanwhile.
+    let (runs_tx, runs_rx) = bounded::<(bool, bool)>(16);
+    a.add_handler("TICK", move |msg| {
+        let _ = conn_tx.try_send(msg.connection());
+        let here = thread::current()
+            .name()
+            .is_some_and(|n| n.starts_with("p2prs-conn-"));
+        let wait = msg.message().data::<bool>()?;
+        let answered = wait && got_rx.recv_timeout(Duration::from_secs(2)).is_ok();
+        let _ = runs_tx.send((here, answered));
+        Ok(())
+    })
+    .unwrap();
+    let mut peer = RawPeer::handshaken(a.local_addr());
+    let tick = |wait: bool| {
+        let h = json!({"kind": "message", "type": "TICK", "data": wait});
+        frame_bytes(&serde_json::to_vec(&h).unwrap(), &[])
+    };
+    let mut conn = None;
+    let mut lent_rounds = 0;
+    for round in 0..20 {
+        // Until the handler has proved quick and runs where it is read.
+        let mut warm = false;
+        for _ in 0..200 {
+            peer.send(&tick(false)).unwrap();
+            let (here, _) = runs_rx.recv_timeout(PATIENCE).expect("a TICK ran");
+            if here {
+                warm = true;
+                break;
+            }
+        }
+        assert!(
+            warm,
+            "the quick handler never ran on the connection's thread"
+        );
+        let conn = conn.get_or_insert_with(|| conn_rx.recv().unwrap()).clone();
+        let got = got_tx.clone();
+        let requester = thread::spawn(move || {
+            let r = conn.request(Message::new("Q", round));
+            if r.is_ok() {
+                let _ = got.send(());
+            }
+            r
+        });
+        let req = loop {
+            let (h, _) = peer.read_frame();
+            if h["kind"] == "request" && h["type"] == "Q" {
+                break h["req"].as_u64().unwrap();
+            }
+        };
+        let answer = json!({"kind": "response", "type": "Q RESP", "data": round, "req": req});
+        let mut both = tick(true);
+        both.extend(frame_bytes(&serde_json::to_vec(&answer).unwrap(), &[]));
+        peer.send(&both).unwrap();
+        let (here, answered) = runs_rx.recv_timeout(PATIENCE).expect("the TICK ran");
+        let r = requester.join().unwrap();
+        assert_eq!(r.unwrap().data::<i64>().unwrap(), round);
+        if here {
+            assert!(
+                answered,
+                "the requester got its answer only after the handler returned"
+            );
+            lent_rounds += 1;
+            if lent_rounds == 3 {
+                return;
+            }
+        }
+        while stale.try_recv().is_ok() {}
+    }
+    panic!("the waiting handler ran on the connection's thread in only {lent_rounds} rounds");
+}
+
+#[test]
 fn request_without_handler_is_answered_no_handler() {
     let a = node();
     let b = node();

@@ -155,6 +155,17 @@ impl ReadState {
 }
 
 /// Who may read a TCP connection's socket (see [`Conn::request`]).
+///
+/// **Frames before reads.** The read state's decoder may hold complete
+/// frames that nobody has taken yet: the connection's thread lends the
+/// state between two frames of one read while a quick handler runs
+/// ([`Conn::run_lent`]), and a requester that meets a frame it may not
+/// deliver stops there, leaving the rest. Whoever takes the state takes
+/// those frames (answers at once, others as its rules say) before it reads
+/// the socket: a frame already read never waits for the peer's next bytes,
+/// which may not come until the peer has what that frame carries (its
+/// answer, or ours). A requester that read the socket first could wait
+/// there until its deadline for an answer already read.
 #[derive(Default)]
 struct Lead {
     /// The read state while nobody reads; taken by the thread that does.

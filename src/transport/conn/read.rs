@@ -43,6 +43,11 @@ impl Conn {
         deadline: Instant,
         lent: bool,
     ) {
+        // Frames the decoder already holds come before any read (see
+        // [`Lead`]): the connection's thread may have lent the state between
+        // two frames of one read, and the answer this requester waits for,
+        // or a request the peer waits on, may be among them.
+        self.drain_answers(&mut st, lent);
         loop {
             let stop = if lent {
                 st.ended

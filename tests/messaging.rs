@@ -502,6 +502,67 @@ fn a_requester_takes_its_answer_read_with_a_message_for_a_quick_handler() {
 }
 
 #[test]
+fn a_quick_handlers_request_fails_at_once_when_the_peer_closes() {
+    // A quick pooled handler runs on the connection's thread and makes a
+    // request over its own connection; the peer closes instead of
+    // answering. Nobody else reads that connection while the handler runs,
+    // so the request fails at once with the connection closed, not at its
+    // timeout.
+    let a = node_with(|c| {
+        c.quick_handlers_inline = true;
+        c.request_timeout = PATIENCE;
+    });
+    let (runs_tx, runs_rx) = bounded::<(bool, Option<p2prs::Result<Message>>)>(16);
+    a.add_handler("TICK", move |msg| {
+        let here = thread::current()
+            .name()
+            .is_some_and(|n| n.starts_with("p2prs-conn-"));
+        let ask = msg.message().data::<bool>()?;
+        let r = ask.then(|| msg.connection().request(Message::new("Q", 1)));
+        let _ = runs_tx.send((here, r));
+        Ok(())
+    })
+    .unwrap();
+    let tick = |wait: bool| {
+        let h = json!({"kind": "message", "type": "TICK", "data": wait});
+        frame_bytes(&serde_json::to_vec(&h).unwrap(), &[])
+    };
+    for _ in 0..10 {
+        let mut peer = RawPeer::handshaken(a.local_addr());
+        let mut warm = false;
+        for _ in 0..200 {
+            peer.send(&tick(false)).unwrap();
+            let (here, _) = runs_rx.recv_timeout(PATIENCE).expect("a TICK ran");
+            if here {
+                warm = true;
+                break;
+            }
+        }
+        assert!(
+            warm,
+            "the quick handler never ran on the connection's thread"
+        );
+        peer.send(&tick(true)).unwrap();
+        loop {
+            let (h, _) = peer.read_frame();
+            if h["kind"] == "request" && h["type"] == "Q" {
+                break;
+            }
+        }
+        drop(peer);
+        let (here, r) = runs_rx.recv_timeout(PATIENCE).expect("the TICK ran");
+        match r {
+            Some(Err(Error::ConnectionClosed { .. })) => {}
+            other => panic!("expected the connection closed, got {other:?}"),
+        }
+        if here {
+            return;
+        }
+    }
+    panic!("the asking handler never ran on the connection's thread");
+}
+
+#[test]
 fn request_without_handler_is_answered_no_handler() {
     let a = node();
     let b = node();

@@ -187,6 +187,12 @@ struct Lead {
     /// here meanwhile: requesters may not take it (unless lent, see
     /// [`Conn::run_lent`]).
     delivering: bool,
+    /// The request a handler lent the reading makes on the connection's
+    /// thread, parked while another requester reads: that requester wakes
+    /// it when it stops, first of all, since it alone may read on when the
+    /// frames left need the connection's thread, which is it (see
+    /// [`Conn::give_back`]).
+    lent_waiter: Option<Arc<Slot>>,
 }
 
 thread_local! {
@@ -198,6 +204,15 @@ thread_local! {
     /// writer's buffer and leave together, in one write, once the frames
     /// read at once are delivered (see `Conn::uncork`); 0 if none.
     static CORK: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Ends a lent request's place as [`Lead::lent_waiter`] when it returns.
+struct LentWaiter<'a>(&'a Conn);
+
+impl Drop for LentWaiter<'_> {
+    fn drop(&mut self) {
+        self.0.lead.lock().lent_waiter = None;
+    }
 }
 
 /// The most frames a handler lent its connection's reading defers while
@@ -1011,6 +1026,7 @@ impl Conn {
             )));
         }
         let slot = Arc::new(Slot::default());
+        let _unlist = lent.then_some(LentWaiter(self));
         let deadline = Instant::now() + timeout;
         let kind = msg.kind().to_string();
         let req = self.request_frame(msg, Pending::Wait(Arc::clone(&slot)))?;
@@ -1030,8 +1046,18 @@ impl Conn {
                     after: timeout,
                 });
             }
-            if let Some(state) = self.try_lead(lent) {
-                self.lead_for(state, &slot, deadline, lent);
+            if let Some(state) = self.try_lead(lent, &slot) {
+                if let Some(e) = self.lead_for(state, &slot, deadline, lent) {
+                    // A handler's request on its connection's thread that
+                    // can read no further: nobody else will read until the
+                    // handler returns, so the answer cannot come.
+                    if self.pending.lock().remove(&req).is_none() {
+                        if let Some(answer) = slot.take() {
+                            return answer;
+                        }
+                    }
+                    return slot.take().unwrap_or(Err(e));
+                }
                 continue;
             }
             slot.park(deadline);

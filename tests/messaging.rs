@@ -563,6 +563,63 @@ fn a_quick_handlers_request_fails_at_once_when_the_peer_closes() {
 }
 
 #[test]
+fn a_pooled_handler_that_makes_requests_stays_on_the_handler_threads() {
+    // Quick runs move a pooled handler onto the connection's thread, but
+    // a run that made a request waited on a peer, however fast: such a
+    // handler stays on the handler threads (two of them asking each other
+    // back over one connection could otherwise each hold up the thread
+    // the other's answer needs). A handler that only answers moves.
+    let a = node_with(|c| c.quick_handlers_inline = true);
+    let (where_tx, where_rx) = bounded::<(&str, bool)>(64);
+    let tx = where_tx.clone();
+    a.add_handler("ASK", move |req| {
+        let back = req.connection().request(Message::new("ECHO", 1))?;
+        let here = thread::current()
+            .name()
+            .is_some_and(|n| n.starts_with("p2prs-conn-"));
+        let _ = tx.send(("ASK", here));
+        req.respond(back)?;
+        Ok(())
+    })
+    .unwrap();
+    a.add_handler("PLAIN", move |req| {
+        let here = thread::current()
+            .name()
+            .is_some_and(|n| n.starts_with("p2prs-conn-"));
+        let _ = where_tx.send(("PLAIN", here));
+        req.respond(Message::new("PLAIN RESP", 1))?;
+        Ok(())
+    })
+    .unwrap();
+    let b = node();
+    b.add_inline_handler("ECHO", |req| {
+        let m = req.take_message();
+        req.respond(m)?;
+        Ok(())
+    })
+    .unwrap();
+    let conn = b.connect(a.local_addr()).unwrap();
+    let mut plain_moved = false;
+    for _ in 0..100 {
+        conn.request(Message::new("ASK", 1)).unwrap();
+        conn.request(Message::new("PLAIN", 1)).unwrap();
+        for _ in 0..2 {
+            match where_rx.recv_timeout(PATIENCE).unwrap() {
+                ("ASK", here) => assert!(
+                    !here,
+                    "a handler that requests ran on the connection's thread"
+                ),
+                (_, here) => plain_moved |= here,
+            }
+        }
+    }
+    assert!(
+        plain_moved,
+        "the quick handler never ran on the connection's thread"
+    );
+}
+
+#[test]
 fn request_without_handler_is_answered_no_handler() {
     let a = node();
     let b = node();

@@ -346,10 +346,24 @@ struct Handler {
 }
 
 /// A pooled handler whose last this many runs each took under [`QUICK`]
-/// may run on the connection's thread (`Config::quick_handlers_inline`).
+/// and made no request may run on the connection's thread
+/// (`Config::quick_handlers_inline`).
 pub(crate) const QUICK_RUNS: u32 = 8;
 /// A run of a handler this short counts as quick.
 const QUICK: Duration = Duration::from_micros(50);
+
+/// Run `f`, a pooled handler, and count the run: quick if it took under
+/// [`QUICK`] and made no request. A run that made one waited on a peer,
+/// however fast it was: on the connection's thread, two such handlers
+/// asking each other back over one connection would each wait for an
+/// answer that only the other's thread could let through.
+fn timed_run(quick: &AtomicU32, f: impl FnOnce()) {
+    let began = Instant::now();
+    let asked = transport::requests_made();
+    f();
+    let asked = transport::requests_made() != asked;
+    note_run(quick, if asked { QUICK } else { began.elapsed() });
+}
 
 /// Count a run of a handler that took `took`.
 fn note_run(quick: &AtomicU32, took: Duration) {
@@ -1277,9 +1291,7 @@ impl NodeInner {
         let name = format!("p2prs-handler-{}-{i}", self.transport.local_addr().port());
         self.transport.threads.spawn(name, None, move || {
             while let Some(job) = queue.pop() {
-                let began = Instant::now();
-                job.incoming.run(&*job.handler);
-                note_run(&job.quick, began.elapsed());
+                timed_run(&job.quick, || job.incoming.run(&*job.handler));
                 load.fetch_sub(1, Ordering::AcqRel);
             }
         })
@@ -1309,9 +1321,9 @@ impl NodeInner {
                 match handler.runs {
                     Runs::Inline => incoming.run(&*handler.f),
                     Runs::Pool if self.may_run_here(&handler, conn) => {
-                        let began = Instant::now();
-                        conn.run_lent(|| incoming.run(&*handler.f));
-                        note_run(&handler.quick, began.elapsed());
+                        timed_run(&handler.quick, || {
+                            conn.run_lent(|| incoming.run(&*handler.f))
+                        });
                     }
                     Runs::Pool => {
                         // Waits while this connection's queue is full.

@@ -204,6 +204,15 @@ thread_local! {
     /// writer's buffer and leave together, in one write, once the frames
     /// read at once are delivered (see `Conn::uncork`); 0 if none.
     static CORK: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// Requests this thread has made (see [`requests_made`]).
+    static REQUESTS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many requests the calling thread has made over any connection: a
+/// handler run that made one waited on a peer, so it does not count as
+/// quick (see `Config::quick_handlers_inline`).
+pub(crate) fn requests_made() -> u64 {
+    REQUESTS.get()
 }
 
 /// Ends a lent request's place as [`Lead::lent_waiter`] when it returns.
@@ -1017,6 +1026,7 @@ impl Conn {
     /// passes the reading on to another waiting requester, or leaves it to
     /// the connection's thread (see [`LAZY_RETURN`]).
     pub(crate) fn request(&self, msg: Message, timeout: Duration) -> Result<Message> {
+        REQUESTS.set(REQUESTS.get().wrapping_add(1));
         let lent = LENT.get() == self.id;
         if !lent && *self.reader.lock() == Some(std::thread::current().id()) {
             return Err(Error::InvalidArgument(format!(

@@ -548,12 +548,14 @@ impl Node {
     /// node's handler threads ([`Config::handler_threads`]), so they may
     /// block, send and make requests themselves.
     ///
-    /// With [`Config::quick_handlers_inline`] on (off by default), a handler
-    /// that has proved quick (its last 8 runs under 50 µs each) runs on the
-    /// connection's own thread instead, which saves two thread hand-offs per
-    /// request; the first slow run sends it back to the handler threads,
-    /// and only that connection waits meanwhile. That thread's stack is
-    /// [`Config::connection_stack_size`] (256 KiB).
+    /// A handler that has proved quick (its last 8 runs under 50 µs each,
+    /// none of them making a request) runs on the connection's own thread
+    /// instead, which saves two thread hand-offs per request; the first
+    /// slow run sends it back to the handler threads, and only that
+    /// connection waits meanwhile. That thread's stack is
+    /// [`Config::connection_stack_size`] (256 KiB); set
+    /// [`Config::quick_handlers_inline`] false to keep every pooled handler
+    /// on the handler threads.
     ///
     /// ```
     /// use p2prs::{Message, Node};

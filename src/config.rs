@@ -110,19 +110,19 @@ pub struct Config {
     /// handlers ([`Node::add_inline_handler`](crate::Node::add_inline_handler)).
     pub connection_stack_size: usize,
     /// Let a pooled handler that has proved quick run on the thread of the
-    /// connection its message arrived on (default false), which saves the
+    /// connection its message arrived on (default true), which saves the
     /// hand-off to a handler thread and back: a handler whose last 8 runs
-    /// each took under 50 µs, for a
-    /// connection with no job waiting for the handler threads. The first
-    /// run that takes longer sends its next calls back to the handler
-    /// threads. Meanwhile requesters on that connection read their own
-    /// answers, and the handler may make requests over it. Not for
-    /// handlers that need more stack than `connection_stack_size`, or that
-    /// must never run on a connection thread. Off by default: under heavy
-    /// load, requests both ways on one connection whose handlers request
-    /// back over it have stalled until their timeout with it on (about 1 run
-    /// in 100 of a test on a loaded machine; not yet understood, see
-    /// `docs/performance.md`).
+    /// each took under 50 µs and made no request, for a connection with no
+    /// job waiting for the handler threads. The first run that takes
+    /// longer, or makes a request, sends its next calls back to the
+    /// handler threads. Meanwhile requesters on that connection read their
+    /// own answers, and the handler may make requests over it (one that
+    /// cannot be answered while the handler holds the connection's thread,
+    /// because 64 other frames or a large one wait for that thread, fails
+    /// at once with [`Error::ResourceExhausted`](crate::Error::ResourceExhausted)).
+    /// Set false for handlers that need more stack than
+    /// `connection_stack_size`, or that must never run on a connection
+    /// thread.
     pub quick_handlers_inline: bool,
     /// Period of the ring stabilizer (default 1 s).
     pub stabilize_interval: Duration,
@@ -243,7 +243,7 @@ impl Default for Config {
             ring_idle_timeout: Duration::from_secs(2),
             handler_threads: 2,
             connection_stack_size: 256 * 1024,
-            quick_handlers_inline: false,
+            quick_handlers_inline: true,
             stabilize_interval: Duration::from_secs(1),
             ring_timeout: Duration::from_secs(3),
             fingers_per_round: 2,

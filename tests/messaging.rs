@@ -413,6 +413,213 @@ fn requesters_get_their_answers_while_the_peer_talks_back() {
 }
 
 #[test]
+fn a_requester_takes_its_answer_read_with_a_message_for_a_quick_handler() {
+    // The peer sends, in one write, a message whose quick pooled handler
+    // runs on the connection's thread and the answer to a request of ours.
+    // The connection's thread reads both and runs the handler with the
+    // reading lent; the handler waits until the requester has its answer.
+    // The requester must take the answer already read (it waits in the
+    // read state's decoder) rather than wait on the socket for bytes the
+    // peer will never send: the peer sends nothing more.
+    let a = node_with(|c| {
+        c.quick_handlers_inline = true;
+        c.request_timeout = Duration::from_secs(3);
+    });
+    let (conn_tx, conn_rx) = bounded::<p2prs::Connection>(1);
+    let (got_tx, got_rx) = bounded::<()>(1);
+    let stale = got_rx.clone();
+    // Per run: whether it ran on the connection's thread, and, for a run
+    // that waits, whether the requester got its answer meanwhile.
+    let (runs_tx, runs_rx) = bounded::<(bool, bool)>(16);
+    a.add_handler("TICK", move |msg| {
+        let _ = conn_tx.try_send(msg.connection());
+        let here = thread::current()
+            .name()
+            .is_some_and(|n| n.starts_with("p2prs-conn-"));
+        let wait = msg.message().data::<bool>()?;
+        let answered = wait && got_rx.recv_timeout(Duration::from_secs(2)).is_ok();
+        let _ = runs_tx.send((here, answered));
+        Ok(())
+    })
+    .unwrap();
+    let mut peer = RawPeer::handshaken(a.local_addr());
+    let tick = |wait: bool| {
+        let h = json!({"kind": "message", "type": "TICK", "data": wait});
+        frame_bytes(&serde_json::to_vec(&h).unwrap(), &[])
+    };
+    let mut conn = None;
+    let mut lent_rounds = 0;
+    for round in 0..20 {
+        // Until the handler has proved quick and runs where it is read.
+        let mut warm = false;
+        for _ in 0..200 {
+            peer.send(&tick(false)).unwrap();
+            let (here, _) = runs_rx.recv_timeout(PATIENCE).expect("a TICK ran");
+            if here {
+                warm = true;
+                break;
+            }
+        }
+        assert!(
+            warm,
+            "the quick handler never ran on the connection's thread"
+        );
+        let conn = conn.get_or_insert_with(|| conn_rx.recv().unwrap()).clone();
+        let got = got_tx.clone();
+        let requester = thread::spawn(move || {
+            let r = conn.request(Message::new("Q", round));
+            if r.is_ok() {
+                let _ = got.send(());
+            }
+            r
+        });
+        let req = loop {
+            let (h, _) = peer.read_frame();
+            if h["kind"] == "request" && h["type"] == "Q" {
+                break h["req"].as_u64().unwrap();
+            }
+        };
+        let answer = json!({"kind": "response", "type": "Q RESP", "data": round, "req": req});
+        let mut both = tick(true);
+        both.extend(frame_bytes(&serde_json::to_vec(&answer).unwrap(), &[]));
+        peer.send(&both).unwrap();
+        let (here, answered) = runs_rx.recv_timeout(PATIENCE).expect("the TICK ran");
+        let r = requester.join().unwrap();
+        assert_eq!(r.unwrap().data::<i64>().unwrap(), round);
+        if here {
+            assert!(
+                answered,
+                "the requester got its answer only after the handler returned"
+            );
+            lent_rounds += 1;
+            if lent_rounds == 3 {
+                return;
+            }
+        }
+        while stale.try_recv().is_ok() {}
+    }
+    panic!("the waiting handler ran on the connection's thread in only {lent_rounds} rounds");
+}
+
+#[test]
+fn a_quick_handlers_request_fails_at_once_when_the_peer_closes() {
+    // A quick pooled handler runs on the connection's thread and makes a
+    // request over its own connection; the peer closes instead of
+    // answering. Nobody else reads that connection while the handler runs,
+    // so the request fails at once with the connection closed, not at its
+    // timeout.
+    let a = node_with(|c| {
+        c.quick_handlers_inline = true;
+        c.request_timeout = PATIENCE;
+    });
+    let (runs_tx, runs_rx) = bounded::<(bool, Option<p2prs::Result<Message>>)>(16);
+    a.add_handler("TICK", move |msg| {
+        let here = thread::current()
+            .name()
+            .is_some_and(|n| n.starts_with("p2prs-conn-"));
+        let ask = msg.message().data::<bool>()?;
+        let r = ask.then(|| msg.connection().request(Message::new("Q", 1)));
+        let _ = runs_tx.send((here, r));
+        Ok(())
+    })
+    .unwrap();
+    let tick = |wait: bool| {
+        let h = json!({"kind": "message", "type": "TICK", "data": wait});
+        frame_bytes(&serde_json::to_vec(&h).unwrap(), &[])
+    };
+    for _ in 0..10 {
+        let mut peer = RawPeer::handshaken(a.local_addr());
+        let mut warm = false;
+        for _ in 0..200 {
+            peer.send(&tick(false)).unwrap();
+            let (here, _) = runs_rx.recv_timeout(PATIENCE).expect("a TICK ran");
+            if here {
+                warm = true;
+                break;
+            }
+        }
+        assert!(
+            warm,
+            "the quick handler never ran on the connection's thread"
+        );
+        peer.send(&tick(true)).unwrap();
+        loop {
+            let (h, _) = peer.read_frame();
+            if h["kind"] == "request" && h["type"] == "Q" {
+                break;
+            }
+        }
+        drop(peer);
+        let (here, r) = runs_rx.recv_timeout(PATIENCE).expect("the TICK ran");
+        match r {
+            Some(Err(Error::ConnectionClosed { .. })) => {}
+            other => panic!("expected the connection closed, got {other:?}"),
+        }
+        if here {
+            return;
+        }
+    }
+    panic!("the asking handler never ran on the connection's thread");
+}
+
+#[test]
+fn a_pooled_handler_that_makes_requests_stays_on_the_handler_threads() {
+    // Quick runs move a pooled handler onto the connection's thread, but
+    // a run that made a request waited on a peer, however fast: such a
+    // handler stays on the handler threads (two of them asking each other
+    // back over one connection could otherwise each hold up the thread
+    // the other's answer needs). A handler that only answers moves.
+    let a = node_with(|c| c.quick_handlers_inline = true);
+    let (where_tx, where_rx) = bounded::<(&str, bool)>(64);
+    let tx = where_tx.clone();
+    a.add_handler("ASK", move |req| {
+        let back = req.connection().request(Message::new("ECHO", 1))?;
+        let here = thread::current()
+            .name()
+            .is_some_and(|n| n.starts_with("p2prs-conn-"));
+        let _ = tx.send(("ASK", here));
+        req.respond(back)?;
+        Ok(())
+    })
+    .unwrap();
+    a.add_handler("PLAIN", move |req| {
+        let here = thread::current()
+            .name()
+            .is_some_and(|n| n.starts_with("p2prs-conn-"));
+        let _ = where_tx.send(("PLAIN", here));
+        req.respond(Message::new("PLAIN RESP", 1))?;
+        Ok(())
+    })
+    .unwrap();
+    let b = node();
+    b.add_inline_handler("ECHO", |req| {
+        let m = req.take_message();
+        req.respond(m)?;
+        Ok(())
+    })
+    .unwrap();
+    let conn = b.connect(a.local_addr()).unwrap();
+    let mut plain_moved = false;
+    for _ in 0..100 {
+        conn.request(Message::new("ASK", 1)).unwrap();
+        conn.request(Message::new("PLAIN", 1)).unwrap();
+        for _ in 0..2 {
+            match where_rx.recv_timeout(PATIENCE).unwrap() {
+                ("ASK", here) => assert!(
+                    !here,
+                    "a handler that requests ran on the connection's thread"
+                ),
+                (_, here) => plain_moved |= here,
+            }
+        }
+    }
+    assert!(
+        plain_moved,
+        "the quick handler never ran on the connection's thread"
+    );
+}
+
+#[test]
 fn request_without_handler_is_answered_no_handler() {
     let a = node();
     let b = node();

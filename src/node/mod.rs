@@ -346,10 +346,24 @@ struct Handler {
 }
 
 /// A pooled handler whose last this many runs each took under [`QUICK`]
-/// may run on the connection's thread (`Config::quick_handlers_inline`).
+/// and made no request may run on the connection's thread
+/// (`Config::quick_handlers_inline`).
 pub(crate) const QUICK_RUNS: u32 = 8;
 /// A run of a handler this short counts as quick.
 const QUICK: Duration = Duration::from_micros(50);
+
+/// Run `f`, a pooled handler, and count the run: quick if it took under
+/// [`QUICK`] and made no request. A run that made one waited on a peer,
+/// however fast it was: on the connection's thread, two such handlers
+/// asking each other back over one connection would each wait for an
+/// answer that only the other's thread could let through.
+fn timed_run(quick: &AtomicU32, f: impl FnOnce()) {
+    let began = Instant::now();
+    let asked = transport::requests_made();
+    f();
+    let asked = transport::requests_made() != asked;
+    note_run(quick, if asked { QUICK } else { began.elapsed() });
+}
 
 /// Count a run of a handler that took `took`.
 fn note_run(quick: &AtomicU32, took: Duration) {
@@ -534,12 +548,14 @@ impl Node {
     /// node's handler threads ([`Config::handler_threads`]), so they may
     /// block, send and make requests themselves.
     ///
-    /// With [`Config::quick_handlers_inline`] on (off by default), a handler
-    /// that has proved quick (its last 8 runs under 50 µs each) runs on the
-    /// connection's own thread instead, which saves two thread hand-offs per
-    /// request; the first slow run sends it back to the handler threads,
-    /// and only that connection waits meanwhile. That thread's stack is
-    /// [`Config::connection_stack_size`] (256 KiB).
+    /// A handler that has proved quick (its last 8 runs under 50 µs each,
+    /// none of them making a request) runs on the connection's own thread
+    /// instead, which saves two thread hand-offs per request; the first
+    /// slow run sends it back to the handler threads, and only that
+    /// connection waits meanwhile. That thread's stack is
+    /// [`Config::connection_stack_size`] (256 KiB); set
+    /// [`Config::quick_handlers_inline`] false to keep every pooled handler
+    /// on the handler threads.
     ///
     /// ```
     /// use p2prs::{Message, Node};
@@ -1277,9 +1293,7 @@ impl NodeInner {
         let name = format!("p2prs-handler-{}-{i}", self.transport.local_addr().port());
         self.transport.threads.spawn(name, None, move || {
             while let Some(job) = queue.pop() {
-                let began = Instant::now();
-                job.incoming.run(&*job.handler);
-                note_run(&job.quick, began.elapsed());
+                timed_run(&job.quick, || job.incoming.run(&*job.handler));
                 load.fetch_sub(1, Ordering::AcqRel);
             }
         })
@@ -1309,9 +1323,9 @@ impl NodeInner {
                 match handler.runs {
                     Runs::Inline => incoming.run(&*handler.f),
                     Runs::Pool if self.may_run_here(&handler, conn) => {
-                        let began = Instant::now();
-                        conn.run_lent(|| incoming.run(&*handler.f));
-                        note_run(&handler.quick, began.elapsed());
+                        timed_run(&handler.quick, || {
+                            conn.run_lent(|| incoming.run(&*handler.f))
+                        });
                     }
                     Runs::Pool => {
                         // Waits while this connection's queue is full.

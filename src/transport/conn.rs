@@ -155,6 +155,17 @@ impl ReadState {
 }
 
 /// Who may read a TCP connection's socket (see [`Conn::request`]).
+///
+/// **Frames before reads.** The read state's decoder may hold complete
+/// frames that nobody has taken yet: the connection's thread lends the
+/// state between two frames of one read while a quick handler runs
+/// ([`Conn::run_lent`]), and a requester that meets a frame it may not
+/// deliver stops there, leaving the rest. Whoever takes the state takes
+/// those frames (answers at once, others as its rules say) before it reads
+/// the socket: a frame already read never waits for the peer's next bytes,
+/// which may not come until the peer has what that frame carries (its
+/// answer, or ours). A requester that read the socket first could wait
+/// there until its deadline for an answer already read.
 #[derive(Default)]
 struct Lead {
     /// The read state while nobody reads; taken by the thread that does.
@@ -176,6 +187,12 @@ struct Lead {
     /// here meanwhile: requesters may not take it (unless lent, see
     /// [`Conn::run_lent`]).
     delivering: bool,
+    /// The request a handler lent the reading makes on the connection's
+    /// thread, parked while another requester reads: that requester wakes
+    /// it when it stops, first of all, since it alone may read on when the
+    /// frames left need the connection's thread, which is it (see
+    /// [`Conn::give_back`]).
+    lent_waiter: Option<Arc<Slot>>,
 }
 
 thread_local! {
@@ -187,6 +204,24 @@ thread_local! {
     /// writer's buffer and leave together, in one write, once the frames
     /// read at once are delivered (see `Conn::uncork`); 0 if none.
     static CORK: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// Requests this thread has made (see [`requests_made`]).
+    static REQUESTS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many requests the calling thread has made over any connection: a
+/// handler run that made one waited on a peer, so it does not count as
+/// quick (see `Config::quick_handlers_inline`).
+pub(crate) fn requests_made() -> u64 {
+    REQUESTS.get()
+}
+
+/// Ends a lent request's place as [`Lead::lent_waiter`] when it returns.
+struct LentWaiter<'a>(&'a Conn);
+
+impl Drop for LentWaiter<'_> {
+    fn drop(&mut self) {
+        self.0.lead.lock().lent_waiter = None;
+    }
 }
 
 /// The most frames a handler lent its connection's reading defers while
@@ -991,6 +1026,7 @@ impl Conn {
     /// passes the reading on to another waiting requester, or leaves it to
     /// the connection's thread (see [`LAZY_RETURN`]).
     pub(crate) fn request(&self, msg: Message, timeout: Duration) -> Result<Message> {
+        REQUESTS.set(REQUESTS.get().wrapping_add(1));
         let lent = LENT.get() == self.id;
         if !lent && *self.reader.lock() == Some(std::thread::current().id()) {
             return Err(Error::InvalidArgument(format!(
@@ -1000,6 +1036,7 @@ impl Conn {
             )));
         }
         let slot = Arc::new(Slot::default());
+        let _unlist = lent.then_some(LentWaiter(self));
         let deadline = Instant::now() + timeout;
         let kind = msg.kind().to_string();
         let req = self.request_frame(msg, Pending::Wait(Arc::clone(&slot)))?;
@@ -1019,8 +1056,18 @@ impl Conn {
                     after: timeout,
                 });
             }
-            if let Some(state) = self.try_lead(lent) {
-                self.lead_for(state, &slot, deadline, lent);
+            if let Some(state) = self.try_lead(lent, &slot) {
+                if let Some(e) = self.lead_for(state, &slot, deadline, lent) {
+                    // A handler's request on its connection's thread that
+                    // can read no further: nobody else will read until the
+                    // handler returns, so the answer cannot come.
+                    if self.pending.lock().remove(&req).is_none() {
+                        if let Some(answer) = slot.take() {
+                            return answer;
+                        }
+                    }
+                    return slot.take().unwrap_or(Err(e));
+                }
                 continue;
             }
             slot.park(deadline);

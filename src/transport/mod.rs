@@ -7,7 +7,9 @@ mod writer;
 
 #[cfg(feature = "unstable-testing")]
 pub(crate) use conn::drive_handshake;
-pub(crate) use conn::{handshake, reply, tie_break, Conn, FrameSink, Greeted, Inbound, RELAY_TYPE};
+pub(crate) use conn::{
+    handshake, reply, requests_made, tie_break, Conn, FrameSink, Greeted, Inbound, RELAY_TYPE,
+};
 pub(crate) use threads::Threads;
 
 use conn::ReadLimits;

@@ -18,12 +18,18 @@ impl Conn {
     /// The read state, if nobody reads the socket and a requester may
     /// (a `lent` one even when the connection's thread has frames waiting:
     /// it is that thread, see [`Conn::run_lent`]).
-    pub(super) fn try_lead(&self, lent: bool) -> Option<Box<ReadState>> {
+    /// A `lent` requester that finds another reading parks as
+    /// [`Lead::lent_waiter`] (`slot`), to be woken when that one stops.
+    pub(super) fn try_lead(&self, lent: bool, slot: &Arc<Slot>) -> Option<Box<ReadState>> {
         let mut g = self.lead.lock();
         if !g.open || (g.urgent && !lent) || g.delivering {
             return None;
         }
-        g.state.take()
+        let st = g.state.take();
+        if st.is_none() && lent {
+            g.lent_waiter = Some(Arc::clone(slot));
+        }
+        st
     }
 
     /// Read the socket for a requester until its answer is in (`slot`),
@@ -35,14 +41,22 @@ impl Conn {
     /// A handler running on the connection's thread itself (`lent`: see
     /// [`Conn::run_lent`]) keeps reading past frames that are not answers,
     /// up to [`LENT_DEFER_MAX`] of them, since that thread delivers them
-    /// only once the handler returns.
+    /// only once the handler returns. When it can read no further (the
+    /// end, the connection closed, a large frame or too many frames for
+    /// the connection's thread), the error its request fails with: that
+    /// thread is the handler's own and reads nothing before it returns.
     pub(super) fn lead_for(
         &self,
         mut st: Box<ReadState>,
         slot: &Slot,
         deadline: Instant,
         lent: bool,
-    ) {
+    ) -> Option<Error> {
+        // Frames the decoder already holds come before any read (see
+        // [`Lead`]): the connection's thread may have lent the state between
+        // two frames of one read, and the answer this requester waits for,
+        // or a request the peer waits on, may be among them.
+        self.drain_answers(&mut st, lent);
         loop {
             let stop = if lent {
                 st.ended
@@ -52,8 +66,29 @@ impl Conn {
             } else {
                 st.needs_conn_thread()
             };
-            if stop || slot.state.lock().answer.is_some() || self.is_closed() {
+            if slot.state.lock().answer.is_some() {
                 break;
+            }
+            if stop || self.is_closed() {
+                let blocked = lent.then(|| {
+                    if st.ended || self.is_closed() {
+                        self.closed_error()
+                    } else {
+                        Error::ResourceExhausted {
+                            what: "frames held for the connection's thread".into(),
+                            limit: LENT_DEFER_MAX,
+                            context: format!(
+                                "a request to {} from a handler on the thread of its \
+                                 connection, which must deliver {} frames (or one large \
+                                 one) first",
+                                self.peer_addr(),
+                                st.deferred.len()
+                            ),
+                        }
+                    }
+                });
+                self.give_back(st);
+                return blocked;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -92,20 +127,27 @@ impl Conn {
             self.check_clock(&mut st);
         }
         self.give_back(st);
+        None
     }
 
     /// A requester stops reading: the read state goes back, and the reading
     /// to the connection's thread (at once if it must read, else lazily) or
     /// to another requester still waiting.
+    ///
+    /// A handler's request parked on the connection's thread
+    /// ([`Lead::lent_waiter`]) is woken first, urgent or not: that thread
+    /// is in the handler, so it alone may take the frames left for it (it
+    /// reads past them) and nobody else would wake it.
     pub(super) fn give_back(&self, st: Box<ReadState>) {
         let urgent = st.needs_conn_thread() || self.is_closed();
         let mut g = self.lead.lock();
         g.state = Some(st);
         g.last_exit = Some(Instant::now());
+        let lent_woken = g.lent_waiter.take().is_some_and(|slot| slot.nudge());
         if urgent {
             g.urgent = true;
             self.lead_cv.notify_one();
-        } else if !self.nudge_follower() && g.long_sleep {
+        } else if !lent_woken && !self.nudge_follower() && g.long_sleep {
             self.lead_cv.notify_one();
         }
     }

@@ -863,15 +863,27 @@ impl Conn {
                 self.queue_cv.wait(&mut q);
             }
             q.waiters -= 1;
-            if q.written >= seq {
+            let done = q.written >= seq;
+            if q.failed && !done {
+                return Err(self.closed_error());
+            }
+            if !q.writing && !q.buf.is_empty() && !q.failed {
+                // The writer handed the writing over (this frame may have
+                // been written meanwhile): take it, so that what others
+                // queued without waiting is written too.
+                q.writing = true;
                 drop(q);
+                let r = self.write_queue(seq);
+                return if done { Ok(()) } else { r };
+            }
+            drop(q);
+            if done {
                 self.touch();
                 return Ok(());
             }
-            if q.failed {
-                return Err(self.closed_error());
-            }
-            // The writer handed the writing over with this frame unwritten.
+            // Not written, nobody writing, nothing queued: it cannot be
+            // (the frame is queued until written or the queue fails).
+            return Err(self.closed_error());
         }
         q.writing = true;
         drop(q);

@@ -114,6 +114,9 @@ struct ReadState {
     ended: bool,
     /// The minimum rate of a frame under way (for the warning).
     min_frame_rate: u64,
+    /// The last read went straight into the record layer: what taking
+    /// its bytes gave (see [`ReadState::read`]).
+    direct: Option<std::result::Result<(), String>>,
 }
 
 impl ReadState {
@@ -139,10 +142,30 @@ impl ReadState {
 
     /// Take the `n` bytes a read put in the buffer: into the decoder
     /// (through the record layer), and grow the buffer if they filled it.
+    /// Bytes read straight into the record layer ([`ReadState::read`])
+    /// are taken already.
     fn take_read(&mut self, n: usize) -> std::result::Result<(), String> {
+        if let Some(pushed) = self.direct.take() {
+            return pushed;
+        }
         let pushed = self.inbound.push(&self.buf[..n]);
         self.filled(n);
         pushed
+    }
+
+    /// Read the socket: into the record layer when a large record is under
+    /// way (no copy), else into the buffer. Follow a read of `n > 0` bytes
+    /// with [`ReadState::take_read`].
+    fn read(&mut self) -> io::Result<usize> {
+        let stream = Arc::clone(&self.stream);
+        if let Some(r) = self.inbound.read_direct(&stream) {
+            let (n, pushed) = r?;
+            if n > 0 {
+                self.direct = Some(pushed);
+            }
+            return Ok(n);
+        }
+        (&*stream).read(&mut self.buf)
     }
 
     fn set_timeout(&mut self, t: Duration) {
@@ -268,6 +291,30 @@ impl Inbound {
     /// Bytes held for a partial record and frame.
     fn held(&self) -> usize {
         self.decoder.held() + self.opener.pending()
+    }
+
+    /// Read from `stream` straight into the opener's record buffer, when
+    /// that saves a copy (a large record under way, or bulk): the bytes
+    /// read, or `None` when the read should go to the connection's buffer.
+    fn read_direct(
+        &mut self,
+        stream: &TcpStream,
+    ) -> Option<io::Result<(usize, std::result::Result<(), String>)>> {
+        let room = self.opener.room()?;
+        let most = room.len();
+        let n = match (&*stream).read(room) {
+            Ok(n) => n,
+            Err(e) => return Some(Err(e)),
+        };
+        if n == 0 {
+            return Some(Ok((0, Ok(()))));
+        }
+        let opener = &mut self.opener;
+        let pushed = self
+            .decoder
+            .push_with(most, |buf| opener.filled(n, buf))
+            .map_err(|e| e.to_string());
+        Some(Ok((n, pushed)))
     }
 
     /// Feed bytes read from the peer.

@@ -475,7 +475,9 @@ impl Session {
         Opener {
             noise: self.noise.clone(),
             nonce: 0,
-            pending: Vec::new(),
+            rec: Vec::new(),
+            have: 0,
+            bulk: false,
         }
     }
 }
@@ -546,55 +548,152 @@ fn record_len(b: &[u8]) -> Result<usize, RecordError> {
 pub(crate) struct Opener {
     noise: Option<Arc<StatelessTransportState>>,
     nonce: u64,
-    /// Bytes of an incomplete record (at most one record: 64 KiB).
-    pending: Vec<u8>,
+    /// Bytes of an incomplete record: the first `have` bytes of `rec`
+    /// (at most one record: 64 KiB). `rec` keeps its length once grown, so
+    /// that a read can go straight into it (see [`Opener::room`]).
+    rec: Vec<u8>,
+    have: usize,
+    /// The last record was large: the peer sends bulk, and the next read
+    /// may go straight into `rec` even at a record's start.
+    bulk: bool,
 }
+
+/// The largest record on the wire: its length and the ciphertext.
+const MAX_RECORD: usize = 2 + MAX_MSG;
+/// A record at least this large marks the peer as sending bulk.
+const BULK_RECORD: usize = 16 * 1024;
+/// Bytes of a record still to come for which reading straight into the
+/// opener is worth it.
+const DIRECT_MIN: usize = 4096;
 
 impl Opener {
     /// Bytes of an incomplete record held.
     pub(crate) fn pending(&self) -> usize {
-        self.pending.len()
+        self.have
+    }
+
+    /// Where the next read may go with no copy: the rest of the record
+    /// under way when much of it is still to come, or, while the peer sends
+    /// bulk and no record is under way, room for one whole record. `None`
+    /// in plaintext mode and for small records. After reading into it, call
+    /// [`Opener::filled`].
+    pub(crate) fn room(&mut self) -> Option<&mut [u8]> {
+        self.noise.as_ref()?;
+        if self.have >= 2 {
+            let end = 2 + u16::from_be_bytes([self.rec[0], self.rec[1]]) as usize;
+            if end - self.have < DIRECT_MIN {
+                return None;
+            }
+            if self.rec.len() < end {
+                self.rec.resize(end, 0);
+            }
+            return Some(&mut self.rec[self.have..end]);
+        }
+        if self.have == 0 && self.bulk {
+            if self.rec.len() < MAX_RECORD {
+                self.rec.resize(MAX_RECORD, 0);
+            }
+            return Some(&mut self.rec[..MAX_RECORD]);
+        }
+        None
+    }
+
+    /// `n` bytes were read into [`Opener::room`]: decrypt the records
+    /// completed, appending to `plain`, and keep the rest.
+    pub(crate) fn filled(&mut self, n: usize, plain: &mut Vec<u8>) -> Result<(), RecordError> {
+        let Some(noise) = &self.noise else {
+            return Ok(());
+        };
+        self.have += n;
+        let mut at = 0;
+        let result = loop {
+            let left = self.have - at;
+            if left < 2 {
+                break Ok(());
+            }
+            let len = match record_len(&self.rec[at..]) {
+                Ok(len) => len,
+                Err(e) => break Err(e),
+            };
+            if left < 2 + len {
+                break Ok(());
+            }
+            self.bulk = 2 + len >= BULK_RECORD;
+            if let Err(e) = Self::decrypt(
+                noise,
+                &mut self.nonce,
+                &self.rec[at + 2..at + 2 + len],
+                plain,
+            ) {
+                break Err(e);
+            }
+            at += 2 + len;
+        };
+        if at > 0 {
+            self.rec.copy_within(at..self.have, 0);
+            self.have -= at;
+        }
+        result
+    }
+
+    /// Append `bytes` to the record under way (`rec`, `have`).
+    fn hold(rec: &mut Vec<u8>, have: &mut usize, bytes: &[u8]) {
+        let end = *have + bytes.len();
+        if rec.len() < end {
+            rec.resize(end, 0);
+        }
+        rec[*have..end].copy_from_slice(bytes);
+        *have = end;
     }
 
     /// Feed received bytes; decrypted bytes are appended to `plain`.
     pub(crate) fn open(&mut self, input: &[u8], plain: &mut Vec<u8>) -> Result<(), RecordError> {
-        let Some(noise) = &self.noise else {
+        let Opener {
+            noise,
+            nonce,
+            rec,
+            have,
+            bulk,
+        } = self;
+        let Some(noise) = noise else {
             plain.extend_from_slice(input);
             return Ok(());
         };
         let mut input = input;
         loop {
-            if !self.pending.is_empty() {
+            if *have > 0 {
                 // Complete the record begun in an earlier read.
-                if self.pending.len() < 2 {
-                    let take = (2 - self.pending.len()).min(input.len());
-                    self.pending.extend_from_slice(&input[..take]);
+                if *have < 2 {
+                    let take = (2 - *have).min(input.len());
+                    Self::hold(rec, have, &input[..take]);
                     input = &input[take..];
-                    if self.pending.len() < 2 {
+                    if *have < 2 {
                         return Ok(());
                     }
                 }
-                let len = record_len(&self.pending)?;
-                let take = (2 + len - self.pending.len()).min(input.len());
-                self.pending.extend_from_slice(&input[..take]);
+                let len = record_len(rec)?;
+                let take = (2 + len - *have).min(input.len());
+                Self::hold(rec, have, &input[..take]);
                 input = &input[take..];
-                if self.pending.len() < 2 + len {
+                if *have < 2 + len {
                     return Ok(());
                 }
-                Self::decrypt(noise, &mut self.nonce, &self.pending[2..], plain)?;
-                self.pending.clear();
+                *bulk = 2 + len >= BULK_RECORD;
+                Self::decrypt(noise, nonce, &rec[2..2 + len], plain)?;
+                *have = 0;
                 continue;
             }
             if input.len() < 2 {
-                self.pending.extend_from_slice(input);
+                Self::hold(rec, have, input);
                 return Ok(());
             }
             let len = record_len(input)?;
             if input.len() < 2 + len {
-                self.pending.extend_from_slice(input);
+                Self::hold(rec, have, input);
                 return Ok(());
             }
-            Self::decrypt(noise, &mut self.nonce, &input[2..2 + len], plain)?;
+            *bulk = 2 + len >= BULK_RECORD;
+            Self::decrypt(noise, nonce, &input[2..2 + len], plain)?;
             input = &input[2 + len..];
         }
     }
@@ -703,6 +802,52 @@ mod tests {
             let mut plain = Vec::new();
             sx.opener().open(&back, &mut plain).expect("open");
             assert_eq!(plain, b"pong");
+        }
+    }
+
+    #[test]
+    fn reads_straight_into_the_opener_give_the_same_stream() {
+        let (x, y) = pair(local(1, None), local(2, None), 1000);
+        let (_, sx, _) = x.expect("x").finish().expect("x");
+        let (_, sy, _) = y.expect("y").finish().expect("y");
+        // Large records, then small ones, then large again.
+        let mut sealer = sx.sealer();
+        let mut wire = Vec::new();
+        let mut data = Vec::new();
+        for (i, len) in [300_000usize, 10, 200, 5000, 150_000]
+            .into_iter()
+            .enumerate()
+        {
+            let piece: Vec<u8> = (0..len).map(|j| (i * 31 + j) as u8).collect();
+            for c in piece.chunks(if len > 1000 { MAX_PLAIN } else { 7 }) {
+                sealer.seal(c, &mut wire).expect("seal");
+            }
+            data.extend_from_slice(&piece);
+        }
+        for read in [1000usize, 4096, 32 * 1024, 100_000] {
+            let mut opener = sy.opener();
+            let mut plain = Vec::new();
+            let (mut at, mut direct) = (0, 0);
+            while at < wire.len() {
+                let n = match opener.room() {
+                    Some(room) => {
+                        let n = room.len().min(read).min(wire.len() - at);
+                        room[..n].copy_from_slice(&wire[at..at + n]);
+                        opener.filled(n, &mut plain).expect("filled");
+                        direct += n;
+                        n
+                    }
+                    None => {
+                        let n = read.min(wire.len() - at);
+                        opener.open(&wire[at..at + n], &mut plain).expect("open");
+                        n
+                    }
+                };
+                at += n;
+            }
+            assert_eq!(opener.pending(), 0);
+            assert_eq!(plain, data, "reads of {read}");
+            assert!(direct > wire.len() / 2, "reads of {read}: {direct} direct");
         }
     }
 

@@ -346,6 +346,48 @@ fn many_requests_in_flight_on_one_connection() {
 }
 
 #[test]
+fn messages_and_requests_of_many_threads_on_one_connection_all_arrive_in_order() {
+    // Many threads sending at once on one connection write together (the
+    // send queue): every message arrives, each thread's in the order sent,
+    // and every request is answered, whichever thread writes them.
+    const SENDERS: u64 = 8;
+    const EACH: u64 = 300;
+    let a = node();
+    add_adder(&a);
+    let (tx, rx) = crossbeam_channel::unbounded::<(u64, u64)>();
+    a.add_inline_handler("SEQ", move |req| {
+        let (t, k): (u64, u64) = req.message().data()?;
+        let _ = tx.send((t, k));
+        Ok(())
+    })
+    .unwrap();
+    let b = node();
+    let conn = b.connect(a.local_addr()).unwrap();
+    thread::scope(|s| {
+        for t in 0..SENDERS {
+            let conn = conn.clone();
+            s.spawn(move || {
+                for k in 0..EACH {
+                    conn.send(Message::new("SEQ", json!([t, k]))).unwrap();
+                    if k % 3 == 0 {
+                        let n = (t * 1_000_000 + k) as i64;
+                        let resp = conn.request(Message::new("ADD", n)).unwrap();
+                        assert_eq!(resp.data::<i64>().unwrap(), n + 1);
+                    }
+                }
+            });
+        }
+    });
+    let mut next = vec![0u64; SENDERS as usize];
+    for _ in 0..SENDERS * EACH {
+        let (t, k) = rx.recv_timeout(PATIENCE).expect("every message arrives");
+        assert_eq!(k, next[t as usize], "sender {t}'s messages in order");
+        next[t as usize] += 1;
+    }
+    assert!(next.iter().all(|&n| n == EACH));
+}
+
+#[test]
 fn requesters_get_their_answers_while_the_peer_talks_back() {
     // Requesters on one connection read their answers themselves when
     // nobody else reads; the peer's own messages and requests on the same

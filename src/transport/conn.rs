@@ -114,6 +114,9 @@ struct ReadState {
     ended: bool,
     /// The minimum rate of a frame under way (for the warning).
     min_frame_rate: u64,
+    /// The last read went straight into the record layer: what taking
+    /// its bytes gave (see [`ReadState::read`]).
+    direct: Option<std::result::Result<(), String>>,
 }
 
 impl ReadState {
@@ -139,10 +142,30 @@ impl ReadState {
 
     /// Take the `n` bytes a read put in the buffer: into the decoder
     /// (through the record layer), and grow the buffer if they filled it.
+    /// Bytes read straight into the record layer ([`ReadState::read`])
+    /// are taken already.
     fn take_read(&mut self, n: usize) -> std::result::Result<(), String> {
+        if let Some(pushed) = self.direct.take() {
+            return pushed;
+        }
         let pushed = self.inbound.push(&self.buf[..n]);
         self.filled(n);
         pushed
+    }
+
+    /// Read the socket: into the record layer when a large record is under
+    /// way (no copy), else into the buffer. Follow a read of `n > 0` bytes
+    /// with [`ReadState::take_read`].
+    fn read(&mut self) -> io::Result<usize> {
+        let stream = Arc::clone(&self.stream);
+        if let Some(r) = self.inbound.read_direct(&stream) {
+            let (n, pushed) = r?;
+            if n > 0 {
+                self.direct = Some(pushed);
+            }
+            return Ok(n);
+        }
+        (&*stream).read(&mut self.buf)
     }
 
     fn set_timeout(&mut self, t: Duration) {
@@ -305,6 +328,30 @@ impl Inbound {
         self.decoder.held() + self.opener.pending()
     }
 
+    /// Read from `stream` straight into the opener's record buffer, when
+    /// that saves a copy (a large record under way, or bulk): the bytes
+    /// read, or `None` when the read should go to the connection's buffer.
+    fn read_direct(
+        &mut self,
+        stream: &TcpStream,
+    ) -> Option<io::Result<(usize, std::result::Result<(), String>)>> {
+        let room = self.opener.room()?;
+        let most = room.len();
+        let n = match (&*stream).read(room) {
+            Ok(n) => n,
+            Err(e) => return Some(Err(e)),
+        };
+        if n == 0 {
+            return Some(Ok((0, Ok(()))));
+        }
+        let opener = &mut self.opener;
+        let pushed = self
+            .decoder
+            .push_with(most, |buf| opener.filled(n, buf))
+            .map_err(|e| e.to_string());
+        Some(Ok((n, pushed)))
+    }
+
     /// Feed bytes read from the peer.
     /// Records are decrypted (or, in plaintext mode, copied) straight into
     /// the decoder's buffer.
@@ -408,7 +455,43 @@ pub(crate) struct Conn {
     lead: Mutex<Lead>,
     /// The connection's thread waits here for the read state.
     lead_cv: Condvar,
+    /// Small frames of blocking sends waiting to be written together
+    /// (TCP links; see [`Conn::send_queued`]).
+    queue: Mutex<SendQueue>,
+    /// Senders wait here for their frame to be written.
+    queue_cv: Condvar,
 }
+
+/// Small frames of blocking sends (requests, one-way messages) waiting to
+/// be written: while one thread writes, others append their frames here,
+/// and it writes them all with its next write (one record, one system
+/// call) before it lets go. See [`Conn::send_queued`].
+#[derive(Default)]
+struct SendQueue {
+    /// Encoded frames, in the order they were queued.
+    buf: Vec<u8>,
+    /// An empty buffer to swap with `buf`, so that neither is allocated
+    /// for every write.
+    spare: Vec<u8>,
+    /// Frames queued so far (the last one's number).
+    queued: u64,
+    /// Frames written so far (the last written one's number).
+    written: u64,
+    /// A thread writes what is queued.
+    writing: bool,
+    /// Senders waiting on `queue_cv` for their frame to be written.
+    waiters: usize,
+    /// A write failed or the connection closed: nothing more is written.
+    failed: bool,
+}
+
+/// A blocking send of a frame whose body is at most this large is queued
+/// behind a write under way instead of waiting for the writer's lock.
+const QUEUE_BODY_MAX: usize = 16 * 1024;
+
+/// Rounds the thread writing the queue writes for others before it hands
+/// the writing to a sender that waits.
+const QUEUE_ROUNDS: usize = 4;
 
 impl Conn {
     pub(crate) fn new(
@@ -497,6 +580,8 @@ impl Conn {
             corked: AtomicBool::new(false),
             lead: Mutex::new(Lead::default()),
             lead_cv: Condvar::new(),
+            queue: Mutex::new(SendQueue::default()),
+            queue_cv: Condvar::new(),
         }
     }
 
@@ -802,7 +887,171 @@ impl Conn {
 
     /// Write one frame, flushing it. A failed write closes the connection.
     pub(crate) fn send_frame(&self, frame: &Frame) -> Result<()> {
-        self.send_frame_within(frame, None)
+        self.send_blocking(frame, true)
+    }
+
+    /// A blocking send: a small frame on a TCP link through the send queue
+    /// (waiting for it to be written if `wait`), any other directly.
+    fn send_blocking(&self, frame: &Frame, wait: bool) -> Result<()> {
+        let small = frame.body.as_ref().map_or(0, |b| b.len()) <= QUEUE_BODY_MAX;
+        if small && matches!(self.link, Link::Tcp { .. }) {
+            self.send_queued(frame, wait)
+        } else {
+            self.send_frame_within(frame, None)
+        }
+    }
+
+    /// Queue a small frame for writing. If no thread is writing, this one
+    /// writes it at once (and what others queue meanwhile); else the thread
+    /// writing takes it with what it writes next, so that frames of many
+    /// threads leave in one write. With `wait`, returns once the frame is
+    /// written (or its write failed); without (a request, whose caller
+    /// waits for the answer anyway), at once: a failed write closes the
+    /// connection, which fails the request.
+    fn send_queued(&self, frame: &Frame, wait: bool) -> Result<()> {
+        if matches!(frame.kind, Kind::Message | Kind::Request) && frame.msg_type.trim().is_empty() {
+            return Err(Error::InvalidArgument(
+                "a message needs a type: it cannot be empty or blank".into(),
+            ));
+        }
+        if self.is_closed() {
+            return Err(self.closed_error());
+        }
+        let mut bytes = Vec::with_capacity(256 + frame.body.as_ref().map_or(0, |b| b.len()));
+        if let Err(e) = wire::write_frame(&mut bytes, frame, self.max_frame) {
+            return Err(if e.kind() == io::ErrorKind::InvalidInput {
+                Error::FrameTooLarge {
+                    size: wire::encoded_size(frame).unwrap_or(0),
+                    max: self.max_frame as u64,
+                }
+            } else {
+                Error::io(format!("encoding a frame for {}", self.peer_addr()), e)
+            });
+        }
+        self.note_user(frame);
+        let mut q = self.queue.lock();
+        if q.failed {
+            return Err(self.closed_error());
+        }
+        q.buf.extend_from_slice(&bytes);
+        q.queued += 1;
+        let seq = q.queued;
+        if q.writing {
+            if !wait {
+                return Ok(());
+            }
+            q.waiters += 1;
+            while q.written < seq && !q.failed && q.writing {
+                self.queue_cv.wait(&mut q);
+            }
+            q.waiters -= 1;
+            let done = q.written >= seq;
+            if q.failed && !done {
+                return Err(self.closed_error());
+            }
+            if !q.writing && !q.buf.is_empty() && !q.failed {
+                // The writer handed the writing over (this frame may have
+                // been written meanwhile): take it, so that what others
+                // queued without waiting is written too.
+                q.writing = true;
+                drop(q);
+                let r = self.write_queue(seq);
+                return if done { Ok(()) } else { r };
+            }
+            drop(q);
+            if done {
+                self.touch();
+                return Ok(());
+            }
+            // Not written, nobody writing, nothing queued: it cannot be
+            // (the frame is queued until written or the queue fails).
+            return Err(self.closed_error());
+        }
+        q.writing = true;
+        drop(q);
+        self.write_queue(seq)
+    }
+
+    /// Write what is queued, and what others queue meanwhile, as the one
+    /// thread writing the queue; `seq` is this thread's frame.
+    fn write_queue(&self, seq: u64) -> Result<()> {
+        let Link::Tcp { writer, .. } = &self.link else {
+            return Err(self.closed_error());
+        };
+        let mut rounds = 0;
+        loop {
+            let mut g = writer.lock();
+            let (mut out, upto) = {
+                let mut q = self.queue.lock();
+                let mut out = std::mem::take(&mut q.spare);
+                std::mem::swap(&mut out, &mut q.buf);
+                (out, q.queued)
+            };
+            let r = match g.as_mut() {
+                None => Err(io::Error::from(io::ErrorKind::NotConnected)),
+                Some(w) => {
+                    let _writing = Writing::begin(&self.writing_since);
+                    w.stream.normal_timeout();
+                    w.write_all(&out).and_then(|_| w.flush())
+                }
+            };
+            drop(g);
+            rounds += 1;
+            out.clear();
+            let mut q = self.queue.lock();
+            if out.capacity() <= 64 * 1024 {
+                q.spare = out;
+            }
+            if let Err(e) = r {
+                q.failed = true;
+                q.writing = false;
+                q.buf = Vec::new();
+                self.queue_cv.notify_all();
+                drop(q);
+                let e = self.write_failed(e, None);
+                return Err(if upto >= seq { e } else { self.closed_error() });
+            }
+            q.written = upto;
+            if q.buf.is_empty() || (rounds >= QUEUE_ROUNDS && q.waiters > 0) {
+                q.writing = false;
+                if q.waiters > 0 {
+                    self.queue_cv.notify_all();
+                }
+                drop(q);
+                self.touch();
+                return Ok(());
+            }
+            if q.waiters > 0 {
+                self.queue_cv.notify_all();
+            }
+        }
+    }
+
+    /// A write failed: close the connection, and say why.
+    fn write_failed(&self, e: io::Error, bound: Option<Duration>) -> Error {
+        let after = bound.unwrap_or_else(|| self.write_timeout());
+        if bound.is_some() {
+            log::warn!(
+                "{}: a write made no progress for {after:?}: the peer does not \
+                 read; closing the connection",
+                self.peer_addr()
+            );
+        }
+        self.close();
+        if matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        ) {
+            Error::Timeout {
+                kind: crate::error::TimeoutKind::Write,
+                what: format!("a write to {}", self.peer_addr()),
+                after,
+            }
+        } else if self.is_closed() {
+            self.closed_error()
+        } else {
+            Error::io(format!("writing to {}", self.peer_addr()), e)
+        }
     }
 
     fn send_frame_within(&self, frame: &Frame, bound: Option<Duration>) -> Result<()> {
@@ -887,31 +1136,7 @@ impl Conn {
                     max: self.max_frame as u64,
                 })
             }
-            Err(e) => {
-                let after = bound.unwrap_or_else(|| self.write_timeout());
-                if bound.is_some() {
-                    log::warn!(
-                        "{}: a write made no progress for {after:?}: the peer does not \
-                         read; closing the connection",
-                        self.peer_addr()
-                    );
-                }
-                self.close();
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) {
-                    Err(Error::Timeout {
-                        kind: crate::error::TimeoutKind::Write,
-                        what: format!("a write to {}", self.peer_addr()),
-                        after,
-                    })
-                } else if self.is_closed() {
-                    Err(self.closed_error())
-                } else {
-                    Err(Error::io(format!("writing to {}", self.peer_addr()), e))
-                }
-            }
+            Err(e) => Err(self.write_failed(e, bound)),
         }
     }
 
@@ -1007,7 +1232,7 @@ impl Conn {
         let sent = if bounded {
             self.send_bounded(&frame)
         } else {
-            self.send_frame(&frame)
+            self.send_blocking(&frame, false)
         };
         if let Err(e) = sent {
             self.pending.lock().remove(&req);
@@ -1132,6 +1357,12 @@ impl Conn {
         {
             let _g = self.lead.lock();
             self.lead_cv.notify_all();
+        }
+        {
+            let mut q = self.queue.lock();
+            q.failed = true;
+            q.buf = Vec::new();
+            self.queue_cv.notify_all();
         }
         match &self.link {
             Link::Tcp { raw, writer } => {

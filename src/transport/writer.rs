@@ -98,6 +98,9 @@ pub(super) const BACKLOG_MAX: usize = 256 * 1024;
 
 /// Plaintext buffered before it is sealed and written.
 const WRITE_CHUNK: usize = crate::noise::MAX_PLAIN;
+/// The writer's buffers keep their memory after a frame up to this size:
+/// one sealed record and some.
+const KEEP_MAX: usize = 80 * 1024;
 
 impl SecureWriter {
     pub(super) fn new(stream: Shared, sealer: Sealer) -> SecureWriter {
@@ -198,14 +201,14 @@ impl Write for SecureWriter {
                 return self.stream.write(buf);
             }
             if self.plain.is_empty() {
-                let n = (buf.len() / WRITE_CHUNK).min(4) * WRITE_CHUNK;
+                // One record at a time, written at once: the sealed bytes
+                // stay in one record's worth of buffer, reused (and warm in
+                // the cache) for the whole body.
                 self.sealer
-                    .seal(&buf[..n], &mut self.out)
+                    .seal(&buf[..WRITE_CHUNK], &mut self.out)
                     .map_err(|e| io::Error::other(e.to_string()))?;
-                if self.out.len() >= 4 * WRITE_CHUNK {
-                    self.send_out()?;
-                }
-                return Ok(n);
+                self.send_out()?;
+                return Ok(WRITE_CHUNK);
             }
         }
         let room = WRITE_CHUNK - self.plain.len();
@@ -227,11 +230,13 @@ impl Write for SecureWriter {
         if !self.out.is_empty() || !self.backlog.is_empty() {
             self.send_out()?;
         }
-        // Keep big buffers from a large frame from pinning memory.
-        if self.plain.capacity() > 64 * 1024 {
+        // Keep big buffers from a large frame from pinning memory (one
+        // record's worth stays: a connection sending large bodies would
+        // otherwise allocate and fault in a fresh one for every frame).
+        if self.plain.capacity() > KEEP_MAX {
             self.plain = Vec::with_capacity(4096);
         }
-        if self.out.capacity() > 64 * 1024 {
+        if self.out.capacity() > KEEP_MAX {
             self.out = Vec::with_capacity(4096);
         }
         Ok(())

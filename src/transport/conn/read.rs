@@ -95,8 +95,7 @@ impl Conn {
                 break;
             }
             st.set_timeout(left.min(st.tick));
-            let stream = Arc::clone(&st.stream);
-            let read = (&*stream).read(&mut st.buf);
+            let read = st.read();
             match read {
                 Ok(0) => self.at_eof(&mut st),
                 Ok(n) => {
@@ -328,6 +327,7 @@ impl Conn {
             deferred: VecDeque::new(),
             ended: false,
             min_frame_rate: limits.min_frame_rate,
+            direct: None,
         });
         self.lead.lock().open = true;
         let (mut st, ok, _, _) = self.drain_tcp(st, sink);
@@ -377,7 +377,7 @@ impl Conn {
                     self.step_down(st);
                     continue 'lead;
                 }
-                let read = (&*stream).read(&mut st.buf);
+                let read = st.read();
                 match read {
                     Ok(0) => {
                         self.at_eof(&mut st);

@@ -1301,7 +1301,10 @@ pub(crate) fn drive_handshake(
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "peer".into());
     let deadline = Instant::now() + timeout;
-    let mut buf = [0u8; 4096];
+    // On the heap, once per connection: the stack pages a thread touches
+    // stay resident for its life, and thousands of connection threads run
+    // a handshake.
+    let mut buf = vec![0u8; 4096];
     loop {
         let out = hs.take_output();
         if !out.is_empty() {

@@ -489,7 +489,10 @@ impl Conn {
     pub(super) fn linger(&self, stream: &TcpStream) {
         let _ = stream.shutdown(Shutdown::Write);
         let deadline = Instant::now() + LINGER;
-        let mut sink = [0u8; 16 * 1024];
+        // On the heap: a buffer on the stack would make the read loop's
+        // frame (this is inlined into it) 16 KiB deeper, and every
+        // connection thread touch those pages for a path it seldom takes.
+        let mut sink = vec![0u8; 16 * 1024];
         while Instant::now() < deadline {
             let _ = stream.set_read_timeout(Some(
                 deadline

@@ -137,6 +137,15 @@ impl ReadState {
         }
     }
 
+    /// Nothing came for a tick: a buffer grown for a busy spell goes back
+    /// to [`READ_FIRST`] bytes, so that a connection gone quiet holds no
+    /// more than a new one.
+    fn quiet(&mut self) {
+        if self.buf.len() > READ_FIRST {
+            self.buf = vec![0u8; READ_FIRST];
+        }
+    }
+
     /// Take the `n` bytes a read put in the buffer: into the decoder
     /// (through the record layer), and grow the buffer if they filled it.
     fn take_read(&mut self, n: usize) -> std::result::Result<(), String> {
@@ -739,6 +748,16 @@ impl Conn {
             return false;
         }
         left
+    }
+
+    /// The connection has gone quiet: the writer frees buffers grown for
+    /// larger frames, unless another thread writes now.
+    pub(super) fn writer_quiet(&self) {
+        if let Link::Tcp { writer, .. } = &self.link {
+            if let Some(w) = writer.try_lock().as_mut().and_then(|g| g.as_mut()) {
+                w.quiet();
+            }
+        }
     }
 
     /// The writer's lock within `bound`; none at once if the thread that

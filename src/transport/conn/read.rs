@@ -377,6 +377,8 @@ impl Conn {
                             st.set_timeout(if fast { backlog_tick } else { tick });
                         }
                         self.expire_forwards(limits.forward_timeout);
+                        st.quiet();
+                        self.writer_quiet();
                         if self.idle_expired_with(idle, limits.ring_idle, true) {
                             log::debug!("closing idle connection to {}", self.peer_addr());
                             st.ended = true;

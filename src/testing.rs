@@ -198,3 +198,12 @@ impl Remains {
             .collect()
     }
 }
+
+/// The sizes of `node`'s tables that grow with its peers, by name: its
+/// connections, threads, per-IP counts, memory holders, ring pins, queued
+/// pokes and jobs, handler gates and queues, events. A table that keeps an
+/// entry for every peer that ever came, and never shrinks as peers go,
+/// shows here as growing with churn.
+pub fn table_sizes(node: &crate::Node) -> std::collections::BTreeMap<&'static str, usize> {
+    node.inner().table_sizes().into_iter().collect()
+}

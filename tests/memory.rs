@@ -1,12 +1,15 @@
 //! A node shut down without leaving gives all of its memory back: its
 //! state, its transport and its connections, and the connections the other
-//! nodes had to it. A reference cycle, or a map that keeps a dead peer's
-//! connection, fails this test (checked with weak references, not RSS).
+//! nodes had to it; and the other nodes' tables keep nothing of it. A
+//! reference cycle, a map that keeps a dead peer's connection, or a table
+//! that grows with every peer that ever came fails this test (checked with
+//! weak references and table sizes, not RSS).
 
 mod support;
 
-use p2prs::testing::Remains;
+use p2prs::testing::{table_sizes, Remains};
 use p2prs::{Message, Node, NodeId};
+use std::collections::BTreeMap;
 use std::time::Duration;
 use support::{node_with, wait_until};
 
@@ -74,4 +77,26 @@ fn a_node_shut_down_without_leaving_leaves_nothing_behind() {
     assert!(wait_until(Duration::from_secs(10), || ring
         .iter()
         .all(|n| ids.iter().all(|&id| echo(n, id)))));
+    // No table keeps what the five gone nodes left: each is bounded by the
+    // connections to the live members.
+    let bounded = |t: &BTreeMap<&'static str, usize>| {
+        let conns = t["connections"];
+        conns <= 2 * (ring.len() - 1)
+            && t["handler gates"] <= conns
+            && t["memory holders"] <= conns
+            && t["connections with handler jobs"] <= conns
+            && t["per-IP counts"] <= 1
+            && t["inbound handshakes"] <= 1
+            && t["threads"] <= conns + 4
+            && t["ring pins"] <= 2
+            && t["pokes queued"] <= ring.len()
+    };
+    let settled = wait_until(Duration::from_secs(10), || {
+        ring.iter().all(|n| bounded(&table_sizes(n)))
+    });
+    assert!(
+        settled,
+        "tables after the churn: {:?}",
+        ring.iter().map(table_sizes).collect::<Vec<_>>()
+    );
 }

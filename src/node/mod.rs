@@ -1047,6 +1047,19 @@ fn first_addr(addr: impl ToSocketAddrs) -> Result<SocketAddr> {
 }
 
 impl NodeInner {
+    /// The sizes of the node's tables that grow with its peers: the
+    /// transport's, the ring's, the handler gates and queues (for the
+    /// tests: none may keep what a gone peer left).
+    #[cfg(feature = "unstable-testing")]
+    pub(crate) fn table_sizes(&self) -> Vec<(&'static str, usize)> {
+        let mut t = self.transport.table_sizes();
+        t.extend(self.chord.table_sizes());
+        t.push(("handler gates", self.peers.lock().len()));
+        t.push(("connections with handler jobs", self.jobs.connections()));
+        t.push(("events", self.events_rx.len()));
+        t
+    }
+
     /// A non-owning handle to this node, for a handler.
     fn node(&self) -> Option<Node> {
         self.me.upgrade().map(|inner| Node { inner, owner: None })

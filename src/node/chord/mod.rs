@@ -431,6 +431,17 @@ pub(crate) struct Chord {
 }
 
 impl Chord {
+    /// The sizes of the ring side's tables that grow with peers (for the
+    /// tests' table sizes).
+    #[cfg(feature = "unstable-testing")]
+    pub(crate) fn table_sizes(&self) -> Vec<(&'static str, usize)> {
+        vec![
+            ("ring pins", self.pinned.lock().len()),
+            ("pokes queued", self.pokes_pending.lock().len()),
+            ("ring jobs", self.jobs_rx.len()),
+        ]
+    }
+
     pub(crate) fn new(preferred: Option<NodeId>) -> Chord {
         let (jobs_tx, jobs_rx) = unbounded();
         let (stop_tx, stop_rx) = bounded(0);

@@ -18,6 +18,11 @@
 //! other error is counted by kind (all of them are retriable, see
 //! `Error::is_retriable`). When the churn stops, the time until every node
 //! reports the exact size is measured.
+//!
+//! The RSS it prints includes glibc's per-thread caches of freed memory,
+//! which with thousands of connection threads are tens of MB and creep;
+//! `GLIBC_TUNABLES=glibc.malloc.tcache_count=0` turns them off (see
+//! "Where the memory goes under churn" in `docs/performance.md`).
 
 use p2prs::{Error, Message, Node, NodeId};
 use p2prs_rng::Rng;

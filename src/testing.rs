@@ -119,3 +119,91 @@ impl SecureStream {
         Ok(n)
     }
 }
+
+/// What is left of a node's memory: weak references to its parts, taken
+/// while it runs. Once the node has shut down and its last handle is
+/// dropped, every part is freed unless something still holds it (a
+/// reference cycle, a map that keeps it, a thread left running): then
+/// [`Remains::left`] names it.
+pub struct Remains {
+    parts: Vec<(String, std::sync::Weak<dyn std::any::Any + Send + Sync>)>,
+}
+
+impl std::fmt::Debug for Remains {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remains")
+            .field("parts", &self.parts.len())
+            .field("left", &self.left())
+            .finish()
+    }
+}
+
+impl Remains {
+    /// The node's state, its transport, and each connection it has open now.
+    pub fn of(node: &crate::Node) -> Remains {
+        let inner = node.inner();
+        let mut parts: Vec<(String, std::sync::Weak<dyn std::any::Any + Send + Sync>)> = vec![
+            (
+                "the node's state".to_string(),
+                Arc::downgrade(inner) as std::sync::Weak<dyn std::any::Any + Send + Sync>,
+            ),
+            (
+                "the node's transport".to_string(),
+                Arc::downgrade(&inner.transport)
+                    as std::sync::Weak<dyn std::any::Any + Send + Sync>,
+            ),
+        ];
+        parts.extend(Self::conns(node, |_| true).parts);
+        Remains { parts }
+    }
+
+    /// The connections `node` has open now to the node with ID `peer`.
+    pub fn conns_to(node: &crate::Node, peer: crate::NodeId) -> Remains {
+        Self::conns(node, |c| c.peer_id() == Some(peer))
+    }
+
+    fn conns(node: &crate::Node, pick: impl Fn(&crate::transport::Conn) -> bool) -> Remains {
+        let parts = node
+            .inner()
+            .transport
+            .all()
+            .into_iter()
+            .filter(|c| pick(c))
+            .map(|c| {
+                (
+                    format!("connection {} to {}", c.id, c.peer_addr()),
+                    Arc::downgrade(&c) as std::sync::Weak<dyn std::any::Any + Send + Sync>,
+                )
+            })
+            .collect();
+        Remains { parts }
+    }
+
+    /// How many parts were taken.
+    pub fn len(&self) -> usize {
+        self.parts.len()
+    }
+
+    /// Whether no part was taken.
+    pub fn is_empty(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    /// The parts still in memory.
+    pub fn left(&self) -> Vec<String> {
+        self.parts
+            .iter()
+            .filter(|(_, w)| w.strong_count() > 0)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+}
+
+/// The sizes of `node`'s tables that grow with its peers, by name: its
+/// connections, threads, per-IP counts, memory holders, ring pins, queued
+/// pokes and jobs, handler gates and queues, events. A table that keeps an
+/// entry for every peer that ever came, and never shrinks as peers go,
+/// shows here as growing with churn.
+pub fn table_sizes(node: &crate::Node) -> std::collections::BTreeMap<&'static str, usize> {
+    node.inner().table_sizes().into_iter().collect()
+}

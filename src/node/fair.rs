@@ -20,6 +20,13 @@ struct State<T> {
 }
 
 impl<T> FairQueue<T> {
+    /// Connections with jobs queued (for the tests' table sizes).
+    #[cfg(feature = "unstable-testing")]
+    pub(crate) fn connections(&self) -> usize {
+        let g = self.state.lock();
+        g.jobs.len().max(g.turn.len())
+    }
+
     pub(crate) fn new() -> FairQueue<T> {
         FairQueue {
             state: Mutex::new(State {

@@ -22,7 +22,7 @@ use crate::message::{Message, TEXT};
 pub(crate) use crate::transport::reply;
 use crate::transport::{self, Conn, FrameSink, Transport};
 use crate::wire::{Frame, Kind};
-use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use crossbeam_channel::{unbounded, Receiver, Sender};
 use handler::HandlerFn;
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::HashMap;
@@ -236,7 +236,10 @@ impl NodeBuilder {
         let secure = transport::secure_for(identity, &cfg)?;
         let transport = Transport::new(cfg, local, secure);
         transport.threads.set_grace(transport.cfg.shutdown_grace);
-        let (events_tx, events_rx) = bounded(transport.cfg.events_capacity.max(1));
+        // A list that allocates as events come, bounded by `emit`: a
+        // preallocated queue of `events_capacity` slots would cost every
+        // node about 130 KB that most never use.
+        let (events_tx, events_rx) = unbounded();
         // Bounded by `handler_queue_len` per connection (see `PeerGate`).
         let jobs = Arc::new(fair::FairQueue::<Job>::new());
         let inner = Arc::new_cyclic(|me| NodeInner {
@@ -1060,6 +1063,19 @@ fn first_addr(addr: impl ToSocketAddrs) -> Result<SocketAddr> {
 }
 
 impl NodeInner {
+    /// The sizes of the node's tables that grow with its peers: the
+    /// transport's, the ring's, the handler gates and queues (for the
+    /// tests: none may keep what a gone peer left).
+    #[cfg(feature = "unstable-testing")]
+    pub(crate) fn table_sizes(&self) -> Vec<(&'static str, usize)> {
+        let mut t = self.transport.table_sizes();
+        t.extend(self.chord.table_sizes());
+        t.push(("handler gates", self.peers.lock().len()));
+        t.push(("connections with handler jobs", self.jobs.connections()));
+        t.push(("events", self.events_rx.len()));
+        t
+    }
+
     /// A non-owning handle to this node, for a handler.
     fn node(&self) -> Option<Node> {
         self.me.upgrade().map(|inner| Node { inner, owner: None })
@@ -1074,31 +1090,25 @@ impl NodeInner {
         // Held throughout, so that emitters take turns making room.
         let g = self.events_tx.lock();
         let Some(tx) = g.as_ref() else { return };
-        let mut e = e;
-        loop {
-            match tx.try_send(e) {
-                Ok(()) => return,
-                Err(TrySendError::Full(back)) => {
-                    if self.events_rx.try_recv().is_ok() {
-                        let dropped = self.events_dropped.fetch_add(1, Ordering::AcqRel);
-                        // A program that never asked for events is not
-                        // told that it loses them.
-                        let watching = self.watching.load(Ordering::Acquire);
-                        if watching && (dropped.is_power_of_two() || dropped == 0) {
-                            log::warn!(
-                                "the events queue of {} is full ({} events): dropping the \
-                                 oldest ({} so far)",
-                                self.transport.local_addr(),
-                                self.transport.cfg.events_capacity,
-                                dropped + 1
-                            );
-                        }
-                    }
-                    e = back;
+        let capacity = self.transport.cfg.events_capacity.max(1);
+        while tx.len() >= capacity {
+            if self.events_rx.try_recv().is_ok() {
+                let dropped = self.events_dropped.fetch_add(1, Ordering::AcqRel);
+                // A program that never asked for events is not
+                // told that it loses them.
+                let watching = self.watching.load(Ordering::Acquire);
+                if watching && (dropped.is_power_of_two() || dropped == 0) {
+                    log::warn!(
+                        "the events queue of {} is full ({capacity} events): dropping the \
+                         oldest ({} so far)",
+                        self.transport.local_addr(),
+                        dropped + 1
+                    );
                 }
-                Err(TrySendError::Disconnected(_)) => return,
             }
         }
+        // Fails only once every receiver is gone: nobody is told then.
+        let _ = tx.send(e);
     }
 
     /// The gate of `conn`, made on first use.

@@ -140,6 +140,15 @@ impl ReadState {
         }
     }
 
+    /// Nothing came for a tick: a buffer grown for a busy spell goes back
+    /// to [`READ_FIRST`] bytes, so that a connection gone quiet holds no
+    /// more than a new one.
+    fn quiet(&mut self) {
+        if self.buf.len() > READ_FIRST {
+            self.buf = vec![0u8; READ_FIRST];
+        }
+    }
+
     /// Take the `n` bytes a read put in the buffer: into the decoder
     /// (through the record layer), and grow the buffer if they filled it.
     /// Bytes read straight into the record layer ([`ReadState::read`])
@@ -861,6 +870,16 @@ impl Conn {
         left
     }
 
+    /// The connection has gone quiet: the writer frees buffers grown for
+    /// larger frames, unless another thread writes now.
+    pub(super) fn writer_quiet(&self) {
+        if let Link::Tcp { writer, .. } = &self.link {
+            if let Some(w) = writer.try_lock().as_mut().and_then(|g| g.as_mut()) {
+                w.quiet();
+            }
+        }
+    }
+
     /// The writer's lock within `bound`; none at once if the thread that
     /// holds it has made no progress for [`STUCK_WRITE`] (the peer is slow:
     /// one thread waiting on it is enough).
@@ -1579,7 +1598,10 @@ pub(crate) fn drive_handshake(
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "peer".into());
     let deadline = Instant::now() + timeout;
-    let mut buf = [0u8; 4096];
+    // On the heap, once per connection: the stack pages a thread touches
+    // stay resident for its life, and thousands of connection threads run
+    // a handshake.
+    let mut buf = vec![0u8; 4096];
     loop {
         let out = hs.take_output();
         if !out.is_empty() {

@@ -103,6 +103,12 @@ impl Drop for Admitted {
 }
 
 impl Admission {
+    /// Addresses with a count (for the tests' table sizes).
+    #[cfg(feature = "unstable-testing")]
+    pub(crate) fn addresses(&self) -> usize {
+        self.per_ip.lock().len()
+    }
+
     pub(crate) fn new() -> Arc<Admission> {
         Arc::new(Admission {
             handshaking: AtomicUsize::new(0),
@@ -232,6 +238,12 @@ struct Holders {
 }
 
 impl Memory {
+    /// Connections charged (for the tests' table sizes).
+    #[cfg(feature = "unstable-testing")]
+    pub(crate) fn holders(&self) -> usize {
+        self.state.lock().by_conn.len()
+    }
+
     pub(crate) fn new(limit: usize) -> Memory {
         Memory {
             limit,

@@ -200,6 +200,21 @@ pub(crate) fn bind_listener(addr: SocketAddr, reuse_port: bool) -> Result<TcpLis
 }
 
 impl Transport {
+    /// The sizes of the transport's tables that grow with its peers (for
+    /// the tests: none may keep what a gone peer left).
+    #[cfg(feature = "unstable-testing")]
+    pub(crate) fn table_sizes(&self) -> Vec<(&'static str, usize)> {
+        let (live, done) = self.threads.counts();
+        vec![
+            ("connections", self.conns.lock().len()),
+            ("inbound handshakes", self.greeting.lock().len()),
+            ("per-IP counts", self.admission.addresses()),
+            ("memory holders", self.memory.holders()),
+            ("threads", live),
+            ("threads to join", done),
+        ]
+    }
+
     /// A transport for a node listening on `local`.
     pub(crate) fn new(cfg: Config, local: SocketAddr, secure: Arc<Local>) -> Arc<Transport> {
         let cfg_memory = cfg.memory_budget;

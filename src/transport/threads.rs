@@ -42,6 +42,14 @@ struct Inner {
 }
 
 impl Threads {
+    /// Threads running and ended but not yet joined (for the tests' table
+    /// sizes).
+    #[cfg(feature = "unstable-testing")]
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        let g = self.inner.lock();
+        (g.live.len(), g.done.len())
+    }
+
     /// How long [`Threads::join_all`] waits for threads before it leaves
     /// them running (detached).
     pub(crate) fn set_grace(&self, grace: Duration) {

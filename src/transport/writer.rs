@@ -96,6 +96,9 @@ pub(super) const TRY_MAX: u64 = 128 * 1024;
 /// that does not read.
 pub(super) const BACKLOG_MAX: usize = 256 * 1024;
 
+/// The most a quiet connection's writer keeps in each buffer.
+const KEEP_QUIET: usize = 4096;
+
 /// Plaintext buffered before it is sealed and written.
 const WRITE_CHUNK: usize = crate::noise::MAX_PLAIN;
 /// The writer's buffers keep their memory after a frame up to this size:
@@ -107,8 +110,11 @@ impl SecureWriter {
         SecureWriter {
             stream,
             sealer,
-            plain: Vec::with_capacity(4096),
-            out: Vec::with_capacity(4096),
+            // Empty until the first frame: they grow to the frames this
+            // connection writes (small ones, for most), rather than cost
+            // every connection 8 KiB from the start.
+            plain: Vec::new(),
+            out: Vec::new(),
             backlog: Vec::new(),
             stalled: None,
             direct: false,
@@ -176,6 +182,17 @@ impl SecureWriter {
         result
     }
 
+    /// The connection has gone quiet: buffers grown past [`KEEP_QUIET`]
+    /// for larger frames are freed (they grow again as needed).
+    pub(super) fn quiet(&mut self) {
+        if self.plain.is_empty() && self.plain.capacity() > KEEP_QUIET {
+            self.plain = Vec::new();
+        }
+        if self.out.is_empty() && self.out.capacity() > KEEP_QUIET {
+            self.out = Vec::new();
+        }
+    }
+
     fn seal_plain(&mut self) -> io::Result<()> {
         self.sealer
             .seal(&self.plain, &mut self.out)
@@ -232,12 +249,13 @@ impl Write for SecureWriter {
         }
         // Keep big buffers from a large frame from pinning memory (one
         // record's worth stays: a connection sending large bodies would
-        // otherwise allocate and fault in a fresh one for every frame).
+        // otherwise allocate and fault in a fresh one for every frame; a
+        // quiet connection gives it back, see `KEEP_QUIET`).
         if self.plain.capacity() > KEEP_MAX {
-            self.plain = Vec::with_capacity(4096);
+            self.plain = Vec::new();
         }
         if self.out.capacity() > KEEP_MAX {
-            self.out = Vec::with_capacity(4096);
+            self.out = Vec::new();
         }
         Ok(())
     }

@@ -19,7 +19,7 @@ use crate::ring::stabilize::{on_stabilize_reply, Action, Stabilizer};
 use crate::ring::{self, RoutingState};
 use crate::transport::Conn;
 use crate::wire::{Frame, Kind};
-use crossbeam_channel::{after, bounded, select, Receiver, Sender, TrySendError};
+use crossbeam_channel::{after, bounded, select, unbounded, Receiver, Sender};
 use parking_lot::{Condvar, Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -444,7 +444,11 @@ pub(crate) struct Chord {
     left: AtomicBool,
     changed: Condvar,
     changed_lock: Mutex<()>,
-    jobs_tx: Sender<Job>,
+    /// The stabilizer's jobs: a list that allocates as jobs come (a
+    /// preallocated queue of [`RING_JOBS`] would cost every node about
+    /// 50 KB), bounded by [`Chord::queue`], which holds `jobs_tx`'s lock
+    /// to check the length and send.
+    jobs_tx: Mutex<Sender<Job>>,
     jobs_rx: Receiver<Job>,
     /// A `StabilizeNow` is queued or deferred: another is not queued.
     stabilize_pending: AtomicBool,
@@ -474,8 +478,19 @@ pub(crate) struct Chord {
 pub(crate) const MEMBER_LISTS_PER_SEC: f64 = 32.0;
 
 impl Chord {
+    /// The sizes of the ring side's tables that grow with peers (for the
+    /// tests' table sizes).
+    #[cfg(feature = "unstable-testing")]
+    pub(crate) fn table_sizes(&self) -> Vec<(&'static str, usize)> {
+        vec![
+            ("ring pins", self.pinned.lock().len()),
+            ("pokes queued", self.pokes_pending.lock().len()),
+            ("ring jobs", self.jobs_rx.len()),
+        ]
+    }
+
     pub(crate) fn new(preferred: Option<NodeId>) -> Chord {
-        let (jobs_tx, jobs_rx) = bounded(RING_JOBS);
+        let (jobs_tx, jobs_rx) = unbounded();
         let (stop_tx, stop_rx) = bounded(0);
         Chord {
             ring: RwLock::new(None),
@@ -483,7 +498,7 @@ impl Chord {
             left: AtomicBool::new(false),
             changed: Condvar::new(),
             changed_lock: Mutex::new(()),
-            jobs_tx,
+            jobs_tx: Mutex::new(jobs_tx),
             jobs_rx,
             stabilize_pending: AtomicBool::new(false),
             recount_pending: AtomicBool::new(false),
@@ -565,19 +580,20 @@ impl Chord {
         if !fresh {
             return;
         }
-        match self.jobs_tx.try_send(job) {
-            Ok(()) => {}
-            Err(TrySendError::Full(job)) => {
-                self.taken(&job);
-                let dropped = self.jobs_dropped.fetch_add(1, Ordering::AcqRel) + 1;
-                if dropped.is_power_of_two() {
-                    log::warn!(
-                        "the ring's job queue is full ({RING_JOBS} jobs): dropped {dropped} so far"
-                    );
-                }
+        let tx = self.jobs_tx.lock();
+        if tx.len() >= RING_JOBS {
+            drop(tx);
+            self.taken(&job);
+            let dropped = self.jobs_dropped.fetch_add(1, Ordering::AcqRel) + 1;
+            if dropped.is_power_of_two() {
+                log::warn!(
+                    "the ring's job queue is full ({RING_JOBS} jobs): dropped {dropped} so far"
+                );
             }
-            Err(TrySendError::Disconnected(_)) => {}
+            return;
         }
+        // The receiver lives as long as `self`: this does not fail.
+        let _ = tx.send(job);
     }
 
     /// `job` has left the queue: the same job may be queued again.
@@ -815,10 +831,7 @@ pub(crate) fn conn_for_id(n: &NodeInner, id: NodeId) -> Result<Arc<Conn>> {
                         .members()
                         .get(&id)
                         .filter(|_| !r.census.suspected(id))
-                        .map(|addr| RPeer {
-                            id,
-                            addr: *addr,
-                        })
+                        .map(|addr| RPeer { id, addr: *addr })
                 })
         }
     };

@@ -419,6 +419,8 @@ impl Conn {
                             st.set_timeout(if fast { backlog_tick } else { tick });
                         }
                         self.expire_forwards(limits.forward_timeout);
+                        st.quiet();
+                        self.writer_quiet();
                         if self.idle_expired_with(idle, limits.ring_idle, true) {
                             log::debug!("closing idle connection to {}", self.peer_addr());
                             st.ended = true;
@@ -531,7 +533,10 @@ impl Conn {
     pub(super) fn linger(&self, stream: &TcpStream) {
         let _ = stream.shutdown(Shutdown::Write);
         let deadline = Instant::now() + LINGER;
-        let mut sink = [0u8; 16 * 1024];
+        // On the heap: a buffer on the stack would make the read loop's
+        // frame (this is inlined into it) 16 KiB deeper, and every
+        // connection thread touch those pages for a path it seldom takes.
+        let mut sink = vec![0u8; 16 * 1024];
         while Instant::now() < deadline {
             let _ = stream.set_read_timeout(Some(
                 deadline

@@ -263,7 +263,17 @@ fn grow(
     rng: &mut Rng,
 ) -> Vec<Node> {
     let mut nodes: Vec<Node> = Vec::with_capacity(count);
+    let t = Instant::now();
+    let mut dials = p2prs::testing::dials();
+    let mut last = Duration::ZERO;
     for i in 0..count {
+        if i > 0 && i % 128 == 0 {
+            let (line, now) = dials_since(&dials);
+            dials = now;
+            let at = t.elapsed();
+            println!("  {i} joined at {at:.2?} (+{:.2?}): {line}", at - last);
+            last = at;
+        }
         if i > 0 && (i + 1) * THREADS_PER_NODE > p2prs::max_threads() {
             println!(
                 "stopping at {i} nodes: at about {THREADS_PER_NODE} threads a node, \
@@ -357,10 +367,29 @@ fn budget_for(o: &Opts, nodes: usize) {
     p2prs::set_max_threads(budget);
 }
 
+/// Connections dialled since `since` (a snapshot of `p2prs::testing::dials`),
+/// by purpose, largest first; returns the line and the new snapshot.
+fn dials_since(since: &[(&'static str, u64)]) -> (String, Vec<(&'static str, u64)>) {
+    let now = p2prs::testing::dials();
+    let mut d: Vec<(&str, u64)> = now
+        .iter()
+        .map(|(k, v)| {
+            let was = since.iter().find(|(j, _)| j == k).map_or(0, |x| x.1);
+            (*k, v - was)
+        })
+        .filter(|(_, v)| *v > 0)
+        .collect();
+    d.sort_by_key(|x| std::cmp::Reverse(x.1));
+    let total: u64 = d.iter().map(|x| x.1).sum();
+    let parts: Vec<String> = d.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    (format!("{total} dials ({})", parts.join(", ")), now)
+}
+
 fn single(o: &Opts) -> Result<(), Error> {
     budget_for(o, o.nodes);
     let mut rng = Rng::new(0x2545_f491_4f6c_dd1d);
     let t = Instant::now();
+    let dials = p2prs::testing::dials();
     let nodes = grow(o.nodes, None, o.interval(), &mut rng);
     let n = nodes.len();
     println!(
@@ -369,12 +398,16 @@ fn single(o: &Opts) -> Result<(), Error> {
         p2prs::max_threads(),
         Res::now().per_node(n)
     );
+    let (line, dials) = dials_since(&dials);
+    println!("  while joining: {line}");
     if let Some(took) = sizes_right(&nodes, n) {
         println!(
             "every node sees {n} after {took:.2?}; {}",
             Res::now().per_node(n)
         );
     }
+    let (line, dials) = dials_since(&dials);
+    println!("  until the sizes were right: {line}");
     let cpu = cpu_secs();
     std::thread::sleep(Duration::from_secs(o.idle));
     let idle = Res::now();
@@ -392,6 +425,8 @@ fn single(o: &Opts) -> Result<(), Error> {
         conns(&nodes)
     );
     println!("threads by name: {}", thread_names());
+    let (line, dials) = dials_since(&dials);
+    println!("  idle: {line}");
     let cpu = cpu_secs();
     std::thread::sleep(Duration::from_secs(o.idle));
     let cpu = (cpu_secs() - cpu) / o.idle.max(1) as f64;
@@ -427,6 +462,8 @@ fn single(o: &Opts) -> Result<(), Error> {
     let t = Instant::now();
     let (lat, failed, first) = requests(&nodes, n, o.pairs, &mut rng);
     report_requests(o.pairs, t.elapsed(), &lat, &failed, first.as_deref());
+    let (line, _) = dials_since(&dials);
+    println!("  the second idle wait, lookups and requests: {line}");
     println!("after the requests: {}", Res::now().per_node(n));
     std::thread::sleep(Duration::from_secs(o.idle));
     println!("idle {} s later: {}", o.idle, Res::now().per_node(n));

@@ -207,3 +207,11 @@ impl Remains {
 pub fn table_sizes(node: &crate::Node) -> std::collections::BTreeMap<&'static str, usize> {
     node.inner().table_sizes().into_iter().collect()
 }
+
+/// Outbound connections opened so far in this process (each a handshake at
+/// both ends), by what they were opened for: `route`, `join`, `stabilize`,
+/// `finger (no list)`, `finger (list behind)`, `finger (list current)`,
+/// `poke`, `recount`, `census`, `members`, `broadcast`, `other`.
+pub fn dials() -> Vec<(&'static str, u64)> {
+    crate::transport::dials()
+}

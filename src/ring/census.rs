@@ -438,6 +438,13 @@ pub enum WalkStep<A> {
 /// name the root as its successor. Each node asked must name the member
 /// before it as its predecessor, and its list must agree with the members
 /// after it.
+///
+/// Nodes that join while the walk runs take IDs in the root's range, after
+/// the root's predecessor: a list that names such nodes where the root was
+/// expected (after the last member) extends the walk to them, and the walk
+/// goes on until a list comes round to the root. So a count completes
+/// during a stream of joins at the end of the ring, counting the nodes
+/// that joined meanwhile, instead of starting over at each join.
 #[derive(Clone, Debug)]
 pub struct Walk<A> {
     /// Members so far, the root first, in ring order.
@@ -446,6 +453,9 @@ pub struct Walk<A> {
     pred: Option<Peer<A>>,
     /// The lists reached the root's predecessor: the members are complete.
     reached: bool,
+    /// Nodes joined after the root's predecessor: the members end where a
+    /// list comes round to the root.
+    open_end: bool,
     /// Index in `members` of the node asked last.
     asked: Option<usize>,
     step: usize,
@@ -461,6 +471,7 @@ impl<A: Clone + Eq + Debug> Walk<A> {
             members: vec![me],
             pred,
             reached: false,
+            open_end: false,
             asked: None,
             step: (r / 2).max(1),
             requests: 0,
@@ -503,7 +514,14 @@ impl<A: Clone + Eq + Debug> Walk<A> {
                 return Ok(());
             }
             if p.id == me {
-                return Err("the successor lists skip the root's predecessor");
+                if !self.open_end {
+                    return Err("the successor lists skip the root's predecessor");
+                }
+                // The ring closes after the nodes that joined meanwhile.
+                self.open_end = false;
+                self.reached = true;
+                self.pred = self.members.last().cloned();
+                return Ok(());
             }
             let last = self.members.last().map_or(me, |l| l.id);
             if me.distance_to(p.id) <= me.distance_to(last) {
@@ -513,7 +531,7 @@ impl<A: Clone + Eq + Debug> Walk<A> {
                 return Err("the ring is larger than a walk counts");
             }
             self.members.push(p.clone());
-            self.reached = self.pred.as_ref().is_some_and(|q| q.id == p.id);
+            self.reached = !self.open_end && self.pred.as_ref().is_some_and(|q| q.id == p.id);
         }
         Ok(())
     }
@@ -566,6 +584,25 @@ impl<A: Clone + Eq + Debug> Walk<A> {
             known.push(self.me());
         }
         let overlap = known.len().min(successors.len());
+        // Nodes that joined after the last member, where the root was
+        // expected: count them too, up to where a list names the root.
+        let after = known.len().saturating_sub(1);
+        let last = self.members.last().map_or(self.me(), |l| l.id);
+        if self.reached
+            && successors.len() > after
+            && known[..after]
+                .iter()
+                .zip(successors)
+                .all(|(a, b)| *a == b.id)
+            && successors[after].id.in_open(last, self.me())
+        {
+            self.reached = false;
+            self.open_end = true;
+            if let Err(why) = self.extend(&successors[after..]) {
+                settle(self, why);
+            }
+            return;
+        }
         if known[..overlap]
             .iter()
             .zip(&successors[..overlap])
@@ -669,10 +706,52 @@ mod tests {
         // The lists come round to the root without passing its predecessor.
         let mut w = Walk::new(p(0), Some(p(4)), &[p(1), p(2), p(0)], 4);
         assert!(matches!(w.next(), WalkStep::Settling(_)));
-        // The root's predecessor names another successor than the root.
+        // The root's predecessor names another successor than the root,
+        // before its predecessor: the lists disagree.
+        let mut w = Walk::new(p(0), Some(p(5)), &[p(1), p(5)], 4);
+        assert_eq!(w.next(), WalkStep::Ask(p(5)));
+        w.on_reply(&p(5), Some(p(1)), &[p(3), p(0)]);
+        assert!(matches!(w.next(), WalkStep::Settling(_)));
+    }
+
+    #[test]
+    fn a_walk_counts_nodes_that_joined_after_the_root_s_predecessor() {
+        // Node 3 joined after the walk began: the root's predecessor (2)
+        // names it, and it names the root.
         let mut w = Walk::new(p(0), Some(p(2)), &[p(1), p(2)], 4);
         assert_eq!(w.next(), WalkStep::Ask(p(2)));
         w.on_reply(&p(2), Some(p(1)), &[p(3), p(0)]);
+        assert_eq!(w.next(), WalkStep::Ask(p(3)));
+        w.on_reply(&p(3), Some(p(2)), &[p(0), p(1)]);
+        let got = match w.next() {
+            WalkStep::Done(m) => m.iter().map(|p| p.id.0).collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(got, vec![0, 1, 2, 3]);
+        // More joined while the walk chased the end: it follows them.
+        let mut w = Walk::new(p(0), Some(p(2)), &[p(1), p(2)], 2);
+        assert_eq!(w.next(), WalkStep::Ask(p(1)));
+        w.on_reply(&p(1), Some(p(0)), &[p(2), p(3)]);
+        assert_eq!(w.next(), WalkStep::Ask(p(2)));
+        w.on_reply(&p(2), Some(p(1)), &[p(3), p(4)]);
+        assert_eq!(w.next(), WalkStep::Ask(p(3)));
+        w.on_reply(&p(3), Some(p(2)), &[p(4), p(5)]);
+        assert_eq!(w.next(), WalkStep::Ask(p(4)));
+        w.on_reply(&p(4), Some(p(3)), &[p(5), p(0)]);
+        assert_eq!(w.next(), WalkStep::Ask(p(5)));
+        w.on_reply(&p(5), Some(p(4)), &[p(0), p(1)]);
+        assert!(matches!(w.next(), WalkStep::Done(m) if m.len() == 6));
+        // A newcomer that names another predecessor than the last member:
+        // settling.
+        let mut w = Walk::new(p(0), Some(p(2)), &[p(1), p(2)], 4);
+        let _ = w.next();
+        w.on_reply(&p(2), Some(p(1)), &[p(3), p(0)]);
+        assert_eq!(w.next(), WalkStep::Ask(p(3)));
+        w.on_reply(&p(3), Some(p(1)), &[p(0)]);
+        assert!(matches!(w.next(), WalkStep::Settling(_)));
+        // A list that names the root again without a newcomer closing it:
+        // still the old rule (no list may skip the root's predecessor).
+        let mut w = Walk::new(p(0), Some(p(9)), &[p(1), p(2), p(0)], 4);
         assert!(matches!(w.next(), WalkStep::Settling(_)));
     }
 

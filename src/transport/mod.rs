@@ -1,6 +1,7 @@
 //! The only place that touches `std::net` and spawns connection threads.
 
 mod conn;
+mod dials;
 mod limits;
 mod threads;
 mod writer;
@@ -10,6 +11,7 @@ pub(crate) use conn::drive_handshake;
 pub(crate) use conn::{
     handshake, reply, requests_made, tie_break, Conn, FrameSink, Greeted, Inbound, RELAY_TYPE,
 };
+pub(crate) use dials::{dials, purpose, Purpose};
 pub(crate) use threads::Threads;
 
 use conn::ReadLimits;
@@ -673,6 +675,7 @@ impl Transport {
             .map_err(|e| Error::io(format!("connecting to {addr}"), std::io::Error::other(e)))?;
         let mut stream = TcpStream::connect_timeout(&addr, self.cfg.connect_timeout)
             .map_err(|e| Error::io(format!("connecting to {addr}"), e))?;
+        dials::count_dial();
         self.adopt_outbound(&mut stream, addr)
     }
 

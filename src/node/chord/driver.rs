@@ -120,7 +120,10 @@ fn do_job(n: &NodeInner, job: Job) {
         } => {
             spread(n, &origin, limit, &kind, data, body, sig);
         }
-        Job::CheckPredecessor(candidate) => check_predecessor(n, candidate),
+        Job::CheckPredecessor(candidate) => {
+            let _purpose = crate::transport::purpose(crate::transport::Purpose::Stabilize);
+            check_predecessor(n, candidate)
+        }
         Job::VetRoot {
             limit,
             origin,
@@ -131,6 +134,7 @@ fn do_job(n: &NodeInner, job: Job) {
         // Spaced out by `run`.
         Job::StabilizeNow | Job::Recount => {}
         Job::Poke(p) => {
+            let _purpose = crate::transport::purpose(crate::transport::Purpose::Poke);
             if let Err(e) = rpc_peer(n, &p, STABILIZE_NOW, json!({})) {
                 log::debug!("asking {} to stabilize: {e}", p.addr);
             }
@@ -189,6 +193,7 @@ fn vet_root(
     body: Option<Vec<u8>>,
     sig: Option<String>,
 ) {
+    let _purpose = crate::transport::purpose(crate::transport::Purpose::Broadcast);
     match lookup(n, alloc::FIRST_ID) {
         Ok(route) if route.owner.id == origin.id => {}
         Ok(route) => {
@@ -234,6 +239,7 @@ fn vet_root(
 /// One stabilizer round: stabilize, check the predecessor, fix fingers, and
 /// at the root count the ring when due.
 pub(super) fn round(n: &NodeInner) {
+    let _purpose = crate::transport::purpose(crate::transport::Purpose::Stabilize);
     let actions = {
         let mut g = n.chord.ring.write();
         let Some(r) = g.as_mut() else { return };
@@ -276,6 +282,7 @@ pub(super) fn round(n: &NodeInner) {
 /// aside and taken only once it matches a digest the root signed
 /// (`Census::offer_snapshot`).
 fn pull_members(n: &NodeInner) {
+    let _purpose = crate::transport::purpose(crate::transport::Purpose::Members);
     let succ = {
         let mut g = n.chord.ring.write();
         let Some(r) = g.as_mut() else { return };
@@ -421,11 +428,19 @@ fn execute(n: &NodeInner, action: Action<Ep>) {
             }
         }
         Action::FixFinger { index, start } => {
-            let start_lookup = {
-                let g = n.chord.ring.read();
-                let Some(r) = g.as_ref() else { return };
-                Lookup::new(start, &r.routing)
+            let (start_lookup, list) = {
+                let mut g = n.chord.ring.write();
+                let Some(r) = g.as_mut() else { return };
+                let list = if r.census.current() {
+                    crate::transport::Purpose::FingerCurrent
+                } else if r.census.epoch() > 0 {
+                    crate::transport::Purpose::FingerStale
+                } else {
+                    crate::transport::Purpose::Finger
+                };
+                (Lookup::new(start, &r.routing), list)
             };
+            let _purpose = crate::transport::purpose(list);
             match drive(n, start_lookup) {
                 Ok((owner, _, dead)) => {
                     forget(n, &dead);
@@ -455,6 +470,7 @@ fn failed(n: &NodeInner, p: &RPeer, e: &Error) {
 
 /// Have the root count the ring again soon.
 fn tell_root(n: &NodeInner) {
+    let _purpose = crate::transport::purpose(crate::transport::Purpose::Recount);
     let root_is_me = {
         let mut g = n.chord.ring.write();
         let Some(r) = g.as_mut() else { return };
@@ -482,6 +498,7 @@ fn tell_root(n: &NodeInner) {
 /// jumps: see `ring::census`), then broadcast the size and what changed
 /// since the last count.
 fn walk(n: &NodeInner) {
+    let _purpose = crate::transport::purpose(crate::transport::Purpose::Census);
     let mut w = {
         let g = n.chord.ring.read();
         let Some(r) = g.as_ref() else { return };

@@ -811,6 +811,7 @@ const RESOLVE_TRIES: u32 = 3;
 /// owner, an owner that lost its predecessor), the lookup is repeated a few
 /// times, and then the error is a retriable one ([`Error::is_retriable`]).
 pub(crate) fn conn_for_id(n: &NodeInner, id: NodeId) -> Result<Arc<Conn>> {
+    let _purpose = crate::transport::purpose(crate::transport::Purpose::Route);
     let known = {
         let g = n.chord.ring.read();
         let r = g.as_ref().ok_or(Error::NotJoined)?;
@@ -936,6 +937,7 @@ fn owner_ep(p: &Peer) -> Ep {
 }
 
 pub(crate) fn join(n: &NodeInner, addrs: &[SocketAddr]) -> Result<NodeId> {
+    let _purpose = crate::transport::purpose(crate::transport::Purpose::Join);
     check_running(n)?;
     if let Some(id) = my_id(n) {
         return Err(Error::InvalidArgument(format!(
@@ -1196,6 +1198,7 @@ fn spread(
     body: Option<Vec<u8>>,
     sig: Option<String>,
 ) -> usize {
+    let _purpose = crate::transport::purpose(crate::transport::Purpose::Broadcast);
     let targets = match n.chord.ring.read().as_ref() {
         Some(r) => broadcast_targets(&r.routing, limit),
         None => return 0,

@@ -15,7 +15,7 @@ use crate::ring::broadcast::broadcast_targets;
 use crate::ring::census::{Census, Encode, News, Walk, WalkStep, WALK_EVERY};
 use crate::ring::lookup::{Lookup, LookupStep};
 use crate::ring::resolve::{vouch_owner, vouch_pred, Lost, Verdict};
-use crate::ring::stabilize::{on_stabilize_reply, Action, Stabilizer};
+use crate::ring::stabilize::{on_predecessor_reply, on_stabilize_reply, Action, Stabilizer};
 use crate::ring::{self, RoutingState};
 use crate::transport::Conn;
 use crate::wire::{Frame, Kind};

@@ -13,7 +13,7 @@ use super::broadcast::broadcast_targets;
 use super::census::{Census, News, Walk, WalkStep, WALK_EVERY};
 use super::finger::finger_start;
 use super::lookup::{Lookup, LookupError, LookupStep};
-use super::resolve::{vouch_owner, vouch_pred, Lost, Verdict};
+use super::resolve::{unsure, vouch_owner, vouch_pred, Lost, Verdict};
 use super::stabilize::{on_predecessor_reply, on_stabilize_reply, Action, Stabilizer};
 use super::{Peer, RoutingState, FINGER_COUNT};
 use crate::id::NodeId;
@@ -696,7 +696,7 @@ impl Net {
                     continue;
                 }
                 let o = &self.nodes[owner.addr];
-                let lost = o.lost.ids(now);
+                let lost = unsure(&o.lost, &o.reservations, now);
                 match vouch_owner(
                     id,
                     owner.id,
@@ -720,7 +720,7 @@ impl Net {
                             continue;
                         }
                         let b = &self.nodes[p.addr];
-                        let lost = b.lost.ids(now);
+                        let lost = unsure(&b.lost, &b.reservations, now);
                         let succs = b.state.successors().to_vec();
                         let v = vouch_pred(id, owner.id, p.id, b.state.me().id, &succs, &lost);
                         if self.traced(&[id]) {
@@ -763,13 +763,15 @@ impl Net {
         }
         let now = self.now_ms;
         let s = &mut self.nodes[owner.addr];
-        let id = alloc::claim(
+        let lost = s.lost.ids(now);
+        let id = alloc::claim_avoiding(
             &s.state,
             &mut s.reservations,
             requested,
             claimant,
             now,
             CLAIM_TTL_MS,
+            &lost,
         )
         .map_err(JoinError::Claim)?;
         Ok((id, owner))
@@ -868,6 +870,25 @@ impl Net {
             }
         }
         w
+    }
+
+    /// Print the nodes whose successor or predecessor is wrong.
+    fn dump_wrong_links(&self, oracle: &Oracle) {
+        let n = oracle.ring.len();
+        for (pos, &(id, i)) in oracle.ring.iter().enumerate() {
+            let s = &self.nodes[i].state;
+            let want_s = oracle.ring[(pos + 1) % n].0;
+            let want_p = oracle.ring[(pos + n - 1) % n].0;
+            let got_s = s.successor().id;
+            let got_p = s.predecessor().map(|p| p.id);
+            if got_s != want_s || got_p != Some(want_p) {
+                eprintln!(
+                    "node {id:?}: succ {got_s:?} (want {want_s:?}) pred {got_p:?} (want \
+                     {want_p:?}) list {:?}",
+                    s.successors().iter().map(|p| p.id.0).collect::<Vec<_>>()
+                );
+            }
+        }
     }
 
     /// Print a few wrong fingers, to debug a ring that does not converge.
@@ -1391,6 +1412,7 @@ fn churn_with(
             ids.dedup();
             eprintln!("distinct live ids {} of {}", ids.len(), o.ring.len());
             eprintln!("check: {:?}", net.check(&o));
+            net.dump_wrong_links(&o);
         }
         assert!(
             rounds <= 40,

@@ -14,7 +14,7 @@ use crate::ring::alloc::{self, ClaimError, Reservations};
 use crate::ring::broadcast::broadcast_targets;
 use crate::ring::census::{Census, Encode, News, Walk, WalkStep, WALK_EVERY};
 use crate::ring::lookup::{Lookup, LookupStep};
-use crate::ring::resolve::{vouch_owner, vouch_pred, Lost, Verdict};
+use crate::ring::resolve::{unsure, vouch_owner, vouch_pred, Lost, Verdict};
 use crate::ring::stabilize::{on_predecessor_reply, on_stabilize_reply, Action, Stabilizer};
 use crate::ring::{self, RoutingState};
 use crate::transport::Conn;

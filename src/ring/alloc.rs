@@ -154,6 +154,34 @@ pub fn claim<A: Clone + Eq + Debug, B: Clone + Eq + Debug>(
     now_ms: u64,
     ttl_ms: u64,
 ) -> Result<NodeId, ClaimError> {
+    claim_avoiding(
+        state,
+        reservations,
+        requested,
+        claimant,
+        now_ms,
+        ttl_ms,
+        &[],
+    )
+}
+
+/// [`claim`], never handing out (without a preferred ID) an ID in `lost`:
+/// the neighbours this node dropped lately because they did not answer
+/// ([`Lost`](super::resolve::Lost)). Such a node may be alive and about to
+/// link itself back in (a lost message, not a death), so its ID is
+/// skipped: the next number after it is given instead. Without this, the
+/// root that timed out its predecessor, the top node, once, and took the
+/// node before it instead, would give the top node's ID to the next
+/// joiner while the top node lives: two nodes with one ID.
+pub fn claim_avoiding<A: Clone + Eq + Debug, B: Clone + Eq + Debug>(
+    state: &RoutingState<B>,
+    reservations: &mut Reservations<A>,
+    requested: Option<NodeId>,
+    claimant: A,
+    now_ms: u64,
+    ttl_ms: u64,
+    lost: &[NodeId],
+) -> Result<NodeId, ClaimError> {
     reservations.prune(state, now_ms);
     let me = state.me().id;
     let expires = now_ms.saturating_add(ttl_ms);
@@ -196,7 +224,10 @@ pub fn claim<A: Clone + Eq + Debug, B: Clone + Eq + Debug>(
                 .filter(|id| id.in_open(lo, me))
                 .max_by_key(|id| lo.distance_to(*id))
                 .unwrap_or(lo);
-            let id = NodeId(highest.0.wrapping_add(1));
+            let mut id = NodeId(highest.0.wrapping_add(1));
+            while lost.contains(&id) && id != me {
+                id = NodeId(id.0.wrapping_add(1));
+            }
             if id == me {
                 return Err(ClaimError::RangeFull);
             }
@@ -220,6 +251,29 @@ mod tests {
         s.adopt_successors(p(1), vec![]);
         s.notify(p(top));
         s
+    }
+
+    /// The root timed its top node 41 out, then took 40 as predecessor:
+    /// 41 may be alive, so the next joiner gets 42.
+    #[test]
+    fn an_id_lost_lately_is_skipped() {
+        let s = lowest(40);
+        let mut r = Reservations::new();
+        let lost = [NodeId(41), NodeId(7)];
+        let got = claim_avoiding(&s, &mut r, None, 100, 0, 1000, &lost);
+        assert_eq!(got, Ok(NodeId(42)));
+        let got = claim_avoiding(&s, &mut r, None, 101, 0, 1000, &lost);
+        assert_eq!(got, Ok(NodeId(43)));
+        let mut r = Reservations::new();
+        assert_eq!(claim(&s, &mut r, None, 100, 0, 1000), Ok(NodeId(41)));
+        // Near the end of the range: nothing left but lost IDs.
+        let mut s = RoutingState::new(p(2), 4);
+        s.adopt_successors(p(5), vec![]);
+        s.notify(p(u64::MAX));
+        let mut r = Reservations::new();
+        let lost = [NodeId(0), NodeId(1)];
+        let got = claim_avoiding(&s, &mut r, None, 100, 0, 1000, &lost);
+        assert_eq!(got, Err(ClaimError::RangeFull));
     }
 
     #[test]

@@ -8,9 +8,12 @@
 //! ID lies strictly between them) and neither dropped the ID as
 //! unresponsive a moment ago ([`Lost`]): a node whose neighbours both timed
 //! it out once (a slow moment, a lost message) is still alive until its
-//! next round links it back in. Anything else is the ring settling: the
-//! caller retries, and at last returns a retriable error.
+//! next round links it back in. Nor is an ID absent while either holds a
+//! live grant of it ([`unsure`]): a joiner whose first notify was lost
+//! holds its ID before any node links it in. Anything else is the ring
+//! settling: the caller retries, and at last returns a retriable error.
 
+use super::alloc::Reservations;
 use super::Peer;
 use crate::id::NodeId;
 use std::collections::VecDeque;
@@ -63,6 +66,25 @@ impl Lost {
             .map(|(id, _)| *id)
             .collect()
     }
+}
+
+/// The IDs a node cannot vouch absent, told with its neighbours (the
+/// `lost` argument of [`vouch_owner`] and [`vouch_pred`]): the neighbours
+/// it dropped lately ([`Lost`]) and the IDs it granted to joiners that have
+/// not become its predecessor yet (a live reservation: the joiner holds
+/// the ID, and is alive, before any node links it in).
+pub fn unsure<A: Clone + Eq + Debug>(
+    lost: &Lost,
+    reservations: &Reservations<A>,
+    now_ms: u64,
+) -> Vec<NodeId> {
+    let mut ids = lost.ids(now_ms);
+    for r in reservations.iter().filter(|r| r.expires_ms > now_ms) {
+        if !ids.contains(&r.id) {
+            ids.push(r.id);
+        }
+    }
+    ids
 }
 
 /// What the answers so far say about `id`.
@@ -188,6 +210,31 @@ mod tests {
             vouch_pred(id, o, three, NodeId(4), &[p(7)], &[]),
             Verdict::Settling(_)
         ));
+    }
+
+    /// A granted ID is not vouched absent until the grant lapses.
+    #[test]
+    fn granted_ids_are_unsure() {
+        use crate::ring::alloc::claim;
+        use crate::ring::RoutingState;
+        let mut root = RoutingState::new(p(0), 4);
+        root.adopt_successors(p(1), vec![]);
+        root.notify(p(3));
+        let mut res = Reservations::new();
+        assert_eq!(claim(&root, &mut res, None, 99usize, 0, 100), Ok(NodeId(4)));
+        let mut lost = Lost::new(50);
+        lost.add(NodeId(2), 10);
+        assert_eq!(unsure(&lost, &res, 20), vec![NodeId(2), NodeId(4)]);
+        assert_eq!(unsure(&lost, &res, 70), vec![NodeId(4)]);
+        assert!(unsure(&lost, &res, 100).is_empty());
+        let v = vouch_owner(
+            NodeId(4),
+            NodeId(0),
+            NodeId(0),
+            Some(p(3)),
+            &unsure(&lost, &res, 20),
+        );
+        assert!(matches!(v, Verdict::Settling(_)));
     }
 
     #[test]

@@ -9,7 +9,13 @@
 //! | `AskPredecessor(s)` | ask `s` for its predecessor and successor list | [`on_stabilize_reply`], then perform the returned `Notify` | `peer_failed(s.id)` |
 //! | `Notify { to, me }` | tell `to` that `me` may be its predecessor; `to` calls [`RoutingState::notify`] | - | `peer_failed(to.id)` |
 //! | `FixFinger { index, start }` | run a [`Lookup`](super::lookup::Lookup) for `start` | `set_finger(index, Some(owner))` | nothing (retried next cycle) |
-//! | `CheckPredecessor(p)` | ping `p` | - | `peer_failed(p.id)` |
+//! | `CheckPredecessor(p)` | ask `p` for its successor list | [`on_predecessor_reply`], then perform the returned `AskPredecessor` | `peer_failed(p.id)` |
+//!
+//! The predecessor check also tells a node that its predecessor skipped
+//! it (it dropped this node after a lost message, and a node that joined
+//! after this one took its place): a node that only asked its successor
+//! would find nothing wrong, and would stay out of the lookups' way (see
+//! [`on_predecessor_reply`]).
 
 use super::census::Members;
 use super::finger::{FingerCursor, FingerFix};
@@ -40,7 +46,8 @@ pub enum Action<A> {
         /// `me + 2^index`.
         start: NodeId,
     },
-    /// Check that the predecessor is still alive.
+    /// Check that the predecessor is still alive, and ask it for its
+    /// successor list, to pass to [`on_predecessor_reply`].
     CheckPredecessor(Peer<A>),
 }
 
@@ -192,6 +199,57 @@ pub fn on_stabilize_reply<A: Clone + Eq + Debug>(
     })
 }
 
+/// Feed the predecessor's answer to a `CheckPredecessor(from)` (its
+/// successor list) into `state`. Returns an `AskPredecessor` to perform
+/// when the predecessor skipped this node.
+///
+/// A node is linked in when its successor names it as predecessor (the
+/// stabilize exchange checks that) *and* its predecessor names it as
+/// successor. The second can fail with nothing wrong in the first: the
+/// predecessor `p` dropped this node `x` (a lost message), and a node `s`
+/// that joined between `x` and its successor, but that `x` never heard of,
+/// became `p`'s successor. Then `p → s` and `x → x's successor` are both
+/// consistent, lookups from `p`'s side pass `x` by, and the owner and
+/// predecessor of `x`'s ID agree it is absent (`ring::resolve`). So when
+/// `p`'s first successor `s` lies between `x` and `x`'s successor, `x` takes
+/// `s` as its successor and stabilizes with it at once: that notifies `s`,
+/// which takes `x` as predecessor (`x` lies in `(p, s)`) and, as the node
+/// does for every new predecessor, asks `p` to stabilize, which links `x`
+/// back in behind `p`.
+///
+/// When `s` lies at or after `x`'s successor nothing is done: `p` then
+/// learns of `x` (or of the nodes in between) from its own stabilize
+/// exchanges with `s`, as in Chord. A stale answer (`from` is no longer
+/// the predecessor) is ignored.
+pub fn on_predecessor_reply<A: Clone + Eq + Debug>(
+    state: &mut RoutingState<A>,
+    from: &Peer<A>,
+    its_successors: &[Peer<A>],
+) -> Option<Action<A>> {
+    if state.predecessor().map(|p| &p.id) != Some(&from.id) {
+        return None;
+    }
+    let me = state.me().id;
+    let s = its_successors.first()?;
+    if s.id == me || s.id == from.id || s.id.in_open(from.id, me) {
+        return None;
+    }
+    let succ = state.successor().clone();
+    if succ.id != me && !s.id.in_open(me, succ.id) {
+        return None;
+    }
+    // `p` skipped this node, and `s` comes before our successor.
+    let rest = state.successors().to_vec();
+    state.adopt_successors(s.clone(), rest);
+    log::debug!(
+        "node {me}: predecessor {} skipped it for {}; taking {} as successor",
+        from.id,
+        s.id,
+        s.id
+    );
+    Some(Action::AskPredecessor(s.clone()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,6 +304,57 @@ mod tests {
         assert!(
             b.fingers().iter().all(|f| f == &Some(p(0))),
             "a owns (b, a]"
+        );
+    }
+
+    /// `x` (20) was dropped by its predecessor 10, whose successor is now
+    /// 25, a node that joined between `x` and `x`'s successor 30: `x` takes
+    /// 25 and stabilizes with it. Nothing is done when the predecessor
+    /// names `x`, knows a node before `x`, skipped `x`'s successor too, or
+    /// is no longer the predecessor.
+    #[test]
+    fn a_node_its_predecessor_skipped_relinks() {
+        let fresh = || {
+            let mut x = RoutingState::new(p(20), 4);
+            x.adopt_successors(p(30), vec![p(40)]);
+            x.notify(p(10));
+            x
+        };
+        let mut x = fresh();
+        assert_eq!(
+            on_predecessor_reply(&mut x, &p(10), &[p(25), p(30)]),
+            Some(Action::AskPredecessor(p(25)))
+        );
+        let ids: Vec<u64> = x.successors().iter().map(|q| q.id.0).collect();
+        assert_eq!(ids, vec![25, 30, 40]);
+        // It stabilizes with 25, which names 10: it notifies 25.
+        assert_eq!(
+            on_stabilize_reply(&mut x, &p(25), Some(p(10)), vec![p(30)]),
+            Some(Action::Notify {
+                to: p(25),
+                me: p(20)
+            })
+        );
+        for list in [
+            &[p(20), p(30)][..],
+            &[p(15), p(20)],
+            &[p(30)],
+            &[p(35)],
+            &[],
+        ] {
+            let mut x = fresh();
+            assert_eq!(on_predecessor_reply(&mut x, &p(10), list), None);
+            assert_eq!(x.successor(), &p(30), "{list:?}");
+        }
+        let mut x = fresh();
+        assert_eq!(on_predecessor_reply(&mut x, &p(5), &[p(25)]), None);
+        // Wrapping round 0.
+        let mut x = RoutingState::new(p(u64::MAX - 1), 4);
+        x.adopt_successors(p(5), vec![]);
+        x.notify(p(u64::MAX - 9));
+        assert_eq!(
+            on_predecessor_reply(&mut x, &p(u64::MAX - 9), &[p(u64::MAX)]),
+            Some(Action::AskPredecessor(p(u64::MAX)))
         );
     }
 

@@ -423,8 +423,24 @@ fn execute(n: &NodeInner, action: Action<Ep>) {
             }
         }
         Action::CheckPredecessor(p) => {
-            if let Err(e) = rpc_peer(n, &p, PING, json!({})) {
-                failed(n, &p, &e);
+            // Its successor list too: a predecessor that skipped this node
+            // (see `on_predecessor_reply`) is caught here.
+            let reply = match neighbours_of(n, p.addr) {
+                Ok(reply) => reply,
+                Err(e) => return failed(n, &p, &e),
+            };
+            if reply.me.id != p.id {
+                return;
+            }
+            let relink = n
+                .chord
+                .ring
+                .write()
+                .as_mut()
+                .and_then(|r| on_predecessor_reply(&mut r.routing, &p, &reply.successors));
+            if let Some(a) = relink {
+                n.chord.bump();
+                execute(n, a);
             }
         }
         Action::FixFinger { index, start } => {

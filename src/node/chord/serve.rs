@@ -178,7 +178,7 @@ fn neighbours(n: &NodeInner) -> Result<Message> {
             me: r.routing.me().clone(),
             pred: r.routing.predecessor().cloned(),
             successors: r.routing.successors().to_vec(),
-            lost: r.lost.ids(now),
+            lost: unsure(&r.lost, &r.reservations, now),
         }
     };
     reply_json(&reply)
@@ -311,7 +311,17 @@ fn claim(n: &NodeInner, conn: &Conn, frame: &Frame) -> Result<Message> {
                 ));
             }
         }
-        let granted = alloc::claim(&r.routing, &mut r.reservations, req.id, claimant, now, ttl);
+        // Never the ID of a neighbour dropped lately: it may be alive.
+        let lost = r.lost.ids(now);
+        let granted = alloc::claim_avoiding(
+            &r.routing,
+            &mut r.reservations,
+            req.id,
+            claimant,
+            now,
+            ttl,
+            &lost,
+        );
         let id = granted.map_err(|e| match e {
             ClaimError::IdTaken(id) => remote("id_taken", format!("ID {id} is already taken")),
             ClaimError::WrongOwner => remote("wrong_owner", e.to_string()),

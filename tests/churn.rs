@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{node_with, wait_until};
+use support::{echo_requests, node_with, wait_until};
 
 const INTERVAL: Duration = Duration::from_millis(100);
 const RING_TIMEOUT: Duration = Duration::from_millis(600);
@@ -27,12 +27,7 @@ fn ring_node() -> Node {
         c.successor_list_len = 4;
         c.handler_threads = 1;
     });
-    n.add_handler("ECHO", |req| {
-        let m = req.message().clone();
-        req.respond(m)?;
-        Ok(())
-    })
-    .expect("ECHO handler");
+    echo_requests(&n);
     n
 }
 

@@ -11,7 +11,7 @@ use p2prs::testing::{table_sizes, Remains};
 use p2prs::{Message, Node, NodeId};
 use std::collections::BTreeMap;
 use std::time::Duration;
-use support::{node_with, wait_until};
+use support::{echo_requests, node_with, wait_until};
 
 fn ring_node() -> Node {
     let n = node_with(|c| {
@@ -20,12 +20,7 @@ fn ring_node() -> Node {
         c.successor_list_len = 4;
         c.handler_threads = 1;
     });
-    n.add_handler("ECHO", |req| {
-        let m = req.message().clone();
-        req.respond(m)?;
-        Ok(())
-    })
-    .expect("ECHO handler");
+    echo_requests(&n);
     n
 }
 

@@ -8,7 +8,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{node_with, wait_until};
+use support::{echo_requests, node_with, wait_until};
 
 const INTERVAL: Duration = Duration::from_millis(40);
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -20,12 +20,7 @@ fn ring_node() -> Node {
         c.successor_list_len = 6;
         c.handler_threads = 1;
     });
-    n.add_handler("ECHO", |req| {
-        let m = req.message().clone();
-        req.respond(m)?;
-        Ok(())
-    })
-    .expect("ECHO handler");
+    echo_requests(&n);
     n
 }
 

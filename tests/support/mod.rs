@@ -32,6 +32,17 @@ pub fn node() -> Node {
     node_with(|_| {})
 }
 
+/// Answer `ECHO` requests on `n` with the message they carry (the ring
+/// tests' default handler).
+pub fn echo_requests(n: &Node) {
+    n.add_handler("ECHO", |req| {
+        let m = req.message().clone();
+        req.respond(m)?;
+        Ok(())
+    })
+    .expect("ECHO handler");
+}
+
 /// A node with [`test_config`] adjusted by `f`.
 pub fn node_with(f: impl FnOnce(&mut Config)) -> Node {
     capture_logs();

@@ -493,19 +493,7 @@ fn a_requester_takes_its_answer_read_with_a_message_for_a_quick_handler() {
     let mut lent_rounds = 0;
     for round in 0..20 {
         // Until the handler has proved quick and runs where it is read.
-        let mut warm = false;
-        for _ in 0..200 {
-            peer.send(&tick(false)).unwrap();
-            let (here, _) = runs_rx.recv_timeout(PATIENCE).expect("a TICK ran");
-            if here {
-                warm = true;
-                break;
-            }
-        }
-        assert!(
-            warm,
-            "the quick handler never ran on the connection's thread"
-        );
+        warm_up(&mut peer, &tick(false), &runs_rx);
         let conn = conn.get_or_insert_with(|| conn_rx.recv().unwrap()).clone();
         let got = got_tx.clone();
         let requester = thread::spawn(move || {
@@ -571,19 +559,7 @@ fn a_quick_handlers_request_fails_at_once_when_the_peer_closes() {
     };
     for _ in 0..10 {
         let mut peer = RawPeer::handshaken(a.local_addr());
-        let mut warm = false;
-        for _ in 0..200 {
-            peer.send(&tick(false)).unwrap();
-            let (here, _) = runs_rx.recv_timeout(PATIENCE).expect("a TICK ran");
-            if here {
-                warm = true;
-                break;
-            }
-        }
-        assert!(
-            warm,
-            "the quick handler never ran on the connection's thread"
-        );
+        warm_up(&mut peer, &tick(false), &runs_rx);
         peer.send(&tick(true)).unwrap();
         loop {
             let (h, _) = peer.read_frame();
@@ -1368,4 +1344,17 @@ fn a_frame_the_receiver_refuses_for_its_size_fails_with_that_reason() {
         .request(small.local_addr(), Message::new("ECHO", 5))
         .unwrap();
     assert_eq!(resp.data::<i64>().unwrap(), 5);
+}
+
+/// Send `tick` until the handler it calls reports (first of its run
+/// report) that it ran on the connection's thread: it has proved quick.
+fn warm_up<T>(peer: &mut RawPeer, tick: &[u8], runs: &Receiver<(bool, T)>) {
+    for _ in 0..200 {
+        peer.send(tick).unwrap();
+        let (here, _) = runs.recv_timeout(PATIENCE).expect("a TICK ran");
+        if here {
+            return;
+        }
+    }
+    panic!("the quick handler never ran on the connection's thread");
 }

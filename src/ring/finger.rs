@@ -219,6 +219,16 @@ mod tests {
         Peer::new(NodeId(id), id as usize)
     }
 
+    /// The finger indices a plan looks up (not filled in from what is known).
+    fn lookup_indices<A>(plan: &[FingerFix<A>]) -> Vec<usize> {
+        plan.iter()
+            .filter_map(|f| match f {
+                FingerFix::Lookup { index, .. } => Some(*index),
+                FingerFix::Known { .. } => None,
+            })
+            .collect()
+    }
+
     #[test]
     fn starts_wrap() {
         assert_eq!(finger_start(NodeId(3), 0), NodeId(4));
@@ -301,13 +311,7 @@ mod tests {
         let s = dense(5, n, 4);
         let mut c = FingerCursor::new();
         let plan = c.plan(&s, None, 2);
-        let lookups: Vec<usize> = plan
-            .iter()
-            .filter_map(|f| match f {
-                FingerFix::Lookup { index, .. } => Some(*index),
-                FingerFix::Known { .. } => None,
-            })
-            .collect();
+        let lookups = lookup_indices(&plan);
         assert_eq!(
             lookups,
             vec![3, 4],
@@ -355,13 +359,7 @@ mod tests {
         let suspects = [NodeId(517)];
         let members = Members::new(&map, &suspects);
         let plan = FingerCursor::new().plan(&s, Some(&members), 4);
-        let lookups: Vec<usize> = plan
-            .iter()
-            .filter_map(|f| match f {
-                FingerFix::Lookup { index, .. } => Some(*index),
-                FingerFix::Known { .. } => None,
-            })
-            .collect();
+        let lookups = lookup_indices(&plan);
         assert_eq!(lookups, vec![9]);
         // Random IDs: the first member at or after each start, wrapping.
         let ids = [3u64, 1 << 20, 1 << 40, (1 << 63) + 7, u64::MAX - 1];

@@ -94,7 +94,7 @@ pub fn noise_handshake(chunks: &[&[u8]], keyed: bool) -> bool {
             "one handshake step queued {} bytes",
             out.len()
         );
-        if hs.push(c).is_err() {
+        if hs.push(c).is_err() || hs.settle().is_err() {
             failed = true;
             // A refusal is at most two bytes more.
             assert!(hs.take_output().len() <= 2 + 16 + 2 + 65_535);

@@ -135,6 +135,10 @@ enum Phase {
     PlainHello,
     /// The Noise messages.
     Noise(Box<HandshakeState>),
+    /// The initiator has written its last message; the responder's proof
+    /// (its payload and static key) is checked in [`Handshaker::settle`],
+    /// once that message is on its way.
+    Unverified(Box<HandshakeState>, Vec<u8>, Vec<u8>),
     /// Finished.
     Done,
     /// Failed; nothing more is read.
@@ -170,6 +174,14 @@ impl Handshaker {
         ours[4..6].copy_from_slice(&VERSION.to_be_bytes());
         ours[6] = local.flags();
         ours[8..16].copy_from_slice(&nonce);
+        let mut output = ours.to_vec();
+        if local.plaintext {
+            // Plaintext mode: the hello goes with the preamble, without
+            // waiting for the peer's (it holds nothing the peer must see
+            // first).
+            output.extend_from_slice(&(hello.len() as u32).to_be_bytes());
+            output.extend_from_slice(&hello);
+        }
         Handshaker {
             local,
             hello,
@@ -178,7 +190,7 @@ impl Handshaker {
             theirs: None,
             phase: Phase::Preamble,
             input: Vec::new(),
-            output: ours.to_vec(),
+            output,
             peer: None,
             session: None,
         }
@@ -274,9 +286,27 @@ impl Handshaker {
                     let msg: Vec<u8> = self.input.drain(..2 + len).skip(2).collect();
                     self.on_noise_message(&msg)?;
                 }
-                Phase::Done | Phase::Failed => return Ok(()),
+                Phase::Unverified(..) | Phase::Done | Phase::Failed => return Ok(()),
             }
         }
+    }
+
+    /// Finish what waits on the output having been sent: the initiator
+    /// checks the responder's proof after its last message is written, so
+    /// that the responder's work on that message and this check overlap.
+    /// Drivers call it after each write of [`Handshaker::take_output`]; on
+    /// error the handshake has failed and nothing more may be sent.
+    pub(crate) fn settle(&mut self) -> Result<(), HandshakeError> {
+        if !matches!(self.phase, Phase::Unverified(..)) {
+            return Ok(());
+        }
+        let Phase::Unverified(hs, payload, rs) = std::mem::replace(&mut self.phase, Phase::Failed)
+        else {
+            return Ok(());
+        };
+        self.peer = Some(verify_proof(&payload, Some(&rs))?);
+        self.phase = Phase::Noise(hs);
+        self.check_done()
     }
 
     fn on_preamble(&mut self, p: [u8; PREAMBLE_LEN]) -> Result<(), HandshakeError> {
@@ -294,9 +324,7 @@ impl Handshaker {
             });
         }
         if self.local.plaintext {
-            let mut out = (self.hello.len() as u32).to_be_bytes().to_vec();
-            out.extend_from_slice(&self.hello);
-            self.output.extend_from_slice(&out);
+            // Our hello left with the preamble.
             self.phase = Phase::PlainHello;
             return Ok(());
         }
@@ -370,7 +398,7 @@ impl Handshaker {
             .map_err(|e| HandshakeError::Noise(format!("writing: {e:?}")))?;
         self.output.extend_from_slice(&(n as u16).to_be_bytes());
         self.output.extend_from_slice(&buf[..n]);
-        self.check_done()
+        Ok(())
     }
 
     fn on_noise_message(&mut self, msg: &[u8]) -> Result<(), HandshakeError> {
@@ -387,14 +415,29 @@ impl Handshaker {
             }
             Err(e) => return Err(HandshakeError::Noise(format!("{e:?}"))),
         };
-        if n > 0 {
-            let rs = hs.get_remote_static().map(<[u8]>::to_vec);
-            self.peer = Some(verify_proof(&payload[..n], rs.as_deref())?);
+        let rs = hs.get_remote_static().map(<[u8]>::to_vec);
+        if hs.is_handshake_finished() {
+            // The responder, on message 3: the initiator's proof.
+            if n > 0 {
+                self.peer = Some(verify_proof(&payload[..n], rs.as_deref())?);
+            }
+            return self.check_done();
         }
-        if !hs.is_handshake_finished() {
-            // XX: the responder's reply (message 2) and the initiator's
-            // last message (3) both carry the proof.
-            self.write_noise(true)?;
+        // XX: the responder's reply (message 2) and the initiator's last
+        // message (3) both carry the proof.
+        let initiator_last = n > 0;
+        if n > 0 && rs.is_none() {
+            return Err(HandshakeError::BadIdentity("no static key".into()));
+        }
+        self.write_noise(true)?;
+        if initiator_last {
+            // Message 2 read, 3 written: check the responder's proof once
+            // message 3 is on its way (see `settle`).
+            let Phase::Noise(hs) = std::mem::replace(&mut self.phase, Phase::Failed) else {
+                return Ok(());
+            };
+            self.phase = Phase::Unverified(hs, payload[..n].to_vec(), rs.unwrap_or_default());
+            return Ok(());
         }
         self.check_done()
     }
@@ -755,6 +798,12 @@ mod tests {
         for _ in 0..100 {
             let to_y = x.take_output();
             let to_x = y.take_output();
+            if ex.is_none() {
+                ex = x.settle().err();
+            }
+            if ey.is_none() {
+                ey = y.settle().err();
+            }
             if to_y.is_empty() && to_x.is_empty() {
                 break;
             }
@@ -885,6 +934,64 @@ mod tests {
             y.err(),
             Some(HandshakeError::NetworkKeyPresence { ours: false })
         );
+    }
+
+    #[test]
+    fn the_initiator_sends_its_last_message_before_it_checks_the_responder() {
+        let (a, b) = (local(1, None), local(2, None));
+        let kb = b.identity.public_key();
+        // The larger tie-break (the dialer's) leads.
+        let mut x = Handshaker::new(a, &hello(1), [0x80, 0, 0, 0, 0, 0, 0, 1]);
+        let mut y = Handshaker::new(b, &hello(2), [0x7f; 8]);
+        let (px, py) = (x.take_output(), y.take_output());
+        x.push(&py).expect("preamble");
+        y.push(&px).expect("preamble");
+        let msg1 = x.take_output();
+        assert!(!msg1.is_empty(), "the initiator writes message 1 at once");
+        y.push(&msg1).expect("message 1");
+        let msg2 = y.take_output();
+        x.push(&msg2).expect("message 2");
+        // Message 3 is ready while the responder's proof is still unchecked.
+        let msg3 = x.take_output();
+        assert!(!msg3.is_empty());
+        assert!(!x.is_done());
+        // Bytes arriving meanwhile wait (here: the responder's first record).
+        x.push(b"later").expect("held");
+        x.settle().expect("the proof checks");
+        assert!(x.is_done());
+        y.push(&msg3).expect("message 3");
+        y.settle().expect("nothing to settle");
+        assert!(y.is_done());
+        let (peer, _, rest) = x.finish().expect("done");
+        assert_eq!(peer.key, Some(kb));
+        assert_eq!(rest, b"later");
+    }
+
+    #[test]
+    fn a_responder_proof_for_another_static_key_fails_at_settle() {
+        let (a, b) = (local(1, None), local(2, None));
+        let mut x = Handshaker::new(a, &hello(1), [0x80; 8]);
+        // The responder signs a static key that is not the one it uses.
+        let other = local(3, None);
+        let forged = Local {
+            identity: b.identity.clone(),
+            psk: None,
+            plaintext: false,
+            cipher: b.cipher,
+            static_private: b.static_private.clone(),
+            proof: other.proof.clone(),
+        };
+        let mut y = Handshaker::new(Arc::new(forged), &hello(2), [0x01; 8]);
+        let (px, py) = (x.take_output(), y.take_output());
+        x.push(&py).expect("preamble");
+        y.push(&px).expect("preamble");
+        y.push(&x.take_output()).expect("message 1");
+        x.push(&y.take_output()).expect("message 2");
+        assert!(!x.take_output().is_empty());
+        let e = x.settle().expect_err("a proof of another key");
+        assert!(matches!(e, HandshakeError::BadIdentity(_)), "{e:?}");
+        assert!(!x.is_done());
+        assert!(x.finish().is_none());
     }
 
     #[test]

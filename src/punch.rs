@@ -377,7 +377,7 @@ fn adopt(
     timing: PunchTiming,
 ) -> bool {
     let _ = stream.set_nodelay(true);
-    let greeted = handshake(&mut stream, &t.secure, &t.hello(), timing.handshake);
+    let greeted = handshake(&mut stream, &t.secure, &t.hello(), timing.handshake, true);
     let greeted = match greeted {
         Ok(x) => x,
         Err(e) => {

@@ -67,7 +67,8 @@ impl SecureStream {
             peer: "local".into(),
             error,
         })?;
-        let hs = Handshaker::with_raw_hello(Arc::new(local), hello.to_vec(), tie_break()?);
+        let hs =
+            Handshaker::with_raw_hello(Arc::new(local), hello.to_vec(), tie_break(Some(true))?);
         let greeted = drive_handshake(&mut stream, hs, Duration::from_secs(5))?;
         let (proof, session, rest) = (greeted.proof, greeted.session, greeted.rest);
         let mut opener = session.opener();

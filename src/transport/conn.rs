@@ -1568,22 +1568,35 @@ pub(crate) const REFUSED_TYPE: &str = "p2prs.refused";
 
 /// Run the secure handshake on a fresh connection within `timeout`: send
 /// our preamble, prove our identity and say our hello; learn and check the
-/// peer's. See `docs/protocol.md`.
+/// peer's. `dialer`: this side connected (see [`tie_break`]). See
+/// `docs/protocol.md`.
 pub(crate) fn handshake(
     stream: &mut TcpStream,
     local: &Arc<Local>,
     ours: &Hello,
     timeout: Duration,
+    dialer: bool,
 ) -> Result<Greeted> {
-    let hs = Handshaker::new(Arc::clone(local), ours, tie_break()?);
+    let hs = Handshaker::new(Arc::clone(local), ours, tie_break(Some(dialer))?);
     drive_handshake(stream, hs, timeout)
 }
 
-/// The random tie-break of a handshake's preamble.
-pub(crate) fn tie_break() -> Result<[u8; 8]> {
+/// The random tie-break of a handshake's preamble; the larger one makes
+/// its side the Noise initiator. With `Some(true)` (this side dialled) its
+/// top bit is set, with `Some(false)` (it accepted) clear: the dialer
+/// starts the Noise handshake as soon as it has read the preamble, and once
+/// it writes its last message it can send its first frames. Both sides of
+/// a simultaneous open dialled, so the other 63 bits decide there; `None`
+/// leaves all 64 random.
+pub(crate) fn tie_break(dialer: Option<bool>) -> Result<[u8; 8]> {
     let mut nonce = [0u8; 8];
     getrandom::fill(&mut nonce)
         .map_err(|e| Error::io("reading random bytes", io::Error::other(e.to_string())))?;
+    match dialer {
+        Some(true) => nonce[0] |= 0x80,
+        Some(false) => nonce[0] &= 0x7f,
+        None => {}
+    }
     Ok(nonce)
 }
 
@@ -1609,6 +1622,10 @@ pub(crate) fn drive_handshake(
                 .write_all(&out)
                 .map_err(|e| Error::io(format!("sending the handshake to {peer}"), e))?;
         }
+        hs.settle().map_err(|error| Error::Handshake {
+            peer: peer.clone(),
+            error,
+        })?;
         if hs.is_done() {
             break;
         }

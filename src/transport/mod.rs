@@ -416,7 +416,7 @@ impl Transport {
             self.greeting.lock().remove(&key);
             return;
         }
-        let greeted = self.handshake(&mut stream);
+        let greeted = self.handshake(&mut stream, false);
         self.greeting.lock().remove(&key);
         admitted.greeted();
         let greeted = match greeted {
@@ -430,13 +430,15 @@ impl Transport {
         drop(admitted);
     }
 
-    /// The secure handshake on a fresh stream, with this node's hello.
-    pub(crate) fn handshake(&self, stream: &mut TcpStream) -> Result<Greeted> {
+    /// The secure handshake on a fresh stream, with this node's hello;
+    /// `dialer`: this side connected (it then leads the Noise handshake).
+    pub(crate) fn handshake(&self, stream: &mut TcpStream, dialer: bool) -> Result<Greeted> {
         handshake(
             stream,
             &self.secure,
             &self.hello(),
             self.cfg.handshake_timeout,
+            dialer,
         )
     }
 
@@ -687,7 +689,7 @@ impl Transport {
     ) -> Result<Arc<Conn>> {
         let _ = stream.set_nodelay(true);
         let _ = stream.set_write_timeout(Some(self.cfg.write_timeout));
-        let greeted = self.handshake(stream)?;
+        let greeted = self.handshake(stream, true)?;
         self.adopt_greeted(stream, greeted, addr, None)
     }
 
@@ -817,7 +819,7 @@ impl Transport {
         inbox: &Receiver<Vec<u8>>,
         stop: &Receiver<()>,
     ) -> Result<Greeted> {
-        let mut hs = Handshaker::new(Arc::clone(&self.secure), &self.hello(), tie_break()?);
+        let mut hs = Handshaker::new(Arc::clone(&self.secure), &self.hello(), tie_break(None)?);
         let timeout = self.cfg.handshake_timeout;
         let deadline = crossbeam_channel::at(std::time::Instant::now() + timeout);
         let peer = conn.peer_addr().to_string();
@@ -826,6 +828,10 @@ impl Transport {
             if !out.is_empty() {
                 conn.send_relay_bytes(out)?;
             }
+            hs.settle().map_err(|error| Error::Handshake {
+                peer: peer.clone(),
+                error,
+            })?;
             if hs.is_done() {
                 break;
             }

@@ -20,7 +20,8 @@
 //! `BENCH_ROUNDS` interleaved rounds [5], `BENCH_SECS_MS` milliseconds per
 //! requests/s row [1000], `BENCH_BULK_MIB` MiB per 1 MiB-body row [256],
 //! `BENCH_SMALL` messages per 64 B row [200000], `BENCH_CONNECTS` [300],
-//! `BENCH_RING` nodes [64], `BENCH_RING_REQUESTS` [1000]; for the chart,
+//! `BENCH_RING` nodes [64], `BENCH_RING_REQUESTS` [1000], `BENCH_RING_AGAIN`
+//! requests to the same pair, the last one timed [1]; for the chart,
 //! `BENCH_CHART_SIZES` ring sizes [16,64,256] (at most 1,024 nodes each),
 //! `BENCH_CHART_LOOKUPS` per size [1000], `BENCH_CHART_REQUESTS` pairs per
 //! size [500], `BENCH_CHART_SETTLE_MS` idle time after every node reports
@@ -956,6 +957,9 @@ fn ring_once(s: &Sizes, mode: Mode) -> Res<()> {
         let t = Instant::now();
         nodes[a].request(ids[b], Message::bytes("ECHO", body.clone()))?;
         first_contact.push(t.elapsed());
+        for _ in 1..env("BENCH_RING_AGAIN", 1) {
+            nodes[a].request(ids[b], Message::bytes("ECHO", body.clone()))?;
+        }
         let t = Instant::now();
         nodes[a].request(ids[b], Message::bytes("ECHO", body.clone()))?;
         again.push(t.elapsed());

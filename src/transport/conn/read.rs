@@ -95,7 +95,7 @@ impl Conn {
                 break;
             }
             st.set_timeout(left.min(st.tick));
-            let read = st.read();
+            let read = st.read(true);
             match read {
                 Ok(0) => self.at_eof(&mut st),
                 Ok(n) => {
@@ -328,6 +328,8 @@ impl Conn {
             ended: false,
             min_frame_rate: limits.min_frame_rate,
             direct: None,
+            poll: PollScore::default(),
+            sent_seen: 0,
         });
         self.lead.lock().open = true;
         let (mut st, ok, _, _) = self.drain_tcp(st, sink);
@@ -377,7 +379,11 @@ impl Conn {
                     self.step_down(st);
                     continue 'lead;
                 }
-                let read = st.read();
+                // Poll first only if this end has written since its last
+                // read: an answer or a request is likely to come back.
+                let sent = self.sent.load(Ordering::Relaxed);
+                let expect = std::mem::replace(&mut st.sent_seen, sent) != sent;
+                let read = st.read(expect);
                 match read {
                     Ok(0) => {
                         self.at_eof(&mut st);

@@ -43,11 +43,27 @@ pub(crate) enum Pending {
 pub(crate) struct Slot {
     state: Mutex<SlotState>,
     ready: Condvar,
+    /// The connection's count of answers not taken yet
+    /// ([`Conn::unclaimed`]).
+    unclaimed: Option<Arc<AtomicUsize>>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // An answer that came after its requester gave up.
+        if self.state.get_mut().counted {
+            if let Some(unclaimed) = &self.unclaimed {
+                unclaimed.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
 }
 
 #[derive(Default)]
 struct SlotState {
     answer: Option<Result<Message>>,
+    /// The answer counts in [`Conn::unclaimed`] until it is taken.
+    counted: bool,
     /// The socket has nobody reading it: this requester may read it.
     nudged: bool,
     /// The requester sleeps on `ready`.
@@ -78,8 +94,31 @@ impl Slot {
         true
     }
 
+    /// Give the requester its answer, counted in `unclaimed` until it is
+    /// taken.
+    fn fill_counted(&self, answer: Result<Message>) {
+        let mut g = self.state.lock();
+        let Some(unclaimed) = &self.unclaimed else {
+            drop(g);
+            return self.fill(answer);
+        };
+        unclaimed.fetch_add(1, Ordering::AcqRel);
+        g.counted = true;
+        g.answer = Some(answer);
+        if g.parked {
+            self.ready.notify_one();
+        }
+    }
+
     fn take(&self) -> Option<Result<Message>> {
-        self.state.lock().answer.take()
+        let mut g = self.state.lock();
+        let answer = g.answer.take();
+        if answer.is_some() && std::mem::take(&mut g.counted) {
+            if let Some(unclaimed) = &self.unclaimed {
+                unclaimed.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        answer
     }
 
     /// Sleep until the answer comes, a nudge, or `deadline`.
@@ -117,7 +156,28 @@ struct ReadState {
     /// The last read went straight into the record layer: what taking
     /// its bytes gave (see [`ReadState::read`]).
     direct: Option<std::result::Result<(), String>>,
+    /// Whether bytes have been coming quickly: polling before a blocking
+    /// read pays (see [`ReadState::poll_briefly`]).
+    poll: PollScore,
+    /// The connection's count of writes at the connection's thread's
+    /// last read.
+    sent_seen: u64,
 }
+
+/// How often bytes came within [`POLL_WINDOW`] of a read's start lately:
+/// a read polls the socket for that long before it blocks while the score
+/// is above zero.
+#[derive(Default, Clone, Copy)]
+pub(super) struct PollScore(u8);
+
+/// How long a read polls the socket (yielding the CPU between looks)
+/// before it blocks, while bytes have been coming quickly. A thread
+/// blocked in `read` on an idle vCPU is woken by an inter-processor
+/// interrupt, which costs tens of µs on a virtual machine: a peer
+/// answering within this window is read with no such wake on either side.
+pub(super) const POLL_WINDOW: Duration = Duration::from_micros(50);
+
+const POLL_SCORE_MAX: u8 = 8;
 
 impl ReadState {
     /// Whether only the connection's thread may read now: frames to
@@ -165,9 +225,26 @@ impl ReadState {
     /// Read the socket: into the record layer when a large record is under
     /// way (no copy), else into the buffer. Follow a read of `n > 0` bytes
     /// with [`ReadState::take_read`].
-    fn read(&mut self) -> io::Result<usize> {
+    ///
+    /// While bytes have been coming quickly and something is likely to
+    /// come back soon (`expect`: a requester reads for its answer, or this
+    /// end has written since its last read), the socket is polled first
+    /// ([`ReadState::poll_briefly`]); a stream that only comes in, or a
+    /// quiet connection, blocks at once.
+    fn read(&mut self, expect: bool) -> io::Result<usize> {
         let stream = Arc::clone(&self.stream);
-        if let Some(r) = self.inbound.read_direct(&stream) {
+        let polled = expect && self.poll_briefly();
+        let began = Instant::now();
+        let r = self.read_now(&stream);
+        if !polled && matches!(r, Ok(n) if n > 0) && began.elapsed() < POLL_WINDOW {
+            // Bytes came (or were there) soon: next time, look before blocking.
+            self.poll.0 = (self.poll.0 + 1).min(POLL_SCORE_MAX);
+        }
+        r
+    }
+
+    fn read_now(&mut self, stream: &TcpStream) -> io::Result<usize> {
+        if let Some(r) = self.inbound.read_direct(stream) {
             let (n, pushed) = r?;
             if n > 0 {
                 self.direct = Some(pushed);
@@ -177,6 +254,29 @@ impl ReadState {
         (&*stream).read(&mut self.buf)
     }
 
+    /// While bytes have been coming quickly, look at the socket for up to
+    /// [`POLL_WINDOW`], yielding the CPU in between, before the read
+    /// blocks: true if bytes (or the end) came meanwhile.
+    fn poll_briefly(&mut self) -> bool {
+        if self.poll.0 == 0 {
+            return false;
+        }
+        let began = Instant::now();
+        loop {
+            match readable_now(&self.stream) {
+                Some(true) => {
+                    self.poll.0 = (self.poll.0 + 1).min(POLL_SCORE_MAX);
+                    return true;
+                }
+                Some(false) if began.elapsed() < POLL_WINDOW => std::thread::yield_now(),
+                _ => {
+                    self.poll.0 /= 2;
+                    return false;
+                }
+            }
+        }
+    }
+
     fn set_timeout(&mut self, t: Duration) {
         let t = t.max(Duration::from_micros(100));
         if t != self.timeout {
@@ -184,6 +284,29 @@ impl ReadState {
             self.timeout = t;
         }
     }
+}
+
+/// Whether a read of `stream` would return at once (bytes, the end or an
+/// error): a peek of one byte that does not wait. `None` where it cannot
+/// be told without blocking.
+#[cfg(target_os = "linux")]
+fn readable_now(stream: &TcpStream) -> Option<bool> {
+    // Linux's values (socket2 passes the flags through as they are).
+    const MSG_PEEK: i32 = 0x2;
+    const MSG_DONTWAIT: i32 = 0x40;
+    // Peeked into and never read: the bytes stay in the socket.
+    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    match socket2::SockRef::from(stream).recv_with_flags(&mut probe, MSG_PEEK | MSG_DONTWAIT) {
+        Ok(_) => Some(true),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Some(false),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Some(false),
+        Err(_) => Some(true),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn readable_now(_stream: &TcpStream) -> Option<bool> {
+    None
 }
 
 /// Who may read a TCP connection's socket (see [`Conn::request`]).
@@ -265,6 +388,13 @@ const LENT_DEFER_MAX: usize = 64;
 /// request within this time reads its answer on its own thread, with no
 /// hand-off. Frames nobody asked for wait at most about this long.
 const LAZY_RETURN: Duration = Duration::from_micros(500);
+
+/// How long a requester whose answer another thread reads looks for it,
+/// yielding the CPU in between, before it sleeps: an answer that comes
+/// meanwhile reaches it with no wake from the reader (which costs tens of
+/// µs when the requester's vCPU has gone idle), and the reading passes to
+/// it with none either.
+const FOLLOW_SPIN: Duration = Duration::from_micros(50);
 
 /// Receives what a connection reads. Implemented by the node.
 pub(crate) trait FrameSink: Send + Sync {
@@ -469,6 +599,11 @@ pub(crate) struct Conn {
     queue: Mutex<SendQueue>,
     /// Senders wait here for their frame to be written.
     queue_cv: Condvar,
+    /// Answers given to requesters that have not taken them yet: each is
+    /// likely to send its next request soon (see [`Conn::send_queued`]).
+    unclaimed: Arc<AtomicUsize>,
+    /// Writes made so far (see [`ReadState::read`]).
+    sent: AtomicU64,
 }
 
 /// Small frames of blocking sends (requests, one-way messages) waiting to
@@ -497,6 +632,10 @@ struct SendQueue {
 /// A blocking send of a frame whose body is at most this large is queued
 /// behind a write under way instead of waiting for the writer's lock.
 const QUEUE_BODY_MAX: usize = 16 * 1024;
+
+/// How many times the thread about to write the send queue yields the CPU
+/// while requesters that have their answers have not taken them yet.
+const GATHER_YIELDS: usize = 4;
 
 /// Rounds the thread writing the queue writes for others before it hands
 /// the writing to a sender that waits.
@@ -591,6 +730,8 @@ impl Conn {
             lead_cv: Condvar::new(),
             queue: Mutex::new(SendQueue::default()),
             queue_cv: Condvar::new(),
+            unclaimed: Arc::new(AtomicUsize::new(0)),
+            sent: AtomicU64::new(0),
         }
     }
 
@@ -748,6 +889,13 @@ impl Conn {
             })
             .unwrap_or(0);
         prev.saturating_sub(1)
+    }
+
+    /// A write went out: [`Conn::touch`], and count it (a read polls
+    /// only on a connection that has sent since its last read).
+    fn sent_now(&self) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        self.touch();
     }
 
     fn touch(&self) {
@@ -988,6 +1136,13 @@ impl Conn {
         }
         q.writing = true;
         drop(q);
+        // Requesters that were just given their answers usually send their
+        // next requests at once: let them queue theirs for this write.
+        let mut waits = 0;
+        while waits < GATHER_YIELDS && self.unclaimed.load(Ordering::Acquire) > 0 {
+            std::thread::yield_now();
+            waits += 1;
+        }
         self.write_queue(seq)
     }
 
@@ -1037,7 +1192,7 @@ impl Conn {
                     self.queue_cv.notify_all();
                 }
                 drop(q);
-                self.touch();
+                self.sent_now();
                 return Ok(());
             }
             if q.waiters > 0 {
@@ -1144,7 +1299,7 @@ impl Conn {
         };
         match result {
             Ok(()) => {
-                self.touch();
+                self.sent_now();
                 Ok(())
             }
             Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
@@ -1199,7 +1354,7 @@ impl Conn {
         drop(g);
         match sent {
             Ok(()) => {
-                self.touch();
+                self.sent_now();
                 Ok(())
             }
             Err(e) => {
@@ -1279,11 +1434,16 @@ impl Conn {
                 self.peer_addr()
             )));
         }
-        let slot = Arc::new(Slot::default());
+        let slot = Arc::new(Slot {
+            state: Mutex::default(),
+            ready: Condvar::new(),
+            unclaimed: Some(Arc::clone(&self.unclaimed)),
+        });
         let _unlist = lent.then_some(LentWaiter(self));
         let deadline = Instant::now() + timeout;
         let kind = msg.kind().to_string();
         let req = self.request_frame(msg, Pending::Wait(Arc::clone(&slot)))?;
+        let spin_until = Instant::now() + FOLLOW_SPIN;
         loop {
             if let Some(answer) = slot.take() {
                 return answer;
@@ -1312,6 +1472,10 @@ impl Conn {
                     }
                     return slot.take().unwrap_or(Err(e));
                 }
+                continue;
+            }
+            if !lent && Instant::now() < spin_until {
+                std::thread::yield_now();
                 continue;
             }
             slot.park(deadline);
@@ -1352,7 +1516,7 @@ impl Conn {
                     }),
                     None => Ok(Message::from_frame(frame)),
                 };
-                slot.fill(result);
+                slot.fill_counted(result);
             }
             Pending::Forward { back, req, .. } => {
                 let mut relay = frame;

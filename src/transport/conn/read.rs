@@ -95,7 +95,11 @@ impl Conn {
                 break;
             }
             st.set_timeout(left.min(st.tick));
-            let read = st.read();
+            // Answers of handlers on the connection's thread that wait in
+            // the writer (corked) go first: what this requester waits for
+            // may need them.
+            self.uncork();
+            let read = st.read(true);
             match read {
                 Ok(0) => self.at_eof(&mut st),
                 Ok(n) => {
@@ -167,17 +171,20 @@ impl Conn {
             g.delivering = false;
             self.nudge_follower();
         }
-        // Answers written so far wait in the writer for the end of this
-        // read's deliveries (corked); `f` may wait, and a requester below may
-        // wait for what those answers set off at the peer: send them now.
-        self.uncork();
+        // Answers written so far, and `f`'s, wait in the writer for the end
+        // of this read's deliveries (corked), as an inline handler's do, and
+        // leave together. A requester that takes the read state meanwhile
+        // (`f` itself, if it makes a request here) sends them before it
+        // reads (see [`Conn::lead_for`]): what it waits for may need them.
         let before = LENT.replace(self.id);
         let r = f();
         LENT.set(before);
-        // The same for what `f` answered, before this thread waits for the
-        // read state, which a requester may hold until its answer comes.
-        self.uncork();
         let mut g = self.lead.lock();
+        if g.state.is_none() {
+            // A requester reads, maybe until its answer comes, which may
+            // wait for what `f` answered: send it before waiting.
+            MutexGuard::unlocked(&mut g, || self.uncork());
+        }
         while g.state.is_none() {
             g.long_sleep = true;
             let _ = self.lead_cv.wait_for(&mut g, Duration::from_millis(10));
@@ -328,6 +335,8 @@ impl Conn {
             ended: false,
             min_frame_rate: limits.min_frame_rate,
             direct: None,
+            poll: PollScore::default(),
+            sent_seen: 0,
         });
         self.lead.lock().open = true;
         let (mut st, ok, _, _) = self.drain_tcp(st, sink);
@@ -377,7 +386,11 @@ impl Conn {
                     self.step_down(st);
                     continue 'lead;
                 }
-                let read = st.read();
+                // Poll first only if this end has written since its last
+                // read: an answer or a request is likely to come back.
+                let sent = self.sent.load(Ordering::Relaxed);
+                let expect = std::mem::replace(&mut st.sent_seen, sent) != sent;
+                let read = st.read(expect);
                 match read {
                     Ok(0) => {
                         self.at_eof(&mut st);

@@ -21,7 +21,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod queue;
 mod read;
+
+use queue::Defer;
 
 /// Where the answer to an outstanding request goes.
 pub(crate) enum Pending {
@@ -469,6 +472,10 @@ pub(crate) struct Conn {
     queue: Mutex<SendQueue>,
     /// Senders wait here for their frame to be written.
     queue_cv: Condvar,
+    /// The node's flusher and this connection (TCP links): a sender's
+    /// one-way messages may wait in the send queue for it (see
+    /// [`Conn::send_queued`]).
+    flush: std::sync::OnceLock<(Arc<super::flush::Flusher>, std::sync::Weak<Conn>)>,
 }
 
 /// Small frames of blocking sends (requests, one-way messages) waiting to
@@ -492,6 +499,12 @@ struct SendQueue {
     waiters: usize,
     /// A write failed or the connection closed: nothing more is written.
     failed: bool,
+    /// When the sender last queued a user's one-way message
+    /// ([`micros_now`]).
+    last_msg: u64,
+    /// When the oldest message that waits in `buf` with nobody writing was
+    /// queued ([`micros_now`]); 0 if none does.
+    deferred_since: u64,
 }
 
 /// A blocking send of a frame whose body is at most this large is queued
@@ -591,6 +604,7 @@ impl Conn {
             lead_cv: Condvar::new(),
             queue: Mutex::new(SendQueue::default()),
             queue_cv: Condvar::new(),
+            flush: std::sync::OnceLock::new(),
         }
     }
 
@@ -948,6 +962,7 @@ impl Conn {
             });
         }
         self.note_user(frame);
+        let stream = wait && frame.kind == Kind::Message && !frame.msg_type.starts_with("p2prs.");
         let mut q = self.queue.lock();
         if q.failed {
             return Err(self.closed_error());
@@ -955,6 +970,20 @@ impl Conn {
         q.buf.extend_from_slice(&bytes);
         q.queued += 1;
         let seq = q.queued;
+        if stream {
+            match self.defer(&mut q) {
+                Defer::Queued => return Ok(()),
+                Defer::Arm(flusher, me) => {
+                    drop(q);
+                    if flusher.arm(me) {
+                        return Ok(());
+                    }
+                    q = self.queue.lock();
+                    q.deferred_since = 0;
+                }
+                Defer::No => {}
+            }
+        }
         if q.writing {
             if !wait {
                 return Ok(());
@@ -1004,6 +1033,7 @@ impl Conn {
                 let mut q = self.queue.lock();
                 let mut out = std::mem::take(&mut q.spare);
                 std::mem::swap(&mut out, &mut q.buf);
+                q.deferred_since = 0;
                 (out, q.queued)
             };
             let r = match g.as_mut() {
@@ -1030,7 +1060,7 @@ impl Conn {
                 let e = self.write_failed(e, None);
                 return Err(if upto >= seq { e } else { self.closed_error() });
             }
-            q.written = upto;
+            q.written = q.written.max(upto);
             if q.buf.is_empty() || (rounds >= QUEUE_ROUNDS && q.waiters > 0) {
                 q.writing = false;
                 if q.waiters > 0 {
@@ -1105,9 +1135,15 @@ impl Conn {
                     return Err(self.closed_error());
                 };
                 let _writing = Writing::begin(&self.writing_since);
+                // Messages this or another thread left queued go first.
+                let queued = self.take_queued();
+                let r = match &queued {
+                    Some((bytes, _)) => w.write_all(bytes),
+                    None => Ok(()),
+                };
                 // Each kind of write sets the socket's write timeout it needs
                 // (no system call when it is set so already).
-                match bound {
+                let r = r.and_then(|_| match bound {
                     None => {
                         w.stream.normal_timeout();
                         w.direct = true;
@@ -1136,7 +1172,21 @@ impl Conn {
                         w.stream.2 = None;
                         r
                     }
+                });
+                if let Some((_, upto)) = queued {
+                    if r.as_ref()
+                        .is_err_and(|e| e.kind() == io::ErrorKind::InvalidInput)
+                    {
+                        // The frame was refused, not the queued messages.
+                        let _ = match bound {
+                            None => w.flush(),
+                            Some(_) => w.flush_try(),
+                        };
+                    }
+                    drop(g);
+                    self.queue_written(upto);
                 }
+                r
             }
             Link::Relay {
                 via, to, sealer, ..
@@ -1370,6 +1420,11 @@ impl Conn {
 
     /// Close the socket; the read loop ends and fails what is pending.
     pub(crate) fn close(&self) {
+        if !self.is_closed() {
+            // Messages queued for the flusher leave first (as much as the
+            // socket takes at once).
+            self.flush_deferred();
+        }
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }

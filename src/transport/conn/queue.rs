@@ -1,0 +1,127 @@
+//! A sender's stream of one-way messages: left in the send queue and
+//! written in batches, by the sender's next write or the node's flusher
+//! (`transport/flush.rs`), instead of one system call per message.
+
+use super::*;
+use crate::transport::flush::{Flusher, FLUSH_AFTER};
+use std::sync::Weak;
+
+/// A user's one-way message queued within this long of the previous one
+/// on the same connection belongs to a stream: it may wait for its batch.
+/// The first message after a pause is written at once.
+const STREAM_GAP: Duration = Duration::from_micros(20);
+
+/// The most a batch of waiting messages holds: the message that reaches
+/// it writes the batch at once (and a sender whose messages are not taken
+/// waits, as for any blocking send).
+const BATCH_MAX: usize = 16 * 1024;
+
+/// What a sender does with the message it just queued.
+pub(super) enum Defer {
+    /// It waits in the queue: the thread writing, or the flusher already
+    /// armed, takes it.
+    Queued,
+    /// It is the first of a batch: arm the flusher (if that fails, write).
+    Arm(Arc<Flusher>, Weak<Conn>),
+    /// Write it now, as any small blocking send.
+    No,
+}
+
+impl Conn {
+    /// Give the connection the node's flusher: from now on a sender's
+    /// stream of messages is written in batches.
+    pub(crate) fn set_flusher(self: &Arc<Conn>, flusher: Arc<Flusher>) {
+        if matches!(self.link, Link::Tcp { .. }) {
+            let _ = self.flush.set((flusher, Arc::downgrade(self)));
+        }
+    }
+
+    /// Whether the user's one-way message just queued (the last in `q`)
+    /// may wait for its batch: it follows the previous one within
+    /// [`STREAM_GAP`], the batch is under [`BATCH_MAX`], and its first
+    /// message has waited under [`FLUSH_AFTER`].
+    pub(super) fn defer(&self, q: &mut SendQueue) -> Defer {
+        let Some((flusher, me)) = self.flush.get() else {
+            return Defer::No;
+        };
+        let now = micros_now();
+        let gap = now.saturating_sub(q.last_msg);
+        q.last_msg = now;
+        if gap >= STREAM_GAP.as_micros() as u64 || q.buf.len() >= BATCH_MAX {
+            return Defer::No;
+        }
+        if q.writing {
+            return Defer::Queued;
+        }
+        if q.deferred_since == 0 {
+            q.deferred_since = now;
+            return Defer::Arm(Arc::clone(flusher), me.clone());
+        }
+        if now.saturating_sub(q.deferred_since) < FLUSH_AFTER.as_micros() as u64 {
+            Defer::Queued
+        } else {
+            Defer::No
+        }
+    }
+
+    /// Take what the send queue holds, for a thread that holds the writer
+    /// and writes it before its own frame: the bytes and the number of the
+    /// last frame among them (see [`Conn::queue_written`]).
+    pub(super) fn take_queued(&self) -> Option<(Vec<u8>, u64)> {
+        let mut q = self.queue.lock();
+        if q.buf.is_empty() || q.failed {
+            return None;
+        }
+        q.deferred_since = 0;
+        Some((std::mem::take(&mut q.buf), q.queued))
+    }
+
+    /// Frames up to `upto` are written: wake senders waiting for them.
+    pub(super) fn queue_written(&self, upto: u64) {
+        let mut q = self.queue.lock();
+        q.written = q.written.max(upto);
+        if q.waiters > 0 {
+            self.queue_cv.notify_all();
+        }
+    }
+
+    /// Write what the send queue holds, as a bounded write (it never blocks:
+    /// what the socket does not take waits in the backlog). For the
+    /// flusher, and for a connection about to close. Returns true if the
+    /// writer was busy and nobody writes the queue: try again later.
+    pub(crate) fn flush_deferred(&self) -> bool {
+        let Link::Tcp { writer, .. } = &self.link else {
+            return false;
+        };
+        {
+            let q = self.queue.lock();
+            if q.buf.is_empty() || q.failed || q.writing {
+                // Nothing to write, or the thread writing takes it.
+                return false;
+            }
+        }
+        let Some(mut g) = writer.try_lock() else {
+            return true;
+        };
+        let Some(w) = g.as_mut() else {
+            return false;
+        };
+        let Some((bytes, upto)) = self.take_queued() else {
+            return false;
+        };
+        let _writing = Writing::begin(&self.writing_since);
+        let r = w.write_all(&bytes).and_then(|_| w.flush_try());
+        let stuck = w.backlog.len() > BACKLOG_MAX;
+        drop(g);
+        self.queue_written(upto);
+        if let Err(e) = r {
+            log::debug!("writing to {}: {e}", self.peer_addr());
+            self.close();
+        } else if stuck {
+            self.close_unread(*self.slow_peer.lock());
+        } else {
+            self.touch();
+        }
+        false
+    }
+}

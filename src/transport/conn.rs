@@ -476,6 +476,9 @@ pub(crate) struct Conn {
     /// one-way messages may wait in the send queue for it (see
     /// [`Conn::send_queued`]).
     flush: std::sync::OnceLock<(Arc<super::flush::Flusher>, std::sync::Weak<Conn>)>,
+    /// Reads from the socket that brought bytes (a stream of messages is
+    /// one with nothing read between them: see `queue.rs`).
+    reads: AtomicU64,
 }
 
 /// Small frames of blocking sends (requests, one-way messages) waiting to
@@ -502,6 +505,8 @@ struct SendQueue {
     /// When the sender last queued a user's one-way message
     /// ([`micros_now`]).
     last_msg: u64,
+    /// [`Conn::reads`] then.
+    reads_at_msg: u64,
     /// When the oldest message that waits in `buf` with nobody writing was
     /// queued ([`micros_now`]); 0 if none does.
     deferred_since: u64,
@@ -605,6 +610,7 @@ impl Conn {
             queue: Mutex::new(SendQueue::default()),
             queue_cv: Condvar::new(),
             flush: std::sync::OnceLock::new(),
+            reads: AtomicU64::new(0),
         }
     }
 
@@ -902,6 +908,9 @@ impl Conn {
         writer: &'a Mutex<Option<SecureWriter>>,
         bound: Duration,
     ) -> Option<parking_lot::MutexGuard<'a, Option<SecureWriter>>> {
+        if let Some(g) = writer.try_lock() {
+            return Some(g);
+        }
         let deadline = Instant::now() + bound;
         loop {
             let step =

@@ -7,8 +7,10 @@ use crate::transport::flush::{Flusher, FLUSH_AFTER};
 use std::sync::Weak;
 
 /// A user's one-way message queued within this long of the previous one
-/// on the same connection belongs to a stream: it may wait for its batch.
-/// The first message after a pause is written at once.
+/// on the same connection, with nothing read from the peer between them,
+/// belongs to a stream: it may wait for its batch. The first message after
+/// a pause, or after the peer sent something (a message answered by a
+/// message, as in a ping-pong), is written at once.
 const STREAM_GAP: Duration = Duration::from_micros(20);
 
 /// The most a batch of waiting messages holds: the message that reaches
@@ -38,7 +40,7 @@ impl Conn {
 
     /// Whether the user's one-way message just queued (the last in `q`)
     /// may wait for its batch: it follows the previous one within
-    /// [`STREAM_GAP`], the batch is under [`BATCH_MAX`], and its first
+    /// [`STREAM_GAP`] with nothing read meanwhile, the batch is under [`BATCH_MAX`], and its first
     /// message has waited under [`FLUSH_AFTER`].
     pub(super) fn defer(&self, q: &mut SendQueue) -> Defer {
         let Some((flusher, me)) = self.flush.get() else {
@@ -47,7 +49,10 @@ impl Conn {
         let now = micros_now();
         let gap = now.saturating_sub(q.last_msg);
         q.last_msg = now;
-        if gap >= STREAM_GAP.as_micros() as u64 || q.buf.len() >= BATCH_MAX {
+        let reads = self.reads.load(Ordering::Relaxed);
+        let heard = reads != q.reads_at_msg;
+        q.reads_at_msg = reads;
+        if heard || gap >= STREAM_GAP.as_micros() as u64 || q.buf.len() >= BATCH_MAX {
             return Defer::No;
         }
         if q.writing {

@@ -507,6 +507,9 @@ struct SendQueue {
     last_msg: u64,
     /// [`Conn::reads`] then.
     reads_at_msg: u64,
+    /// Frames in `buf` that may not wait for the flusher (requests,
+    /// messages outside a stream).
+    others: usize,
     /// When the oldest message that waits in `buf` with nobody writing was
     /// queued ([`micros_now`]); 0 if none does.
     deferred_since: u64,
@@ -993,6 +996,7 @@ impl Conn {
                 Defer::No => {}
             }
         }
+        q.others += 1;
         if q.writing {
             if !wait {
                 return Ok(());
@@ -1043,6 +1047,7 @@ impl Conn {
                 let mut out = std::mem::take(&mut q.spare);
                 std::mem::swap(&mut out, &mut q.buf);
                 q.deferred_since = 0;
+                q.others = 0;
                 (out, q.queued)
             };
             let r = match g.as_mut() {
@@ -1070,7 +1075,12 @@ impl Conn {
                 return Err(if upto >= seq { e } else { self.closed_error() });
             }
             q.written = q.written.max(upto);
-            if q.buf.is_empty() || (rounds >= QUEUE_ROUNDS && q.waiters > 0) {
+            // After a few rounds, what only a stream's messages wait for is
+            // left to the flusher (and that stream's sender): this thread
+            // does not write another thread's stream for as long as it lasts.
+            if q.buf.is_empty()
+                || (rounds >= QUEUE_ROUNDS && (q.waiters > 0 || self.leave_to_flusher(&mut q)))
+            {
                 q.writing = false;
                 if q.waiters > 0 {
                     self.queue_cv.notify_all();

@@ -69,6 +69,20 @@ impl Conn {
         }
     }
 
+    /// The thread writing the queue stops after some rounds: leave what
+    /// `q` holds to the flusher, if only a stream's messages are there and
+    /// the flusher takes them (else that thread writes on).
+    pub(super) fn leave_to_flusher(&self, q: &mut SendQueue) -> bool {
+        let Some((flusher, me)) = self.flush.get() else {
+            return false;
+        };
+        if q.others > 0 || q.failed || !flusher.arm(me.clone()) {
+            return false;
+        }
+        q.deferred_since = micros_now();
+        true
+    }
+
     /// Take what the send queue holds, for a thread that holds the writer
     /// and writes it before its own frame: the bytes and the number of the
     /// last frame among them (see [`Conn::queue_written`]).
@@ -78,6 +92,7 @@ impl Conn {
             return None;
         }
         q.deferred_since = 0;
+        q.others = 0;
         Some((std::mem::take(&mut q.buf), q.queued))
     }
 

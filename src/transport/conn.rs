@@ -507,9 +507,15 @@ struct SendQueue {
     last_msg: u64,
     /// [`Conn::reads`] then.
     reads_at_msg: u64,
+    /// Messages in a row, each within [`queue::STREAM_GAP`] of the one
+    /// before with nothing read between (0 after a pause or a read).
+    run: u32,
     /// Frames in `buf` that may not wait for the flusher (requests,
     /// messages outside a stream).
     others: usize,
+    /// A thread took frames from `buf` to write them before its own
+    /// (`Conn::take_queued`) and has not written them yet.
+    flushing: bool,
     /// When the oldest message that waits in `buf` with nobody writing was
     /// queued ([`micros_now`]); 0 if none does.
     deferred_since: u64,
@@ -1002,7 +1008,9 @@ impl Conn {
                 return Ok(());
             }
             q.waiters += 1;
-            while q.written < seq && !q.failed && q.writing {
+            // A thread that took queued frames to write before its own
+            // (`flushing`) says when they are written, as the writer does.
+            while q.written < seq && !q.failed && (q.writing || q.flushing) {
                 self.queue_cv.wait(&mut q);
             }
             q.waiters -= 1;
@@ -1442,7 +1450,7 @@ impl Conn {
         if !self.is_closed() {
             // Messages queued for the flusher leave first (as much as the
             // socket takes at once).
-            self.flush_deferred();
+            self.flush_before_close();
         }
         if self.closed.swap(true, Ordering::AcqRel) {
             return;

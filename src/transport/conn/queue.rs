@@ -8,10 +8,16 @@ use std::sync::Weak;
 
 /// A user's one-way message queued within this long of the previous one
 /// on the same connection, with nothing read from the peer between them,
-/// belongs to a stream: it may wait for its batch. The first message after
-/// a pause, or after the peer sent something (a message answered by a
-/// message, as in a ping-pong), is written at once.
-const STREAM_GAP: Duration = Duration::from_micros(20);
+/// continues a stream: past its first [`STREAM_AFTER`] messages, it may
+/// wait for its batch. The first messages after a pause, or after the
+/// peer sent something (a message answered by a message, as in a
+/// ping-pong), are written at once.
+pub(super) const STREAM_GAP: Duration = Duration::from_micros(20);
+
+/// Messages of a stream written one by one before the next ones wait for
+/// their batch: a short burst (a few messages, then the sender waits for
+/// the peer's answer) is never held.
+const STREAM_AFTER: u32 = 8;
 
 /// The most a batch of waiting messages holds: the message that reaches
 /// it writes the batch at once (and a sender whose messages are not taken
@@ -39,8 +45,9 @@ impl Conn {
     }
 
     /// Whether the user's one-way message just queued (the last in `q`)
-    /// may wait for its batch: it follows the previous one within
-    /// [`STREAM_GAP`] with nothing read meanwhile, the batch is under [`BATCH_MAX`], and its first
+    /// may wait for its batch: it continues a stream (within
+    /// [`STREAM_GAP`] of the previous message, with nothing read
+    /// meanwhile) past [`STREAM_AFTER`] messages, the batch is under [`BATCH_MAX`], and its first
     /// message has waited under [`FLUSH_AFTER`].
     pub(super) fn defer(&self, q: &mut SendQueue) -> Defer {
         let Some((flusher, me)) = self.flush.get() else {
@@ -52,7 +59,12 @@ impl Conn {
         let reads = self.reads.load(Ordering::Relaxed);
         let heard = reads != q.reads_at_msg;
         q.reads_at_msg = reads;
-        if heard || gap >= STREAM_GAP.as_micros() as u64 || q.buf.len() >= BATCH_MAX {
+        if heard || gap >= STREAM_GAP.as_micros() as u64 {
+            q.run = 0;
+            return Defer::No;
+        }
+        q.run = q.run.saturating_add(1);
+        if q.run < STREAM_AFTER || q.buf.len() >= BATCH_MAX {
             return Defer::No;
         }
         if q.writing {
@@ -93,34 +105,59 @@ impl Conn {
         }
         q.deferred_since = 0;
         q.others = 0;
+        q.flushing = true;
         Some((std::mem::take(&mut q.buf), q.queued))
     }
 
-    /// Frames up to `upto` are written: wake senders waiting for them.
+    /// Frames up to `upto`, taken by [`Conn::take_queued`], are written:
+    /// wake senders waiting for them.
     pub(super) fn queue_written(&self, upto: u64) {
         let mut q = self.queue.lock();
+        q.flushing = false;
         q.written = q.written.max(upto);
         if q.waiters > 0 {
             self.queue_cv.notify_all();
         }
     }
 
-    /// Write what the send queue holds, as a bounded write (it never blocks:
-    /// what the socket does not take waits in the backlog). For the
-    /// flusher, and for a connection about to close. Returns true if the
-    /// writer was busy and nobody writes the queue: try again later.
+    /// Write what the send queue holds, as a bounded write (what the
+    /// socket does not take waits in the backlog), for the flusher: it
+    /// never waits for the writer. Returns true if the writer was busy and
+    /// nobody writes the queue: try again later.
     pub(crate) fn flush_deferred(&self) -> bool {
+        self.flush_queue(None)
+    }
+
+    /// Before the connection closes: write what the send queue holds, and
+    /// let a thread that took queued messages write them before the socket
+    /// is shut, waiting for the writer at most [`STUCK_WRITE`] (none if
+    /// its holder has made no progress that long).
+    pub(super) fn flush_before_close(&self) {
+        {
+            let q = self.queue.lock();
+            if q.failed || (q.buf.is_empty() && !q.flushing) {
+                return;
+            }
+        }
+        self.flush_queue(Some(STUCK_WRITE));
+    }
+
+    fn flush_queue(&self, wait: Option<Duration>) -> bool {
         let Link::Tcp { writer, .. } = &self.link else {
             return false;
         };
-        {
+        if wait.is_none() {
             let q = self.queue.lock();
             if q.buf.is_empty() || q.failed || q.writing {
                 // Nothing to write, or the thread writing takes it.
                 return false;
             }
         }
-        let Some(mut g) = writer.try_lock() else {
+        let g = match wait {
+            None => writer.try_lock(),
+            Some(bound) => self.lock_writer_within(writer, bound),
+        };
+        let Some(mut g) = g else {
             return true;
         };
         let Some(w) = g.as_mut() else {

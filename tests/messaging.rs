@@ -388,6 +388,52 @@ fn messages_and_requests_of_many_threads_on_one_connection_all_arrive_in_order()
 }
 
 #[test]
+fn a_stream_of_messages_from_one_thread_arrives_whole_and_in_order() {
+    // One thread sending message after message: they leave in batches (the
+    // send queue and the node's flusher), yet every one arrives, in order,
+    // with the large ones (written directly) and requests in their place,
+    // the last of a burst without a further send, and a burst followed at
+    // once by closing the connection.
+    const N: u64 = 3000;
+    let a = node();
+    add_adder(&a);
+    let (tx, rx) = crossbeam_channel::unbounded::<(u64, usize)>();
+    a.add_inline_handler("SEQ", move |req| {
+        let k: u64 = req.message().data()?;
+        let _ = tx.send((k, req.message().body().map_or(0, |b| b.len())));
+        Ok(())
+    })
+    .unwrap();
+    let b = node();
+    let conn = b.connect(a.local_addr()).unwrap();
+    let expect = |from: u64, to: u64| {
+        for k in from..to {
+            let (got, len) = rx.recv_timeout(PATIENCE).expect("every message arrives");
+            assert_eq!(got, k, "in the order sent");
+            assert_eq!(len, if k % 500 == 499 { 64 * 1024 } else { 16 });
+        }
+    };
+    for k in 0..N {
+        let body = vec![7u8; if k % 500 == 499 { 64 * 1024 } else { 16 }];
+        conn.send(Message::new("SEQ", k).with_body(body)).unwrap();
+        if k % 700 == 0 {
+            let resp = conn.request(Message::new("ADD", k as i64)).unwrap();
+            assert_eq!(resp.data::<i64>().unwrap(), k as i64 + 1);
+        }
+    }
+    expect(0, N);
+    conn.close();
+    // A burst, then the connection closed at once.
+    let conn = b.connect(a.local_addr()).unwrap();
+    for k in N..N + 100 {
+        conn.send(Message::new("SEQ", k).with_body(vec![7u8; 16]))
+            .unwrap();
+    }
+    conn.close();
+    expect(N, N + 100);
+}
+
+#[test]
 fn requesters_get_their_answers_while_the_peer_talks_back() {
     // Requesters on one connection read their answers themselves when
     // nobody else reads; the peer's own messages and requests on the same

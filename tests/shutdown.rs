@@ -84,6 +84,11 @@ fn shutdown_joins_every_thread_and_closes_every_socket() {
     assert!(events.recv_timeout(PATIENCE).is_ok());
     let r = d.request(a.local_addr(), Message::new("ADD", 5)).unwrap();
     assert_eq!(r.data::<i64>().unwrap(), 6);
+    // A stream of one-way messages (past its first few, written in batches,
+    // by the sender or the node's flusher thread).
+    for k in 0..200i64 {
+        ab.send(Message::new("NOTE", k)).unwrap();
+    }
     // A peer stuck in its handshake when the node stops.
     let mut silent = RawPeer::connect(b.local_addr());
     silent.read_preamble();

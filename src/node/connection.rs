@@ -202,7 +202,13 @@ impl Connection {
         }
     }
 
-    /// Send a one-way message.
+    /// Send a one-way message. It returns once the message is written to
+    /// the socket, or, for a message that follows the previous one on this
+    /// connection within a few microseconds (a stream), once it is queued:
+    /// a stream's messages leave in batches, each within about 50 µs, in
+    /// the order sent and before anything this connection sends after
+    /// them. A write that fails later closes the connection, and the next
+    /// call reports it.
     ///
     /// ```
     /// use p2prs::{Message, Node};

@@ -21,7 +21,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod queue;
 mod read;
+
+use queue::Defer;
 
 /// Where the answer to an outstanding request goes.
 pub(crate) enum Pending {
@@ -604,6 +607,13 @@ pub(crate) struct Conn {
     unclaimed: Arc<AtomicUsize>,
     /// Writes made so far (see [`ReadState::read`]).
     sent: AtomicU64,
+    /// The node's flusher and this connection (TCP links): a sender's
+    /// one-way messages may wait in the send queue for it (see
+    /// [`Conn::send_queued`]).
+    flush: std::sync::OnceLock<(Arc<super::flush::Flusher>, std::sync::Weak<Conn>)>,
+    /// Reads from the socket that brought bytes (a stream of messages is
+    /// one with nothing read between them: see `queue.rs`).
+    reads: AtomicU64,
 }
 
 /// Small frames of blocking sends (requests, one-way messages) waiting to
@@ -627,6 +637,23 @@ struct SendQueue {
     waiters: usize,
     /// A write failed or the connection closed: nothing more is written.
     failed: bool,
+    /// When the sender last queued a user's one-way message
+    /// ([`micros_now`]).
+    last_msg: u64,
+    /// [`Conn::reads`] then.
+    reads_at_msg: u64,
+    /// Messages in a row, each within [`queue::STREAM_GAP`] of the one
+    /// before with nothing read between (0 after a pause or a read).
+    run: u32,
+    /// Frames in `buf` that may not wait for the flusher (requests,
+    /// messages outside a stream).
+    others: usize,
+    /// A thread took frames from `buf` to write them before its own
+    /// (`Conn::take_queued`) and has not written them yet.
+    flushing: bool,
+    /// When the oldest message that waits in `buf` with nobody writing was
+    /// queued ([`micros_now`]); 0 if none does.
+    deferred_since: u64,
 }
 
 /// A blocking send of a frame whose body is at most this large is queued
@@ -732,6 +759,8 @@ impl Conn {
             queue_cv: Condvar::new(),
             unclaimed: Arc::new(AtomicUsize::new(0)),
             sent: AtomicU64::new(0),
+            flush: std::sync::OnceLock::new(),
+            reads: AtomicU64::new(0),
         }
     }
 
@@ -1036,6 +1065,9 @@ impl Conn {
         writer: &'a Mutex<Option<SecureWriter>>,
         bound: Duration,
     ) -> Option<parking_lot::MutexGuard<'a, Option<SecureWriter>>> {
+        if let Some(g) = writer.try_lock() {
+            return Some(g);
+        }
         let deadline = Instant::now() + bound;
         loop {
             let step =
@@ -1096,6 +1128,7 @@ impl Conn {
             });
         }
         self.note_user(frame);
+        let stream = wait && frame.kind == Kind::Message && !frame.msg_type.starts_with("p2prs.");
         let mut q = self.queue.lock();
         if q.failed {
             return Err(self.closed_error());
@@ -1103,12 +1136,29 @@ impl Conn {
         q.buf.extend_from_slice(&bytes);
         q.queued += 1;
         let seq = q.queued;
+        if stream {
+            match self.defer(&mut q) {
+                Defer::Queued => return Ok(()),
+                Defer::Arm(flusher, me) => {
+                    drop(q);
+                    if flusher.arm(me) {
+                        return Ok(());
+                    }
+                    q = self.queue.lock();
+                    q.deferred_since = 0;
+                }
+                Defer::No => {}
+            }
+        }
+        q.others += 1;
         if q.writing {
             if !wait {
                 return Ok(());
             }
             q.waiters += 1;
-            while q.written < seq && !q.failed && q.writing {
+            // A thread that took queued frames to write before its own
+            // (`flushing`) says when they are written, as the writer does.
+            while q.written < seq && !q.failed && (q.writing || q.flushing) {
                 self.queue_cv.wait(&mut q);
             }
             q.waiters -= 1;
@@ -1159,6 +1209,8 @@ impl Conn {
                 let mut q = self.queue.lock();
                 let mut out = std::mem::take(&mut q.spare);
                 std::mem::swap(&mut out, &mut q.buf);
+                q.deferred_since = 0;
+                q.others = 0;
                 (out, q.queued)
             };
             let r = match g.as_mut() {
@@ -1185,8 +1237,13 @@ impl Conn {
                 let e = self.write_failed(e, None);
                 return Err(if upto >= seq { e } else { self.closed_error() });
             }
-            q.written = upto;
-            if q.buf.is_empty() || (rounds >= QUEUE_ROUNDS && q.waiters > 0) {
+            q.written = q.written.max(upto);
+            // After a few rounds, what only a stream's messages wait for is
+            // left to the flusher (and that stream's sender): this thread
+            // does not write another thread's stream for as long as it lasts.
+            if q.buf.is_empty()
+                || (rounds >= QUEUE_ROUNDS && (q.waiters > 0 || self.leave_to_flusher(&mut q)))
+            {
                 q.writing = false;
                 if q.waiters > 0 {
                     self.queue_cv.notify_all();
@@ -1260,9 +1317,15 @@ impl Conn {
                     return Err(self.closed_error());
                 };
                 let _writing = Writing::begin(&self.writing_since);
+                // Messages this or another thread left queued go first.
+                let queued = self.take_queued();
+                let r = match &queued {
+                    Some((bytes, _)) => w.write_all(bytes),
+                    None => Ok(()),
+                };
                 // Each kind of write sets the socket's write timeout it needs
                 // (no system call when it is set so already).
-                match bound {
+                let r = r.and_then(|_| match bound {
                     None => {
                         w.stream.normal_timeout();
                         w.direct = true;
@@ -1291,7 +1354,21 @@ impl Conn {
                         w.stream.2 = None;
                         r
                     }
+                });
+                if let Some((_, upto)) = queued {
+                    if r.as_ref()
+                        .is_err_and(|e| e.kind() == io::ErrorKind::InvalidInput)
+                    {
+                        // The frame was refused, not the queued messages.
+                        let _ = match bound {
+                            None => w.flush(),
+                            Some(_) => w.flush_try(),
+                        };
+                    }
+                    drop(g);
+                    self.queue_written(upto);
                 }
+                r
             }
             Link::Relay {
                 via, to, sealer, ..
@@ -1534,6 +1611,11 @@ impl Conn {
 
     /// Close the socket; the read loop ends and fails what is pending.
     pub(crate) fn close(&self) {
+        if !self.is_closed() {
+            // Messages queued for the flusher leave first (as much as the
+            // socket takes at once).
+            self.flush_before_close();
+        }
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }

@@ -179,6 +179,20 @@ impl FrameClock {
         }
     }
 
+    /// Whether a frame is under way with a rate to keep: otherwise
+    /// [`FrameClock::check`] passes whatever the time, and a caller need
+    /// not read the clock for it.
+    pub(crate) fn running(&self) -> bool {
+        self.since.is_some() && self.rate > 0
+    }
+
+    /// No frame is under way after the bytes that arrived: the same as
+    /// [`FrameClock::on_bytes`] with `in_frame` false, without a time.
+    pub(crate) fn between_frames(&mut self) {
+        self.since = None;
+        self.bytes = 0;
+    }
+
     /// `n` bytes arrived (counted before they were decoded); `in_frame`
     /// says whether a frame is under way after decoding them, and
     /// `completed` whether a frame was completed by them.

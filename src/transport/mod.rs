@@ -2,6 +2,7 @@
 
 mod conn;
 mod dials;
+mod flush;
 mod limits;
 mod threads;
 mod writer;
@@ -85,6 +86,8 @@ pub(crate) struct Transport {
     pub(crate) secure: Arc<Local>,
     local: SocketAddr,
     pub(crate) threads: Arc<Threads>,
+    /// Writes the batches of senders' one-way messages (see `flush.rs`).
+    flusher: Arc<flush::Flusher>,
     conns: Mutex<HashMap<u64, Arc<Conn>>>,
     next_conn: AtomicU64,
     my_id: Mutex<Option<NodeId>>,
@@ -220,11 +223,18 @@ impl Transport {
     /// A transport for a node listening on `local`.
     pub(crate) fn new(cfg: Config, local: SocketAddr, secure: Arc<Local>) -> Arc<Transport> {
         let cfg_memory = cfg.memory_budget;
+        let threads = Arc::new(Threads::default());
+        let flusher = flush::Flusher::new(
+            Arc::clone(&threads),
+            format!("p2prs-flush-{}", local.port()),
+            cfg.connection_stack_size,
+        );
         Arc::new(Transport {
             cfg,
             secure,
             local,
-            threads: Arc::new(Threads::default()),
+            threads,
+            flusher,
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             my_id: Mutex::new(None),
@@ -478,6 +488,7 @@ impl Transport {
             }
         };
         conn.set_slow_peer_timeout(self.cfg.slow_peer_timeout);
+        conn.set_flusher(Arc::clone(&self.flusher));
         let mut g = self.conns.lock();
         if self.is_stopping() {
             conn.close();
@@ -901,6 +912,7 @@ impl Transport {
         let _ = TcpStream::connect_timeout(&wake, self.cfg.connect_timeout);
         self.close_all();
         self.close_greeting();
+        self.flusher.stop();
         self.threads.join_all();
         // Connections registered while we were joining.
         self.close_all();

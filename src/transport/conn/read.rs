@@ -104,13 +104,13 @@ impl Conn {
                 Ok(0) => self.at_eof(&mut st),
                 Ok(n) => {
                     self.touch();
+                    self.reads.fetch_add(1, Ordering::Relaxed);
                     if let Err(e) = st.take_read(n) {
                         log::warn!("{}: {e}; closing the connection", self.peer_addr());
                         st.ended = true;
                     } else {
                         let frames = self.drain_answers(&mut st, lent);
-                        let in_frame = st.inbound.in_frame();
-                        st.clock.on_bytes(n, in_frame, frames > 0, Instant::now());
+                        note_bytes(&mut st, n, frames);
                     }
                 }
                 Err(e)
@@ -230,6 +230,9 @@ impl Conn {
 
     /// Close the connection if a frame under way is too slow.
     pub(super) fn check_clock(&self, st: &mut ReadState) {
+        if !st.clock.running() {
+            return;
+        }
         if let Err((got, window)) = st.clock.check(Instant::now()) {
             log::warn!(
                 "{}: a frame under way brought {got} bytes in {window:?}, less than \
@@ -398,6 +401,7 @@ impl Conn {
                     }
                     Ok(n) => {
                         self.touch();
+                        self.reads.fetch_add(1, Ordering::Relaxed);
                         if fast && !self.push_backlog() {
                             fast = false;
                             st.set_timeout(tick);
@@ -410,8 +414,7 @@ impl Conn {
                         let (back, good, frames, w) = self.drain_tcp(st, sink);
                         st = back;
                         st.ended = !good;
-                        let in_frame = st.inbound.in_frame();
-                        st.clock.on_bytes(n, in_frame, frames > 0, Instant::now());
+                        note_bytes(&mut st, n, frames);
                         if w > 0 && good && !st.needs_conn_thread() {
                             self.check_clock(&mut st);
                             if !st.ended {
@@ -735,5 +738,15 @@ impl Conn {
         if self.send_bounded(&notice).is_ok() {
             self.refusal_sent.store(true, Ordering::Release);
         }
+    }
+}
+
+/// `n` bytes read brought `frames` complete frames: the frame clock learns
+/// it (reading the time only while a frame is under way).
+fn note_bytes(st: &mut ReadState, n: usize, frames: usize) {
+    if st.inbound.in_frame() {
+        st.clock.on_bytes(n, true, frames > 0, Instant::now());
+    } else {
+        st.clock.between_frames();
     }
 }

@@ -1,0 +1,115 @@
+//! The flusher: one thread per node, started with the first message it is
+//! needed for, that writes the one-way messages a sender left queued on a
+//! connection (see `Conn::send_queued`): a thread sending message after
+//! message returns from each as soon as it is queued, and its messages
+//! leave together, in one write per batch, instead of one system call (and
+//! one loopback delivery, one wake of the peer) per message.
+//!
+//! The flusher writes what is queued [`FLUSH_AFTER`] after the first
+//! message of a batch, unless the sender's own next message or request
+//! wrote it first; its writes are bounded (`Conn::flush_deferred`): it
+//! never blocks on a peer that does not read.
+
+use super::threads::Threads;
+use super::Conn;
+use parking_lot::{Condvar, Mutex};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+/// The longest a queued one-way message waits for its batch to be written
+/// (the sender's next message writes the batch once its first message has
+/// waited this long; the flusher writes it about this long after).
+pub(super) const FLUSH_AFTER: Duration = Duration::from_micros(50);
+
+/// The node's flusher.
+pub(crate) struct Flusher {
+    threads: Arc<Threads>,
+    name: String,
+    stack: usize,
+    state: Mutex<State>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    /// Connections with queued messages to write.
+    due: Vec<Weak<Conn>>,
+    /// The thread runs.
+    started: bool,
+    /// The node shuts down: the thread ends, nothing more is armed.
+    stop: bool,
+}
+
+impl Flusher {
+    /// A flusher whose thread, once needed, is one of `threads`.
+    pub(crate) fn new(threads: Arc<Threads>, name: String, stack: usize) -> Arc<Flusher> {
+        Arc::new(Flusher {
+            threads,
+            name,
+            stack,
+            state: Mutex::new(State::default()),
+            wake: Condvar::new(),
+        })
+    }
+
+    /// Have `conn`'s queued messages written within about [`FLUSH_AFTER`].
+    /// False if the flusher cannot (the node shuts down, or its thread
+    /// could not be started): the caller writes them itself.
+    pub(super) fn arm(self: &Arc<Self>, conn: Weak<Conn>) -> bool {
+        let mut g = self.state.lock();
+        if g.stop {
+            return false;
+        }
+        if !g.started {
+            let me = Arc::clone(self);
+            if let Err(e) = self
+                .threads
+                .spawn(self.name.clone(), Some(self.stack), move || me.run())
+            {
+                log::debug!("starting the flusher: {e}; senders write their own messages");
+                return false;
+            }
+            g.started = true;
+        }
+        g.due.push(conn);
+        if g.due.len() == 1 {
+            self.wake.notify_one();
+        }
+        true
+    }
+
+    /// End the thread (at shutdown, after the connections are closed:
+    /// closing a connection writes what it has queued).
+    pub(crate) fn stop(&self) {
+        let mut g = self.state.lock();
+        g.stop = true;
+        self.wake.notify_all();
+    }
+
+    fn run(&self) {
+        let mut g = self.state.lock();
+        loop {
+            if g.stop {
+                break;
+            }
+            if g.due.is_empty() {
+                self.wake.wait(&mut g);
+                continue;
+            }
+            // Let the batch fill: the sender's further messages join it.
+            parking_lot::MutexGuard::unlocked(&mut g, || std::thread::sleep(FLUSH_AFTER));
+            let due = std::mem::take(&mut g.due);
+            let again: Vec<Weak<Conn>> = parking_lot::MutexGuard::unlocked(&mut g, || {
+                due.into_iter()
+                    .filter(|w| w.upgrade().is_some_and(|c| c.flush_deferred()))
+                    .collect()
+            });
+            g.due.extend(again);
+        }
+        let due = std::mem::take(&mut g.due);
+        drop(g);
+        for c in due.iter().filter_map(Weak::upgrade) {
+            c.flush_deferred();
+        }
+    }
+}

@@ -12,7 +12,7 @@ use crate::id::PublicKey;
 use crate::message::Message;
 use crate::ring::alloc::{self, ClaimError, Reservations};
 use crate::ring::broadcast::broadcast_targets;
-use crate::ring::census::{Census, Encode, News, Walk, WalkStep, WALK_EVERY};
+use crate::ring::census::{Census, Encode, News, Pace, Walk, WalkStep, WALK_EVERY};
 use crate::ring::lookup::{Lookup, LookupStep};
 use crate::ring::resolve::{unsure, vouch_owner, vouch_pred, Lost, Verdict};
 use crate::ring::stabilize::{on_predecessor_reply, on_stabilize_reply, Action, Stabilizer};
@@ -419,6 +419,9 @@ enum Job {
     StabilizeNow,
     /// Tell the root to count again (or count, if this node is the root).
     Recount,
+    /// At the root: its census has work due at this time (the node's
+    /// milliseconds): publish joins, or count again.
+    CensusAt(u64),
     /// Ask this peer to stabilize now.
     Poke(RPeer),
     /// This node notified us from before our predecessor: check the
@@ -575,7 +578,7 @@ impl Chord {
             Job::Recount => !self.recount_pending.swap(true, Ordering::AcqRel),
             Job::CheckPredecessor(_) => !self.check_pending.swap(true, Ordering::AcqRel),
             Job::Poke(p) => self.pokes_pending.lock().insert(p.addr.at),
-            Job::Forward { .. } | Job::VetRoot { .. } => true,
+            Job::Forward { .. } | Job::VetRoot { .. } | Job::CensusAt(_) => true,
         };
         if !fresh {
             return;
@@ -605,7 +608,7 @@ impl Chord {
             Job::Poke(addr) => {
                 self.pokes_pending.lock().remove(&addr.addr.at);
             }
-            Job::Forward { .. } | Job::VetRoot { .. } => {}
+            Job::Forward { .. } | Job::VetRoot { .. } | Job::CensusAt(_) => {}
         }
     }
 }
@@ -671,7 +674,12 @@ pub(crate) fn create(n: &NodeInner) -> Result<NodeId> {
     drop(g.take());
     drop(g);
     log::info!("started a new network; this node's ID is {id}");
-    Ok(install(n, routing))
+    let id = install(n, routing);
+    // The ring of one is counted: joins are counted at once from the first.
+    if let Some(r) = n.chord.ring.write().as_mut() {
+        r.census.founded(id);
+    }
+    Ok(id)
 }
 
 pub(crate) fn my_id(n: &NodeInner) -> Option<NodeId> {

@@ -238,6 +238,12 @@ fn notify(n: &NodeInner, conn: &Conn, frame: &Frame) -> Result<Message> {
         r.lost.found(candidate.id);
         let was_alone = r.routing.is_alone();
         let old = r.routing.predecessor().cloned();
+        // A joiner this node gave its ID to (before the notify prunes the
+        // grant): at the root, counted at once (`Census::linked`).
+        let granted_here = r
+            .reservations
+            .iter()
+            .any(|res| res.id == candidate.id && res.claimant == candidate.addr);
         let changed = r.routing.notify(candidate.clone());
         r.reservations.prune(&r.routing, now);
         r.reservations.release(candidate.id);
@@ -254,6 +260,9 @@ fn notify(n: &NodeInner, conn: &Conn, frame: &Frame) -> Result<Message> {
         let recount = changed && r.is_root();
         if recount {
             r.census.ask_recount();
+            if granted_here {
+                r.census.linked(me.id, candidate.clone(), now);
+            }
         }
         // Not taken, from before our predecessor: the candidate believes
         // our predecessor gone (its successor list skipped it).
@@ -347,11 +356,20 @@ fn claim(n: &NodeInner, conn: &Conn, frame: &Frame) -> Result<Message> {
 fn leaving(n: &NodeInner, conn: &Conn, frame: &Frame) -> Result<Message> {
     let news: Leaving = parse(frame)?;
     speaks_for_itself(n, conn, &news.peer, "a leaving notice")?;
-    with_ring(n, |r| {
+    let poke = with_ring(n, |r| {
+        let before: Vec<NodeId> = r.routing.successors().iter().map(|p| p.id).collect();
         r.routing
             .peer_left(news.peer.id, news.pred.clone(), news.successors.clone());
-        Ok(())
+        // The list changed: the predecessor's (ours, shifted) is stale too,
+        // and so on back; it stabilizes now (as after a join).
+        let after = r.routing.successors().iter().map(|p| p.id);
+        Ok((!before.iter().copied().eq(after))
+            .then(|| r.routing.predecessor().cloned())
+            .flatten())
     })?;
+    if let Some(p) = poke.filter(|p| Some(p.id) != my_id(n)) {
+        n.chord.queue(Job::Poke(p));
+    }
     log::info!(
         "node {} ({}) left the network",
         news.peer.id,

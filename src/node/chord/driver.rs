@@ -37,14 +37,15 @@ impl Extra {
 }
 
 /// How far apart the stabilize steps that peers ask for are (`StabilizeNow`:
-/// the successor's list changed, or a node joined just after this one).
-/// A step is the stabilize exchange alone (ask the successor for its
-/// predecessor and list, notify it): one or two requests over the pinned
-/// successor link. Taken at once, it carries a join back along the
-/// successor lists in round trips, so that a broadcast right after a join
-/// finds the successors linked and the root's count passes soon; the
-/// whole extra round (predecessor check, fingers) stays spaced as above.
-const STEP_SPACING: Duration = Duration::from_millis(10);
+/// the successor's list changed). A step is the stabilize exchange alone
+/// (ask the successor for its predecessor and list, notify it): one or two
+/// requests over the pinned successor link. It carries a join or a leave
+/// back along the successor lists in round trips, so that the root's count
+/// passes soon after; the whole extra round (predecessor check, fingers)
+/// stays spaced as above. A node that a joiner has just become the
+/// successor of (`Job::StepNow`) steps at once: the news of the join
+/// goes down the broadcast tree along successors.
+const STEP_SPACING: Duration = Duration::from_millis(50);
 
 /// How far apart the extra rounds and recounts peers ask for are: a quarter
 /// of the stabilizer period, and at most [`MAX_EXTRA_SPACING`] (a ring with a
@@ -95,6 +96,7 @@ fn run(n: &NodeInner) {
                             let at = extra.when(extra.last_recount, now);
                             extra.recount_at = Some(extra.recount_at.map_or(at, |t| t.min(at)));
                         }
+                        Job::StepNow => extra.step_at = Some(now),
                         Job::CensusAt(ms) => {
                             // The root's own census asks: not spaced again.
                             let at = n.chord.started + Duration::from_millis(ms);
@@ -164,10 +166,16 @@ fn do_job(n: &NodeInner, job: Job) {
             sig,
         } => vet_root(n, limit, origin, data, body, sig),
         // Spaced out by `run`.
-        Job::StabilizeNow | Job::Recount | Job::CensusAt(_) => {}
+        Job::StabilizeNow | Job::Recount | Job::CensusAt(_) | Job::StepNow => {}
         Job::Poke(p) => {
             let _purpose = crate::transport::purpose(crate::transport::Purpose::Poke);
             if let Err(e) = rpc_peer(n, &p, STABILIZE_NOW, json!({})) {
+                log::debug!("asking {} to stabilize: {e}", p.addr);
+            }
+        }
+        Job::Link(p) => {
+            let _purpose = crate::transport::purpose(crate::transport::Purpose::Poke);
+            if let Err(e) = rpc_peer(n, &p, STABILIZE_NOW, json!({ "joined": true })) {
                 log::debug!("asking {} to stabilize: {e}", p.addr);
             }
         }

@@ -424,6 +424,13 @@ enum Job {
     CensusAt(u64),
     /// Ask this peer to stabilize now.
     Poke(RPeer),
+    /// A node joined right after this peer: ask it to stabilize at once
+    /// (a step that no spacing holds back), so that it points at the
+    /// joiner before news goes round.
+    Link(RPeer),
+    /// A node joined right after this one (a `Link` from the successor):
+    /// a stabilize step at once.
+    StepNow,
     /// This node notified us from before our predecessor: check the
     /// predecessor now, and take this one if it is gone.
     CheckPredecessor(RPeer),
@@ -578,7 +585,11 @@ impl Chord {
             Job::Recount => !self.recount_pending.swap(true, Ordering::AcqRel),
             Job::CheckPredecessor(_) => !self.check_pending.swap(true, Ordering::AcqRel),
             Job::Poke(p) => self.pokes_pending.lock().insert(p.addr.at),
-            Job::Forward { .. } | Job::VetRoot { .. } | Job::CensusAt(_) => true,
+            Job::Forward { .. }
+            | Job::VetRoot { .. }
+            | Job::CensusAt(_)
+            | Job::Link(_)
+            | Job::StepNow => true,
         };
         if !fresh {
             return;
@@ -608,7 +619,11 @@ impl Chord {
             Job::Poke(addr) => {
                 self.pokes_pending.lock().remove(&addr.addr.at);
             }
-            Job::Forward { .. } | Job::VetRoot { .. } | Job::CensusAt(_) => {}
+            Job::Forward { .. }
+            | Job::VetRoot { .. }
+            | Job::CensusAt(_)
+            | Job::Link(_)
+            | Job::StepNow => {}
         }
     }
 }

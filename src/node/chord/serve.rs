@@ -75,6 +75,10 @@ pub(crate) fn handle(n: &NodeInner, conn: &Arc<Conn>, frame: Frame) {
         CLAIM => claim(n, conn, &frame),
         LEAVING => leaving(n, conn, &frame),
         STABILIZE_NOW => {
+            // A node joined right after this one: step at once.
+            if frame.data.get("joined").and_then(Value::as_bool) == Some(true) {
+                n.chord.queue(Job::StepNow);
+            }
             n.chord.queue(Job::StabilizeNow);
             Ok(Message::new("p2prs.ok", Value::Null))
         }
@@ -280,7 +284,7 @@ fn notify(n: &NodeInner, conn: &Conn, frame: &Frame) -> Result<Message> {
     // stabilize at once rather than at its next round (before the recount,
     // which walks the ring on the same thread).
     if let Some(old) = its_pred.as_ref().filter(|p| Some(p.id) != my_id(n)) {
-        n.chord.queue(Job::Poke(old.clone()));
+        n.chord.queue(Job::Link(old.clone()));
     }
     if recount {
         n.chord.queue(Job::Recount);

@@ -230,9 +230,12 @@ fn notify(n: &NodeInner, conn: &Conn, frame: &Frame) -> Result<Message> {
             .is_some_and(|p| p.id == candidate.id);
         if n.key().is_some() && !known && !is_pred && r.routing.predecessor().is_some() {
             log::warn!(
-                "{}: refused a notify for ID {}: no grant or membership binds it to that key",
+                "{}: node {} refused a notify for ID {} (its predecessor {:?}): no grant or \
+                 membership binds it to that key",
                 conn.peer_addr(),
-                candidate.id
+                r.routing.me().id,
+                candidate.id,
+                r.routing.predecessor().map(|p| p.id)
             );
             return Err(remote(
                 "forbidden",

@@ -43,9 +43,15 @@ impl Extra {
 /// back along the successor lists in round trips, so that the root's count
 /// passes soon after; the whole extra round (predecessor check, fingers)
 /// stays spaced as above. A node that a joiner has just become the
-/// successor of (`Job::StepNow`) steps at once: the news of the join
-/// goes down the broadcast tree along successors.
+/// successor of (`Job::StepNow`) steps at once (see
+/// [`URGENT_STEP_SPACING`]): the news of the join goes down the broadcast
+/// tree along successors.
 const STEP_SPACING: Duration = Duration::from_millis(50);
+
+/// How far apart the steps asked for at once (`{"joined": true}`) are at
+/// least: a node receives one per node that joins right after it, so this
+/// only bounds what a peer that sends them over and over can cause.
+const URGENT_STEP_SPACING: Duration = Duration::from_millis(5);
 
 /// How far apart the extra rounds and recounts peers ask for are: a quarter
 /// of the stabilizer period, and at most [`MAX_EXTRA_SPACING`] (a ring with a
@@ -96,7 +102,12 @@ fn run(n: &NodeInner) {
                             let at = extra.when(extra.last_recount, now);
                             extra.recount_at = Some(extra.recount_at.map_or(at, |t| t.min(at)));
                         }
-                        Job::StepNow => extra.step_at = Some(now),
+                        Job::StepNow => {
+                            let step = extra
+                                .last_step
+                                .map_or(now, |t| (t + URGENT_STEP_SPACING).max(now));
+                            extra.step_at = Some(extra.step_at.map_or(step, |t| t.min(step)));
+                        }
                         Job::CensusAt(ms) => {
                             // The root's own census asks: not spaced again.
                             let at = n.chord.started + Duration::from_millis(ms);

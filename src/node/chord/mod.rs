@@ -462,6 +462,8 @@ pub(crate) struct Chord {
     jobs_rx: Receiver<Job>,
     /// A `StabilizeNow` is queued or deferred: another is not queued.
     stabilize_pending: AtomicBool,
+    /// A `StepNow` is queued: another is not queued.
+    step_pending: AtomicBool,
     /// A `Recount` is queued or deferred: another is not queued.
     recount_pending: AtomicBool,
     /// A `CheckPredecessor` is queued: another is not queued.
@@ -511,6 +513,7 @@ impl Chord {
             jobs_tx: Mutex::new(jobs_tx),
             jobs_rx,
             stabilize_pending: AtomicBool::new(false),
+            step_pending: AtomicBool::new(false),
             recount_pending: AtomicBool::new(false),
             check_pending: AtomicBool::new(false),
             pokes_pending: Mutex::new(HashSet::new()),
@@ -582,14 +585,11 @@ impl Chord {
     fn queue(&self, job: Job) {
         let fresh = match &job {
             Job::StabilizeNow => !self.stabilize_pending.swap(true, Ordering::AcqRel),
+            Job::StepNow => !self.step_pending.swap(true, Ordering::AcqRel),
             Job::Recount => !self.recount_pending.swap(true, Ordering::AcqRel),
             Job::CheckPredecessor(_) => !self.check_pending.swap(true, Ordering::AcqRel),
             Job::Poke(p) => self.pokes_pending.lock().insert(p.addr.at),
-            Job::Forward { .. }
-            | Job::VetRoot { .. }
-            | Job::CensusAt(_)
-            | Job::Link(_)
-            | Job::StepNow => true,
+            Job::Forward { .. } | Job::VetRoot { .. } | Job::CensusAt(_) | Job::Link(_) => true,
         };
         if !fresh {
             return;
@@ -614,16 +614,13 @@ impl Chord {
     fn taken(&self, job: &Job) {
         match job {
             Job::StabilizeNow => self.stabilize_pending.store(false, Ordering::Release),
+            Job::StepNow => self.step_pending.store(false, Ordering::Release),
             Job::Recount => self.recount_pending.store(false, Ordering::Release),
             Job::CheckPredecessor(_) => self.check_pending.store(false, Ordering::Release),
             Job::Poke(addr) => {
                 self.pokes_pending.lock().remove(&addr.addr.at);
             }
-            Job::Forward { .. }
-            | Job::VetRoot { .. }
-            | Job::CensusAt(_)
-            | Job::Link(_)
-            | Job::StepNow => {}
+            Job::Forward { .. } | Job::VetRoot { .. } | Job::CensusAt(_) | Job::Link(_) => {}
         }
     }
 }

@@ -536,11 +536,14 @@ fn execute(n: &NodeInner, action: Action<Ep>) {
                 return;
             }
         }
-        Action::Notify { to, me } => {
-            if let Err(e) = rpc_peer(n, &to, NOTIFY, notify_data(n, &me)) {
-                failed(n, &to, &e);
-            }
-        }
+        Action::Notify { to, me } => match rpc_peer(n, &to, NOTIFY, notify_data(n, &me)) {
+            Ok(_) => {}
+            // It answered: alive, only not taking this node (it cannot
+            // check the grant yet, or this node skipped one between them,
+            // which the next stabilize finds).
+            Err(e @ Error::Remote { .. }) => log::debug!("{} refused a notify: {e}", to.id),
+            Err(e) => failed(n, &to, &e),
+        },
         Action::CheckPredecessor(p) => {
             // Its successor list too: a predecessor that skipped this node
             // (see `on_predecessor_reply`) is caught here.

@@ -25,6 +25,18 @@
 //! the next node owns ID 0 now) at once, numbering on from it; a new root
 //! numbers its counts on from the newest epoch it heard.
 //!
+//! The joins at the root. Joiners without a preferred ID take their IDs
+//! from the root and link in as its predecessor, so the root knows each of
+//! them the moment it links it in, long before the successor lists behind
+//! it settle enough for a walk to pass. It counts them at once
+//! ([`Census::linked`]: its own size, which a joiner's grant carries, is
+//! right at every join) and publishes them as news of their own, spaced
+//! ([`Census::publish_tally`]): the last count plus these joiners, with the
+//! digest of that list. The walk that follows confirms the count and sends
+//! it again once it passes (the ring has settled then, so the broadcast
+//! reaches every node); a joiner linked while a walk runs, which the walk
+//! may not have reached, is kept in its count.
+//!
 //! The member list. News carries the changes since the last count, so a node
 //! that joined late or missed a message holds only part of the ring. The
 //! root's news also carries a [`digest`] of the whole member list after the
@@ -50,6 +62,34 @@ pub const WALK_EVERY: u64 = 4;
 pub const REPEAT_SIZE_EVERY: u64 = 4;
 /// A walk gives up past this many members.
 pub const MAX_WALK: usize = 1 << 20;
+/// Most joins the root holds to publish at once; past it, later joins are
+/// left to the next walk.
+pub const MAX_TALLY: usize = 4096;
+
+/// How the root paces its work, in the caller's milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pace {
+    /// At most one walk asked for (not periodic) per this, and one news
+    /// of joins ([`Census::publish_tally`]).
+    pub spacing_ms: u64,
+    /// Joins are published once they pause this long.
+    pub quiet_ms: u64,
+    /// A walk for a reported change waits this long after the report, so
+    /// that the successor lists around the change settle first.
+    pub settle_ms: u64,
+}
+
+impl Pace {
+    /// Walks and news spaced by `spacing_ms`, joins published as soon as
+    /// they come, walks at once.
+    pub fn spaced(spacing_ms: u64) -> Pace {
+        Pace {
+            spacing_ms,
+            quiet_ms: 0,
+            settle_ms: 0,
+        }
+    }
+}
 
 /// A digest of a member list (SHA-256; see [`digest`]).
 pub type Digest = [u8; 32];
@@ -138,6 +178,8 @@ pub struct Census<A> {
     /// The root whose news this node applied last (itself at the root).
     source: Option<NodeId>,
     recount: bool,
+    /// When the root first saw the recount asked for (see [`Pace::settle_ms`]).
+    recount_seen: Option<u64>,
     last_walk_ms: Option<u64>,
     /// Counts to take (and broadcast) soon, at most one per spacing: a
     /// change is counted and sent again twice (successor lists lag a little
@@ -155,6 +197,14 @@ pub struct Census<A> {
     snapshot_asked: Option<u64>,
     /// Members this node found dead since the last news.
     suspects: Vec<NodeId>,
+    /// At the root: joiners it linked in since its last news, to publish.
+    tally: Vec<Peer<A>>,
+    /// At the root: joiners linked in since the walk under way began.
+    linked_in_walk: Vec<Peer<A>>,
+    /// When the root last published its tally.
+    last_tally_ms: Option<u64>,
+    /// When the first and the last joiner of the tally were linked in.
+    tally_ms: Option<(u64, u64)>,
 }
 
 impl<A: Clone + Eq + Debug + Encode> Census<A> {
@@ -166,6 +216,7 @@ impl<A: Clone + Eq + Debug + Encode> Census<A> {
             epoch: 0,
             source: None,
             recount: true,
+            recount_seen: None,
             last_walk_ms: None,
             moving: 0,
             heard: None,
@@ -174,6 +225,19 @@ impl<A: Clone + Eq + Debug + Encode> Census<A> {
             pending: None,
             snapshot_asked: None,
             suspects: Vec::new(),
+            tally: Vec::new(),
+            linked_in_walk: Vec::new(),
+            last_tally_ms: None,
+            tally_ms: None,
+        }
+    }
+
+    /// This node `me` started the ring: its list (itself alone) is its
+    /// own count, so it counts joins at once ([`linked`](Self::linked))
+    /// before its first walk.
+    pub fn founded(&mut self, me: NodeId) {
+        if self.epoch == 0 && self.source.is_none() && self.members.keys().eq([&me]) {
+            self.source = Some(me);
         }
     }
 
@@ -275,9 +339,104 @@ impl<A: Clone + Eq + Debug + Encode> Census<A> {
         self.suspects.contains(&id)
     }
 
-    /// The size last counted (by the root, or here at the root).
+    /// The size last counted (by the root, or here at the root, with the
+    /// joiners it linked in since).
     pub fn size(&self) -> usize {
-        self.size
+        // An ID given again (its holder left) is counted once.
+        let new = self.tally.iter();
+        self.size + new.filter(|p| !self.members.contains_key(&p.id)).count()
+    }
+
+    /// At the root `me`, at `now_ms`: it granted `p` its ID and has just
+    /// linked it in as its predecessor. Counted at once (in
+    /// [`size`](Self::size)) and published with the next
+    /// [`publish_tally`](Self::publish_tally); whether it was (a root that
+    /// has not counted the ring itself yet leaves joins to its first walk).
+    pub fn linked(&mut self, me: NodeId, p: Peer<A>, now_ms: u64) -> bool {
+        if self.source != Some(me)
+            || self.members.get(&p.id) == Some(&p.addr)
+            || self.tally.len() >= MAX_TALLY
+        {
+            return false;
+        }
+        self.recount = true;
+        self.linked_in_walk.retain(|q| q.id != p.id);
+        if self.linked_in_walk.len() < MAX_TALLY {
+            self.linked_in_walk.push(p.clone());
+        }
+        self.tally.retain(|q| q.id != p.id);
+        self.tally.push(p);
+        self.tally_ms = Some(match self.tally_ms {
+            Some((first, _)) => (first, now_ms),
+            None => (now_ms, now_ms),
+        });
+        true
+    }
+
+    /// When the tally is due: once joins pause for [`Pace::quiet_ms`], or
+    /// [`Pace::spacing_ms`] after the first joiner waiting (a stream of
+    /// joins), and never within the spacing of the last such news.
+    fn tally_due_ms(&self, pace: Pace) -> Option<u64> {
+        let (first, last) = self.tally_ms.filter(|_| !self.tally.is_empty())?;
+        let settled = last
+            .saturating_add(pace.quiet_ms)
+            .min(first.saturating_add(pace.spacing_ms));
+        let rested = self
+            .last_tally_ms
+            .map_or(0, |t| t.saturating_add(pace.spacing_ms));
+        Some(settled.max(rested))
+    }
+
+    /// At the root `me`, at `now_ms`: the news of the joiners linked in
+    /// since the last news (the last count plus them), when it is due:
+    /// once joins pause for [`Pace::quiet_ms`], or [`Pace::spacing_ms`]
+    /// after the first joiner waiting, and at most once per spacing. A walk
+    /// is asked to confirm it, and the walks that pass next send the count
+    /// again.
+    pub fn publish_tally(&mut self, me: NodeId, now_ms: u64, pace: Pace) -> Option<News<A>> {
+        if self.source != Some(me) {
+            return None;
+        }
+        if self.tally_due_ms(pace)? > now_ms {
+            return None;
+        }
+        self.last_tally_ms = Some(now_ms);
+        self.tally_ms = None;
+        let joined = std::mem::take(&mut self.tally);
+        let mut now = self.members.clone();
+        for p in &joined {
+            now.insert(p.id, p.addr.clone());
+        }
+        self.recount = true;
+        self.moving = 2;
+        Some(self.take_count(me, now, joined, Vec::new()))
+    }
+
+    /// Make `now` the count of the next epoch: its news, with `joined` and
+    /// `left`.
+    fn take_count(
+        &mut self,
+        me: NodeId,
+        now: BTreeMap<NodeId, A>,
+        joined: Vec<Peer<A>>,
+        left: Vec<NodeId>,
+    ) -> News<A> {
+        self.epoch += 1;
+        self.size = now.len();
+        let d = digest(&now);
+        self.members = now;
+        self.source = Some(me);
+        self.heard = Some((self.epoch, d));
+        self.verified = Some(self.epoch);
+        self.pending = None;
+        self.suspects.clear();
+        News {
+            size: self.size,
+            epoch: self.epoch,
+            joined,
+            left,
+            digest: Some(d),
+        }
     }
 
     /// Set the size this node believes before any news (a joiner takes its
@@ -318,24 +477,51 @@ impl<A: Clone + Eq + Debug + Encode> Census<A> {
     }
 
     /// Whether the root should count now, at `now_ms`: at every periodic
-    /// chance (`periodic`), and when a change was reported or the last
-    /// count moved, at most once per `spacing_ms`. Marks the walk as begun.
-    pub fn walk_due(
-        &mut self,
-        is_root: bool,
-        periodic: bool,
-        now_ms: u64,
-        spacing_ms: u64,
-    ) -> bool {
-        let rested = self
-            .last_walk_ms
-            .is_none_or(|t| now_ms >= t.saturating_add(spacing_ms));
-        let due = is_root && (periodic || ((self.recount || self.moving > 0) && rested));
+    /// chance (`periodic`); when the last count moved, at most once per
+    /// [`Pace::spacing_ms`]; when a change was reported, so too and
+    /// [`Pace::settle_ms`] after the report. Marks the walk as begun.
+    pub fn walk_due(&mut self, is_root: bool, periodic: bool, now_ms: u64, pace: Pace) -> bool {
+        if self.recount && self.recount_seen.is_none() {
+            self.recount_seen = Some(now_ms);
+        }
+        let due =
+            is_root && (periodic || self.walk_due_ms(now_ms, pace).is_some_and(|t| t <= now_ms));
         if due {
             self.recount = false;
+            self.recount_seen = None;
             self.last_walk_ms = Some(now_ms);
+            self.linked_in_walk.clear();
         }
         due
+    }
+
+    /// When a walk asked for is due (none asked: `None`).
+    fn walk_due_ms(&self, now_ms: u64, pace: Pace) -> Option<u64> {
+        let rested = self
+            .last_walk_ms
+            .map_or(0, |t| t.saturating_add(pace.spacing_ms));
+        if self.moving > 0 {
+            return Some(rested);
+        }
+        let seen = self.recount_seen.unwrap_or(now_ms);
+        self.recount
+            .then(|| rested.max(seen.saturating_add(pace.settle_ms)))
+    }
+
+    /// At the root, at `now_ms`: when it next has work to do (joins to
+    /// publish, a recount asked for, a count to send again) that the
+    /// pace holds back, so that the caller wakes then; `None` if none.
+    pub fn next_work_ms(&self, is_root: bool, now_ms: u64, pace: Pace) -> Option<u64> {
+        if !is_root {
+            return None;
+        }
+        let walk = self.walk_due_ms(now_ms, pace);
+        let tally = self.tally_due_ms(pace);
+        [walk, tally]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|t| t.max(now_ms))
     }
 
     /// The walk found the ring settling: count again soon.
@@ -347,11 +533,18 @@ impl<A: Clone + Eq + Debug + Encode> Census<A> {
     /// order). Returns the news and whether to broadcast it (something
     /// changed, or it is time to repeat it).
     pub fn publish(&mut self, me: NodeId, members: &[Peer<A>]) -> (News<A>, bool) {
-        let now: BTreeMap<NodeId, A> = members.iter().map(|p| (p.id, p.addr.clone())).collect();
-        let joined: Vec<Peer<A>> = members
+        let mut now: BTreeMap<NodeId, A> = members.iter().map(|p| (p.id, p.addr.clone())).collect();
+        // Joiners linked in here while the walk ran: it may have passed
+        // the end of the ring before they came.
+        for p in std::mem::take(&mut self.linked_in_walk) {
+            now.entry(p.id).or_insert(p.addr);
+        }
+        self.tally.clear();
+        self.tally_ms = None;
+        let joined: Vec<Peer<A>> = now
             .iter()
-            .filter(|p| self.members.get(&p.id) != Some(&p.addr))
-            .cloned()
+            .filter(|(id, a)| self.members.get(id) != Some(a))
+            .map(|(id, a)| Peer::new(*id, a.clone()))
             .collect();
         let left: Vec<NodeId> = self
             .members
@@ -368,22 +561,7 @@ impl<A: Clone + Eq + Debug + Encode> Census<A> {
         } else {
             self.moving.saturating_sub(1)
         };
-        self.epoch += 1;
-        self.size = now.len();
-        let d = digest(&now);
-        self.members = now;
-        self.source = Some(me);
-        self.heard = Some((self.epoch, d));
-        self.verified = Some(self.epoch);
-        self.pending = None;
-        self.suspects.clear();
-        let news = News {
-            size: self.size,
-            epoch: self.epoch,
-            joined,
-            left,
-            digest: Some(d),
-        };
+        let news = self.take_count(me, now, joined, left);
         let send = changed || again || self.epoch % REPEAT_SIZE_EVERY == 1;
         (news, send)
     }
@@ -758,38 +936,148 @@ mod tests {
     #[test]
     fn the_root_counts_when_due_and_spaced() {
         let mut c = Census::new(&p(0));
-        assert!(!c.walk_due(false, true, 0, 250), "only the root counts");
-        assert!(c.walk_due(true, false, 0, 250), "a new root counts at once");
-        assert!(!c.walk_due(true, false, 10, 250), "nothing asked");
-        c.ask_recount();
-        assert!(!c.walk_due(true, false, 100, 250), "spaced");
-        assert!(c.walk_due(true, false, 250, 250));
         assert!(
-            c.walk_due(true, true, 260, 250),
+            !c.walk_due(false, true, 0, Pace::spaced(250)),
+            "only the root counts"
+        );
+        assert!(
+            c.walk_due(true, false, 0, Pace::spaced(250)),
+            "a new root counts at once"
+        );
+        assert!(
+            !c.walk_due(true, false, 10, Pace::spaced(250)),
+            "nothing asked"
+        );
+        c.ask_recount();
+        assert!(!c.walk_due(true, false, 100, Pace::spaced(250)), "spaced");
+        assert!(c.walk_due(true, false, 250, Pace::spaced(250)));
+        assert!(
+            c.walk_due(true, true, 260, Pace::spaced(250)),
             "periodic counts are not spaced"
         );
         // A count that moved is taken again after the spacing.
         let (news, send) = c.publish(NodeId(0), &[p(0), p(1)]);
         assert!(send);
         assert_eq!(news.joined, vec![p(1)]);
-        assert!(c.walk_due(true, false, 510, 250));
+        assert!(c.walk_due(true, false, 510, Pace::spaced(250)));
         let (news, send) = c.publish(NodeId(0), &[p(0), p(1)]);
         assert!(news.joined.is_empty() && news.left.is_empty());
         assert!(send, "a change is sent again twice");
-        assert!(c.walk_due(true, false, 760, 250));
+        assert!(c.walk_due(true, false, 760, Pace::spaced(250)));
         let (_, send) = c.publish(NodeId(0), &[p(0), p(1)]);
         assert!(send, "a change is sent again twice");
-        assert!(!c.walk_due(true, false, 1100, 250), "settled");
-        assert!(c.walk_due(true, true, 1100, 250));
+        assert!(!c.walk_due(true, false, 1100, Pace::spaced(250)), "settled");
+        assert!(c.walk_due(true, true, 1100, Pace::spaced(250)));
         let (news, send) = c.publish(NodeId(0), &[p(0), p(1)]);
         assert!(
             !send,
             "unchanged, not due for a repeat (epoch {})",
             news.epoch
         );
-        assert!(!c.walk_due(true, false, 1400, 250), "settled");
+        assert!(!c.walk_due(true, false, 1400, Pace::spaced(250)), "settled");
         c.settling();
-        assert!(c.walk_due(true, false, 1400, 250));
+        assert!(c.walk_due(true, false, 1400, Pace::spaced(250)));
+    }
+
+    #[test]
+    fn the_root_counts_joins_it_links_in_and_publishes_them_paced() {
+        let pace = Pace {
+            spacing_ms: 250,
+            quiet_ms: 20,
+            settle_ms: 40,
+        };
+        // A root that has not counted the ring itself leaves joins to its
+        // first walk; a founding root counts them at once.
+        let mut c = Census::new(&p(0));
+        assert!(!c.linked(NodeId(0), p(1), 0));
+        c.founded(NodeId(0));
+        assert!(c.linked(NodeId(0), p(1), 0));
+        assert!(c.linked(NodeId(0), p(2), 5));
+        assert_eq!(c.size(), 3, "counted at once");
+        // Published once the joins pause.
+        assert_eq!(c.publish_tally(NodeId(0), 10, pace), None);
+        assert_eq!(c.next_work_ms(true, 10, pace), Some(25));
+        let news = c.publish_tally(NodeId(0), 25, pace).expect("due");
+        assert_eq!((news.size, news.epoch), (3, 1));
+        assert_eq!(news.joined, vec![p(1), p(2)]);
+        assert!(c.current());
+        // A node that held the count before takes the news and is current.
+        let mut old = Census::new(&p(1));
+        old.apply(NodeId(0), news.clone());
+        assert_eq!(old.size(), 3);
+        let mut base = Census::new(&p(1));
+        base.apply(
+            NodeId(0),
+            News {
+                joined: vec![p(0), p(1), p(2)],
+                ..news.clone()
+            },
+        );
+        assert!(base.current());
+        // A stream of joins: published every spacing, not at each pause.
+        for (k, t) in [(3, 30), (4, 60)] {
+            assert!(c.linked(NodeId(0), p(k), t));
+        }
+        assert_eq!(c.size(), 5);
+        assert_eq!(c.publish_tally(NodeId(0), 100, pace), None, "spaced");
+        assert_eq!(c.tally_due_ms(pace), Some(275));
+        let news = c.publish_tally(NodeId(0), 275, pace).expect("due");
+        assert_eq!((news.size, news.epoch), (5, 2));
+        base.apply(NodeId(0), news);
+        assert!(
+            base.current(),
+            "the digest covers the last count plus the joins"
+        );
+        // Joins already counted, or from another address under a known ID
+        // (the ID was given again), count once.
+        assert!(!c.linked(NodeId(0), p(4), 300));
+        assert!(c.linked(NodeId(0), Peer::new(NodeId(4), 40), 300));
+        assert_eq!(c.size(), 5);
+        // The walks that confirm the news; one for a reported change
+        // waits for the ring to settle.
+        let news = c.publish_tally(NodeId(0), 525, pace).expect("due");
+        assert_eq!(news.joined, vec![Peer::new(NodeId(4), 40)]);
+        let all = [p(0), p(1), p(2), p(3), Peer::new(NodeId(4), 40)];
+        assert!(c.walk_due(true, false, 530, pace), "a count to confirm");
+        let (news, send) = c.publish(NodeId(0), &all);
+        assert!(send && news.joined.is_empty(), "sent again: {news:?}");
+        assert!(!c.walk_due(true, false, 700, pace), "spaced");
+        assert!(c.walk_due(true, false, 780, pace), "and once more");
+        assert!(c.publish(NodeId(0), &all).1);
+        c.ask_recount();
+        assert!(!c.walk_due(true, false, 800, pace), "spaced");
+        assert_eq!(c.next_work_ms(true, 800, pace), Some(1030));
+        assert!(!c.walk_due(true, false, 1029, pace));
+        assert!(c.walk_due(true, false, 1030, pace));
+        c.ask_recount();
+        assert!(!c.walk_due(true, false, 1300, pace), "settling");
+        assert_eq!(c.next_work_ms(true, 1300, pace), Some(1340));
+        assert!(c.walk_due(true, false, 1340, pace));
+        // Only the root works.
+        assert_eq!(c.next_work_ms(false, 900, pace), None);
+    }
+
+    #[test]
+    fn a_walk_keeps_the_joiners_linked_in_while_it_ran() {
+        let pace = Pace::spaced(250);
+        let mut c = Census::new(&p(0));
+        c.founded(NodeId(0));
+        assert!(c.linked(NodeId(0), p(1), 0));
+        let news = c.publish_tally(NodeId(0), 0, pace).expect("due");
+        assert_eq!(news.size, 2);
+        assert!(c.walk_due(true, false, 250, pace));
+        // Node 2 joins while the walk runs, after it passed the end.
+        assert!(c.linked(NodeId(0), p(2), 260));
+        let (news, send) = c.publish(NodeId(0), &[p(0), p(1)]);
+        assert_eq!(news.size, 3, "kept");
+        assert_eq!(news.joined, vec![p(2)]);
+        assert!(news.left.is_empty());
+        assert!(send);
+        assert_eq!(c.publish_tally(NodeId(0), 600, pace), None, "published");
+        // The next walk decides: a joiner that is gone is counted out.
+        assert!(c.walk_due(true, true, 600, pace));
+        let (news, _) = c.publish(NodeId(0), &[p(0), p(1)]);
+        assert_eq!((news.size, news.left.clone()), (2, vec![NodeId(2)]));
     }
 
     #[test]

@@ -24,6 +24,9 @@ struct Extra {
     round_at: Option<Instant>,
     last_recount: Option<Instant>,
     recount_at: Option<Instant>,
+    /// A stabilize step asked for (see [`STEP_SPACING`]).
+    last_step: Option<Instant>,
+    step_at: Option<Instant>,
 }
 
 impl Extra {
@@ -32,6 +35,23 @@ impl Extra {
         last.map_or(now, |t| (t + self.spacing).max(now))
     }
 }
+
+/// How far apart the stabilize steps that peers ask for are (`StabilizeNow`:
+/// the successor's list changed). A step is the stabilize exchange alone
+/// (ask the successor for its predecessor and list, notify it): one or two
+/// requests over the pinned successor link. It carries a join or a leave
+/// back along the successor lists in round trips, so that the root's count
+/// passes soon after; the whole extra round (predecessor check, fingers)
+/// stays spaced as above. A node that a joiner has just become the
+/// successor of (`Job::StepNow`) steps at once (see
+/// [`URGENT_STEP_SPACING`]): the news of the join goes down the broadcast
+/// tree along successors.
+const STEP_SPACING: Duration = Duration::from_millis(50);
+
+/// How far apart the steps asked for at once (`{"joined": true}`) are at
+/// least: a node receives one per node that joins right after it, so this
+/// only bounds what a peer that sends them over and over can cause.
+const URGENT_STEP_SPACING: Duration = Duration::from_millis(5);
 
 /// How far apart the extra rounds and recounts peers ask for are: a quarter
 /// of the stabilizer period, and at most [`MAX_EXTRA_SPACING`] (a ring with a
@@ -53,9 +73,11 @@ fn run(n: &NodeInner) {
         round_at: None,
         last_recount: None,
         recount_at: None,
+        last_step: None,
+        step_at: None,
     };
     loop {
-        let due = [Some(next), extra.round_at, extra.recount_at]
+        let due = [Some(next), extra.round_at, extra.recount_at, extra.step_at]
             .into_iter()
             .flatten()
             .min()
@@ -71,9 +93,24 @@ fn run(n: &NodeInner) {
                         Job::StabilizeNow => {
                             let at = extra.when(extra.last_round, now);
                             extra.round_at = Some(extra.round_at.map_or(at, |t| t.min(at)));
+                            let step = extra
+                                .last_step
+                                .map_or(now, |t| (t + STEP_SPACING).max(now));
+                            extra.step_at = Some(extra.step_at.map_or(step, |t| t.min(step)));
                         }
                         Job::Recount => {
                             let at = extra.when(extra.last_recount, now);
+                            extra.recount_at = Some(extra.recount_at.map_or(at, |t| t.min(at)));
+                        }
+                        Job::StepNow => {
+                            let step = extra
+                                .last_step
+                                .map_or(now, |t| (t + URGENT_STEP_SPACING).max(now));
+                            extra.step_at = Some(extra.step_at.map_or(step, |t| t.min(step)));
+                        }
+                        Job::CensusAt(ms) => {
+                            // The root's own census asks: not spaced again.
+                            let at = n.chord.started + Duration::from_millis(ms);
                             extra.recount_at = Some(extra.recount_at.map_or(at, |t| t.min(at)));
                         }
                         other => do_job(n, other),
@@ -95,8 +132,16 @@ fn run(n: &NodeInner) {
         let now = Instant::now();
         let periodic = next <= now;
         let asked = extra.round_at.is_some_and(|t| t <= now);
+        if extra.step_at.is_some_and(|t| t <= now) && !(periodic || asked) {
+            extra.step_at = None;
+            extra.last_step = Some(now);
+            step(n);
+        }
         if periodic || asked {
             extra.round_at = None;
+            // The round stabilizes too.
+            extra.step_at = None;
+            extra.last_step = Some(now);
             // Only rounds asked for are spaced: a periodic round just before
             // does not delay the one a joining neighbour asks for.
             if asked {
@@ -132,10 +177,16 @@ fn do_job(n: &NodeInner, job: Job) {
             sig,
         } => vet_root(n, limit, origin, data, body, sig),
         // Spaced out by `run`.
-        Job::StabilizeNow | Job::Recount => {}
+        Job::StabilizeNow | Job::Recount | Job::CensusAt(_) | Job::StepNow => {}
         Job::Poke(p) => {
             let _purpose = crate::transport::purpose(crate::transport::Purpose::Poke);
             if let Err(e) = rpc_peer(n, &p, STABILIZE_NOW, json!({})) {
+                log::debug!("asking {} to stabilize: {e}", p.addr);
+            }
+        }
+        Job::Link(p) => {
+            let _purpose = crate::transport::purpose(crate::transport::Purpose::Poke);
+            if let Err(e) = rpc_peer(n, &p, STABILIZE_NOW, json!({ "joined": true })) {
                 log::debug!("asking {} to stabilize: {e}", p.addr);
             }
         }
@@ -275,6 +326,23 @@ pub(super) fn round(n: &NodeInner) {
     walk_if_due(n, periodic);
 }
 
+/// A stabilize step asked for by a peer: the stabilize exchange with the
+/// successor alone (see [`STEP_SPACING`]).
+fn step(n: &NodeInner) {
+    let _purpose = crate::transport::purpose(crate::transport::Purpose::Stabilize);
+    let succ = n
+        .chord
+        .ring
+        .read()
+        .as_ref()
+        .filter(|r| !r.routing.is_alone())
+        .map(|r| r.routing.successor().clone());
+    if let Some(s) = succ {
+        execute(n, Action::AskPredecessor(s));
+        n.chord.bump();
+    }
+}
+
 /// A member list behind the root's count (this node joined after the
 /// counts it heard began, or missed one): ask the successor for its list,
 /// and if the successor's is behind too, the root (which counts: its list
@@ -325,20 +393,71 @@ fn members_of(n: &NodeInner, p: &RPeer) -> Result<()> {
     Ok(())
 }
 
-/// At the root: count the ring now if it is time (`periodic`) or a change
-/// was reported, but not more often than four times a stabilizer period
-/// (the decision is [`Census::walk_due`]).
+/// Joins the root links in are published once they pause this long (or
+/// after the spacing of extra work, in a stream of joins): see
+/// [`Census::publish_tally`].
+const TALLY_QUIET: Duration = Duration::from_millis(20);
+
+/// A walk for a reported change waits this long after the report, so
+/// that the successor lists around the change settle first (stabilize
+/// steps, see [`STEP_SPACING`], carry it back in round trips).
+const WALK_SETTLE: Duration = Duration::from_millis(40);
+
+/// The pace of the root's census at this stabilizer interval.
+fn pace(interval: Duration) -> Pace {
+    let spacing = extra_spacing(interval);
+    Pace {
+        spacing_ms: spacing.as_millis() as u64,
+        quiet_ms: TALLY_QUIET.min(spacing).as_millis() as u64,
+        settle_ms: WALK_SETTLE.min(spacing).as_millis() as u64,
+    }
+}
+
+/// At the root: publish the joins it linked in since its last news, when
+/// due ([`Census::publish_tally`]); count the ring now if it is time
+/// (`periodic`) or a change was reported, but not more often than four
+/// times a stabilizer period (the decision is [`Census::walk_due`]). Work
+/// that the pace holds back wakes the stabilizer when it is due
+/// ([`Census::next_work_ms`], a `CensusAt` job).
 fn walk_if_due(n: &NodeInner, periodic: bool) {
-    let spacing = extra_spacing(n.transport.cfg.stabilize_interval).as_millis() as u64;
+    let pace = pace(n.transport.cfg.stabilize_interval);
     let now = n.chord.now_ms();
-    let due = {
+    let (tally, due, me) = {
         let mut g = n.chord.ring.write();
         let Some(r) = g.as_mut() else { return };
         let root = r.is_root();
-        r.census.walk_due(root, periodic, now, spacing)
+        let me = r.routing.me().clone();
+        let tally = if root {
+            r.census.publish_tally(me.id, now, pace)
+        } else {
+            None
+        };
+        // A walk right after the news of joins would find the successor
+        // lists behind them still settling: it comes a spacing later.
+        let due = tally.is_none() && r.census.walk_due(root, periodic, now, pace);
+        (tally, due, me)
     };
+    if let Some(news) = tally {
+        log::debug!(
+            "published {} joins linked in here: {} nodes (epoch {})",
+            news.joined.len(),
+            news.size,
+            news.epoch
+        );
+        announce_news(n, &me, news, true);
+    }
     if due {
         walk(n);
+    }
+    let now = n.chord.now_ms();
+    let wake = n
+        .chord
+        .ring
+        .read()
+        .as_ref()
+        .and_then(|r| r.census.next_work_ms(r.is_root(), now, pace));
+    if let Some(at) = wake {
+        n.chord.queue(Job::CensusAt(at));
     }
 }
 
@@ -417,11 +536,14 @@ fn execute(n: &NodeInner, action: Action<Ep>) {
                 return;
             }
         }
-        Action::Notify { to, me } => {
-            if let Err(e) = rpc_peer(n, &to, NOTIFY, notify_data(n, &me)) {
-                failed(n, &to, &e);
-            }
-        }
+        Action::Notify { to, me } => match rpc_peer(n, &to, NOTIFY, notify_data(n, &me)) {
+            Ok(_) => {}
+            // It answered: alive, only not taking this node (it cannot
+            // check the grant yet, or this node skipped one between them,
+            // which the next stabilize finds).
+            Err(e @ Error::Remote { .. }) => log::debug!("{} refused a notify: {e}", to.id),
+            Err(e) => failed(n, &to, &e),
+        },
         Action::CheckPredecessor(p) => {
             // Its successor list too: a predecessor that skipped this node
             // (see `on_predecessor_reply`) is caught here.
@@ -575,6 +697,12 @@ fn publish(n: &NodeInner, members: &[RPeer]) {
         news.epoch,
         if changed { ", broadcasting" } else { "" }
     );
+    announce_news(n, &me, news, changed);
+}
+
+/// At the root `me`: tell the user what the news `news` changed, and
+/// broadcast it if `send`.
+fn announce_news(n: &NodeInner, me: &RPeer, news: News<Ep>, send: bool) {
     for p in news.joined.iter().filter(|p| p.id != me.id) {
         n.emit(crate::node::Event::PeerJoined {
             id: p.id,
@@ -584,13 +712,13 @@ fn publish(n: &NodeInner, members: &[RPeer]) {
     for id in news.left.iter().filter(|id| **id != me.id) {
         n.emit(crate::node::Event::PeerLeft { id: *id });
     }
-    if changed {
+    if send {
         // In the body: the joiners of a large ring (a key and an address
         // each) can exceed the frame header's size limit.
         if let Ok(body) = serde_json::to_vec(&SizeNews::from(news)) {
             let data = Value::Null;
-            let sig = sign_broadcast(n, &me, SIZE, &data, Some(&body));
-            spread(n, &me, me.id, SIZE, data, Some(body), sig);
+            let sig = sign_broadcast(n, me, SIZE, &data, Some(&body));
+            spread(n, me, me.id, SIZE, data, Some(body), sig);
         }
     }
 }

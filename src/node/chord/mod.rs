@@ -12,7 +12,7 @@ use crate::id::PublicKey;
 use crate::message::Message;
 use crate::ring::alloc::{self, ClaimError, Reservations};
 use crate::ring::broadcast::broadcast_targets;
-use crate::ring::census::{Census, Encode, News, Walk, WalkStep, WALK_EVERY};
+use crate::ring::census::{Census, Encode, News, Pace, Walk, WalkStep, WALK_EVERY};
 use crate::ring::lookup::{Lookup, LookupStep};
 use crate::ring::resolve::{unsure, vouch_owner, vouch_pred, Lost, Verdict};
 use crate::ring::stabilize::{on_predecessor_reply, on_stabilize_reply, Action, Stabilizer};
@@ -419,8 +419,18 @@ enum Job {
     StabilizeNow,
     /// Tell the root to count again (or count, if this node is the root).
     Recount,
+    /// At the root: its census has work due at this time (the node's
+    /// milliseconds): publish joins, or count again.
+    CensusAt(u64),
     /// Ask this peer to stabilize now.
     Poke(RPeer),
+    /// A node joined right after this peer: ask it to stabilize at once
+    /// (a step that no spacing holds back), so that it points at the
+    /// joiner before news goes round.
+    Link(RPeer),
+    /// A node joined right after this one (a `Link` from the successor):
+    /// a stabilize step at once.
+    StepNow,
     /// This node notified us from before our predecessor: check the
     /// predecessor now, and take this one if it is gone.
     CheckPredecessor(RPeer),
@@ -452,6 +462,8 @@ pub(crate) struct Chord {
     jobs_rx: Receiver<Job>,
     /// A `StabilizeNow` is queued or deferred: another is not queued.
     stabilize_pending: AtomicBool,
+    /// A `StepNow` is queued: another is not queued.
+    step_pending: AtomicBool,
     /// A `Recount` is queued or deferred: another is not queued.
     recount_pending: AtomicBool,
     /// A `CheckPredecessor` is queued: another is not queued.
@@ -501,6 +513,7 @@ impl Chord {
             jobs_tx: Mutex::new(jobs_tx),
             jobs_rx,
             stabilize_pending: AtomicBool::new(false),
+            step_pending: AtomicBool::new(false),
             recount_pending: AtomicBool::new(false),
             check_pending: AtomicBool::new(false),
             pokes_pending: Mutex::new(HashSet::new()),
@@ -572,10 +585,11 @@ impl Chord {
     fn queue(&self, job: Job) {
         let fresh = match &job {
             Job::StabilizeNow => !self.stabilize_pending.swap(true, Ordering::AcqRel),
+            Job::StepNow => !self.step_pending.swap(true, Ordering::AcqRel),
             Job::Recount => !self.recount_pending.swap(true, Ordering::AcqRel),
             Job::CheckPredecessor(_) => !self.check_pending.swap(true, Ordering::AcqRel),
             Job::Poke(p) => self.pokes_pending.lock().insert(p.addr.at),
-            Job::Forward { .. } | Job::VetRoot { .. } => true,
+            Job::Forward { .. } | Job::VetRoot { .. } | Job::CensusAt(_) | Job::Link(_) => true,
         };
         if !fresh {
             return;
@@ -600,12 +614,13 @@ impl Chord {
     fn taken(&self, job: &Job) {
         match job {
             Job::StabilizeNow => self.stabilize_pending.store(false, Ordering::Release),
+            Job::StepNow => self.step_pending.store(false, Ordering::Release),
             Job::Recount => self.recount_pending.store(false, Ordering::Release),
             Job::CheckPredecessor(_) => self.check_pending.store(false, Ordering::Release),
             Job::Poke(addr) => {
                 self.pokes_pending.lock().remove(&addr.addr.at);
             }
-            Job::Forward { .. } | Job::VetRoot { .. } => {}
+            Job::Forward { .. } | Job::VetRoot { .. } | Job::CensusAt(_) | Job::Link(_) => {}
         }
     }
 }
@@ -671,7 +686,12 @@ pub(crate) fn create(n: &NodeInner) -> Result<NodeId> {
     drop(g.take());
     drop(g);
     log::info!("started a new network; this node's ID is {id}");
-    Ok(install(n, routing))
+    let id = install(n, routing);
+    // The ring of one is counted: joins are counted at once from the first.
+    if let Some(r) = n.chord.ring.write().as_mut() {
+        r.census.founded(id);
+    }
+    Ok(id)
 }
 
 pub(crate) fn my_id(n: &NodeInner) -> Option<NodeId> {

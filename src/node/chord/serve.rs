@@ -75,6 +75,10 @@ pub(crate) fn handle(n: &NodeInner, conn: &Arc<Conn>, frame: Frame) {
         CLAIM => claim(n, conn, &frame),
         LEAVING => leaving(n, conn, &frame),
         STABILIZE_NOW => {
+            // A node joined right after this one: step at once.
+            if frame.data.get("joined").and_then(Value::as_bool) == Some(true) {
+                n.chord.queue(Job::StepNow);
+            }
             n.chord.queue(Job::StabilizeNow);
             Ok(Message::new("p2prs.ok", Value::Null))
         }
@@ -226,9 +230,12 @@ fn notify(n: &NodeInner, conn: &Conn, frame: &Frame) -> Result<Message> {
             .is_some_and(|p| p.id == candidate.id);
         if n.key().is_some() && !known && !is_pred && r.routing.predecessor().is_some() {
             log::warn!(
-                "{}: refused a notify for ID {}: no grant or membership binds it to that key",
+                "{}: node {} refused a notify for ID {} (its predecessor {:?}): no grant or \
+                 membership binds it to that key",
                 conn.peer_addr(),
-                candidate.id
+                r.routing.me().id,
+                candidate.id,
+                r.routing.predecessor().map(|p| p.id)
             );
             return Err(remote(
                 "forbidden",
@@ -238,6 +245,12 @@ fn notify(n: &NodeInner, conn: &Conn, frame: &Frame) -> Result<Message> {
         r.lost.found(candidate.id);
         let was_alone = r.routing.is_alone();
         let old = r.routing.predecessor().cloned();
+        // A joiner this node gave its ID to (before the notify prunes the
+        // grant): at the root, counted at once (`Census::linked`).
+        let granted_here = r
+            .reservations
+            .iter()
+            .any(|res| res.id == candidate.id && res.claimant == candidate.addr);
         let changed = r.routing.notify(candidate.clone());
         r.reservations.prune(&r.routing, now);
         r.reservations.release(candidate.id);
@@ -254,6 +267,9 @@ fn notify(n: &NodeInner, conn: &Conn, frame: &Frame) -> Result<Message> {
         let recount = changed && r.is_root();
         if recount {
             r.census.ask_recount();
+            if granted_here {
+                r.census.linked(me.id, candidate.clone(), now);
+            }
         }
         // Not taken, from before our predecessor: the candidate believes
         // our predecessor gone (its successor list skipped it).
@@ -271,7 +287,7 @@ fn notify(n: &NodeInner, conn: &Conn, frame: &Frame) -> Result<Message> {
     // stabilize at once rather than at its next round (before the recount,
     // which walks the ring on the same thread).
     if let Some(old) = its_pred.as_ref().filter(|p| Some(p.id) != my_id(n)) {
-        n.chord.queue(Job::Poke(old.clone()));
+        n.chord.queue(Job::Link(old.clone()));
     }
     if recount {
         n.chord.queue(Job::Recount);
@@ -347,11 +363,20 @@ fn claim(n: &NodeInner, conn: &Conn, frame: &Frame) -> Result<Message> {
 fn leaving(n: &NodeInner, conn: &Conn, frame: &Frame) -> Result<Message> {
     let news: Leaving = parse(frame)?;
     speaks_for_itself(n, conn, &news.peer, "a leaving notice")?;
-    with_ring(n, |r| {
+    let poke = with_ring(n, |r| {
+        let before: Vec<NodeId> = r.routing.successors().iter().map(|p| p.id).collect();
         r.routing
             .peer_left(news.peer.id, news.pred.clone(), news.successors.clone());
-        Ok(())
+        // The list changed: the predecessor's (ours, shifted) is stale too,
+        // and so on back; it stabilizes now (as after a join).
+        let after = r.routing.successors().iter().map(|p| p.id);
+        Ok((!before.iter().copied().eq(after))
+            .then(|| r.routing.predecessor().cloned())
+            .flatten())
     })?;
+    if let Some(p) = poke.filter(|p| Some(p.id) != my_id(n)) {
+        n.chord.queue(Job::Poke(p));
+    }
     log::info!(
         "node {} ({}) left the network",
         news.peer.id,

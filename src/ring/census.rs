@@ -574,6 +574,13 @@ impl<A: Clone + Eq + Debug + Encode> Census<A> {
         }
         // A new root's numbers may lag the old root's: its own count on.
         self.source = Some(origin);
+        // Joins this node linked in as the root and had not published are
+        // the other root's to count now: kept, they would be counted on
+        // top of its news, and be due at this node for good (it publishes
+        // only its own count), which wakes its stabilizer in a loop.
+        self.tally.clear();
+        self.tally_ms = None;
+        self.linked_in_walk.clear();
         self.size = news.size.max(1);
         self.epoch = news.epoch;
         for p in &news.joined {
@@ -1078,6 +1085,42 @@ mod tests {
         assert!(c.walk_due(true, true, 600, pace));
         let (news, _) = c.publish(NodeId(0), &[p(0), p(1)]);
         assert_eq!((news.size, news.left.clone()), (2, vec![NodeId(2)]));
+    }
+
+    #[test]
+    fn joins_tallied_before_another_root_s_news_are_not_left_due_forever() {
+        // Node 5 roots the ring and links node 7 in; before it publishes,
+        // a node with a lower ID (0) is its predecessor again and its news
+        // is applied here. Later node 5 is the root again.
+        let pace = Pace {
+            spacing_ms: 250,
+            quiet_ms: 20,
+            settle_ms: 40,
+        };
+        let mut c = Census::new(&p(5));
+        c.founded(NodeId(5));
+        assert!(c.linked(NodeId(5), p(7), 0));
+        let news = News {
+            size: 2,
+            epoch: 1,
+            joined: vec![p(0), p(5)],
+            left: vec![],
+            digest: None,
+        };
+        assert!(c.apply(NodeId(0), news).is_some());
+        // Node 7 is not in the root's count (it left): counted once.
+        assert_eq!(c.size(), 2, "a stale tally counts a node nobody counted");
+        // As the root again: the work it says is due must be work it does,
+        // or the stabilizer wakes for it in a loop (`walk_if_due` queues
+        // `CensusAt(now)` again at once).
+        let now = 1_000;
+        let wake = c.next_work_ms(true, now, pace);
+        let published = c.publish_tally(NodeId(5), now, pace).is_some();
+        let walked = c.walk_due(true, false, now, pace);
+        assert!(
+            wake.is_none_or(|t| t > now) || published || walked,
+            "due at {wake:?} but nothing is done at {now}"
+        );
     }
 
     #[test]

@@ -1404,3 +1404,58 @@ fn warm_up<T>(peer: &mut RawPeer, tick: &[u8], runs: &Receiver<(bool, T)>) {
     }
     panic!("the quick handler never ran on the connection's thread");
 }
+
+#[test]
+fn an_answer_made_is_not_held_while_a_later_quick_handler_runs_long() {
+    // The peer sends two requests in one write. The first is answered at
+    // once by a pooled handler that has proved quick (it runs on the
+    // connection's thread); the second, to the same handler, takes 2 s.
+    // The first answer must not wait in the writer for the second run.
+    let a = node_with(|c| c.quick_handlers_inline = true);
+    let (runs_tx, runs_rx) = bounded::<(bool, ())>(64);
+    a.add_handler("WORK", move |req| {
+        let here = thread::current()
+            .name()
+            .is_some_and(|n| n.starts_with("p2prs-conn-"));
+        let slow = req.message().data::<bool>()?;
+        if slow {
+            thread::sleep(Duration::from_secs(2));
+        }
+        let _ = req.respond(Message::new("DONE", slow));
+        let _ = runs_tx.try_send((here, ()));
+        Ok(())
+    })
+    .unwrap();
+    let mut peer = RawPeer::handshaken(a.local_addr());
+    let next_id = std::cell::Cell::new(0u64);
+    let request = |slow: bool| {
+        next_id.set(next_id.get() + 1);
+        let h = json!({"kind": "request", "type": "WORK", "data": slow, "req": next_id.get()});
+        frame_bytes(&serde_json::to_vec(&h).unwrap(), &[])
+    };
+    // Until the handler has proved quick and runs where it is read.
+    let mut warmed = false;
+    for _ in 0..200 {
+        peer.send(&request(false)).unwrap();
+        let (h, _) = peer.read_frame();
+        assert_eq!(h["kind"], "response");
+        let (here, _) = runs_rx.recv_timeout(PATIENCE).expect("a run");
+        if here {
+            warmed = true;
+            break;
+        }
+    }
+    assert!(warmed, "the handler never ran on the connection's thread");
+    let mut both = request(false);
+    let quick_id = next_id.get();
+    both.extend(request(true));
+    let sent = std::time::Instant::now();
+    peer.send(&both).unwrap();
+    let (h, _) = peer.read_frame();
+    let took = sent.elapsed();
+    assert_eq!(h["req"], quick_id, "{h}");
+    assert!(
+        took < Duration::from_millis(1000),
+        "the quick answer waited {took:?}, held behind the next handler's run"
+    );
+}

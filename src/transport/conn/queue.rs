@@ -125,7 +125,44 @@ impl Conn {
     /// never waits for the writer. Returns true if the writer was busy and
     /// nobody writes the queue: try again later.
     pub(crate) fn flush_deferred(&self) -> bool {
-        self.flush_queue(None)
+        let busy = self.corked.load(Ordering::Acquire) && !self.uncork_now();
+        self.flush_queue(None) || busy
+    }
+
+    /// Answers of this read's deliveries wait in the writer (corked) and
+    /// the connection's thread runs a pooled handler, which may take long:
+    /// have the flusher send them if that thread has not within about
+    /// [`FLUSH_AFTER`] (else they would wait for the handler's return).
+    pub(super) fn uncork_soon(&self) {
+        if !self.corked.load(Ordering::Acquire) {
+            return;
+        }
+        match self.flush.get() {
+            Some((flusher, me)) if flusher.arm(me.clone()) => {}
+            _ => self.uncork(),
+        }
+    }
+
+    /// [`Conn::uncork`] without waiting for the writer: false if it is busy.
+    fn uncork_now(&self) -> bool {
+        let Link::Tcp { writer, .. } = &self.link else {
+            return true;
+        };
+        let Some(mut g) = writer.try_lock() else {
+            return false;
+        };
+        if !self.corked.swap(false, Ordering::AcqRel) {
+            return true;
+        }
+        let Some(w) = g.as_mut() else { return true };
+        let _writing = Writing::begin(&self.writing_since);
+        let r = w.flush_try();
+        let stuck = w.backlog.len() > BACKLOG_MAX;
+        drop(g);
+        if r.is_err() || stuck {
+            self.close_unread(*self.slow_peer.lock());
+        }
+        true
     }
 
     /// Before the connection closes: write what the send queue holds, and

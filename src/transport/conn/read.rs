@@ -176,6 +176,8 @@ impl Conn {
         // leave together. A requester that takes the read state meanwhile
         // (`f` itself, if it makes a request here) sends them before it
         // reads (see [`Conn::lead_for`]): what it waits for may need them.
+        // `f` may take long after all: what is corked leaves soon anyway.
+        self.uncork_soon();
         let before = LENT.replace(self.id);
         let r = f();
         LENT.set(before);

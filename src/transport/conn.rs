@@ -1356,17 +1356,19 @@ impl Conn {
                     }
                 });
                 if let Some((_, upto)) = queued {
+                    let mut ok = r.is_ok();
                     if r.as_ref()
                         .is_err_and(|e| e.kind() == io::ErrorKind::InvalidInput)
                     {
                         // The frame was refused, not the queued messages.
-                        let _ = match bound {
+                        ok = match bound {
                             None => w.flush(),
                             Some(_) => w.flush_try(),
-                        };
+                        }
+                        .is_ok();
                     }
                     drop(g);
-                    self.queue_written(upto);
+                    self.queue_written(upto, ok);
                 }
                 r
             }

@@ -109,12 +109,17 @@ impl Conn {
         Some((std::mem::take(&mut q.buf), q.queued))
     }
 
-    /// Frames up to `upto`, taken by [`Conn::take_queued`], are written:
-    /// wake senders waiting for them.
-    pub(super) fn queue_written(&self, upto: u64) {
+    /// Frames up to `upto`, taken by [`Conn::take_queued`], are written
+    /// (`ok`), or their write failed and the connection closes: wake
+    /// senders waiting for them, who then report what happened to theirs.
+    pub(super) fn queue_written(&self, upto: u64, ok: bool) {
         let mut q = self.queue.lock();
         q.flushing = false;
-        q.written = q.written.max(upto);
+        if ok {
+            q.written = q.written.max(upto);
+        } else {
+            q.failed = true;
+        }
         if q.waiters > 0 {
             self.queue_cv.notify_all();
         }
@@ -207,7 +212,7 @@ impl Conn {
         let r = w.write_all(&bytes).and_then(|_| w.flush_try());
         let stuck = w.backlog.len() > BACKLOG_MAX;
         drop(g);
-        self.queue_written(upto);
+        self.queue_written(upto, r.is_ok());
         if let Err(e) = r {
             log::debug!("writing to {}: {e}", self.peer_addr());
             self.close();

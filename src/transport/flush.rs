@@ -21,6 +21,12 @@ use std::time::Duration;
 /// waited this long; the flusher writes it about this long after).
 pub(super) const FLUSH_AFTER: Duration = Duration::from_micros(50);
 
+/// The longest the flusher waits between looks at a connection whose
+/// writer another thread holds (a long blocking write): the messages it
+/// waits for are written by that thread or, at the latest, this long
+/// after it lets go.
+const RETRY_MAX: Duration = Duration::from_millis(2);
+
 /// The node's flusher.
 pub(crate) struct Flusher {
     threads: Arc<Threads>,
@@ -88,22 +94,33 @@ impl Flusher {
 
     fn run(&self) {
         let mut g = self.state.lock();
+        // How long to wait before the next look: FLUSH_AFTER, doubled (up
+        // to RETRY_MAX) while a connection's writer stays busy, so that a
+        // long blocking write of another thread does not make this one
+        // wake 20,000 times a second.
+        let mut pause = FLUSH_AFTER;
         loop {
             if g.stop {
                 break;
             }
             if g.due.is_empty() {
+                pause = FLUSH_AFTER;
                 self.wake.wait(&mut g);
                 continue;
             }
             // Let the batch fill: the sender's further messages join it.
-            parking_lot::MutexGuard::unlocked(&mut g, || std::thread::sleep(FLUSH_AFTER));
+            parking_lot::MutexGuard::unlocked(&mut g, || std::thread::sleep(pause));
             let due = std::mem::take(&mut g.due);
             let again: Vec<Weak<Conn>> = parking_lot::MutexGuard::unlocked(&mut g, || {
                 due.into_iter()
                     .filter(|w| w.upgrade().is_some_and(|c| c.flush_deferred()))
                     .collect()
             });
+            pause = if again.is_empty() {
+                FLUSH_AFTER
+            } else {
+                (pause * 2).min(RETRY_MAX)
+            };
             g.due.extend(again);
         }
         let due = std::mem::take(&mut g.due);

@@ -12,7 +12,9 @@ pub(crate) use conn::drive_handshake;
 pub(crate) use conn::{
     handshake, reply, requests_made, tie_break, Conn, FrameSink, Greeted, Inbound, RELAY_TYPE,
 };
-pub(crate) use dials::{dials, purpose, Purpose};
+#[cfg(feature = "unstable-testing")]
+pub(crate) use dials::dials;
+pub(crate) use dials::{purpose, Purpose};
 pub(crate) use threads::Threads;
 
 use conn::ReadLimits;

@@ -14,7 +14,7 @@ use super::threads::Threads;
 use super::Conn;
 use parking_lot::{Condvar, Mutex};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The longest a queued one-way message waits for its batch to be written
 /// (the sender's next message writes the batch once its first message has
@@ -38,8 +38,9 @@ pub(crate) struct Flusher {
 
 #[derive(Default)]
 struct State {
-    /// Connections with queued messages to write.
-    due: Vec<Weak<Conn>>,
+    /// Connections with queued messages (or corked answers) to write, and
+    /// when.
+    due: Vec<(Weak<Conn>, Instant)>,
     /// The thread runs.
     started: bool,
     /// The node shuts down: the thread ends, nothing more is armed.
@@ -62,6 +63,14 @@ impl Flusher {
     /// False if the flusher cannot (the node shuts down, or its thread
     /// could not be started): the caller writes them itself.
     pub(super) fn arm(self: &Arc<Self>, conn: Weak<Conn>) -> bool {
+        self.arm_after(conn, FLUSH_AFTER)
+    }
+
+    /// Have what `conn` holds written `after` from now, unless someone
+    /// else writes it first (a connection armed already keeps the earlier
+    /// time). False as for [`Flusher::arm`].
+    pub(super) fn arm_after(self: &Arc<Self>, conn: Weak<Conn>, after: Duration) -> bool {
+        let at = Instant::now() + after;
         let mut g = self.state.lock();
         if g.stop {
             return false;
@@ -77,8 +86,12 @@ impl Flusher {
             }
             g.started = true;
         }
-        g.due.push(conn);
-        if g.due.len() == 1 {
+        let earliest = g.due.iter().map(|(_, t)| *t).min();
+        match g.due.iter_mut().find(|(w, _)| w.ptr_eq(&conn)) {
+            Some((_, t)) => *t = (*t).min(at),
+            None => g.due.push((conn, at)),
+        }
+        if earliest.is_none_or(|e| at < e) {
             self.wake.notify_one();
         }
         true
@@ -94,25 +107,35 @@ impl Flusher {
 
     fn run(&self) {
         let mut g = self.state.lock();
-        // How long to wait before the next look: FLUSH_AFTER, doubled (up
-        // to RETRY_MAX) while a connection's writer stays busy, so that a
-        // long blocking write of another thread does not make this one
-        // wake 20,000 times a second.
+        // The pause before a connection whose writer another thread holds
+        // is looked at again: FLUSH_AFTER, doubled (up to RETRY_MAX) while
+        // a writer stays busy, so that a long blocking write of another
+        // thread does not make this one wake 20,000 times a second.
         let mut pause = FLUSH_AFTER;
         loop {
             if g.stop {
                 break;
             }
-            if g.due.is_empty() {
+            let Some(next) = g.due.iter().map(|(_, t)| *t).min() else {
                 pause = FLUSH_AFTER;
                 self.wake.wait(&mut g);
                 continue;
+            };
+            if next > Instant::now() {
+                // Meanwhile the batch fills: the sender's further messages
+                // join it. An earlier arm or the stop wakes this early.
+                self.wake.wait_until(&mut g, next);
+                continue;
             }
-            // Let the batch fill: the sender's further messages join it.
-            parking_lot::MutexGuard::unlocked(&mut g, || std::thread::sleep(pause));
-            let due = std::mem::take(&mut g.due);
+            let now = Instant::now();
+            let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut g.due)
+                .into_iter()
+                .partition(|(_, t)| *t <= now);
+            g.due = later;
             let again: Vec<Weak<Conn>> = parking_lot::MutexGuard::unlocked(&mut g, || {
-                due.into_iter()
+                ready
+                    .into_iter()
+                    .map(|(w, _)| w)
                     .filter(|w| w.upgrade().is_some_and(|c| c.flush_deferred()))
                     .collect()
             });
@@ -121,11 +144,17 @@ impl Flusher {
             } else {
                 (pause * 2).min(RETRY_MAX)
             };
-            g.due.extend(again);
+            let at = Instant::now() + pause;
+            for w in again {
+                match g.due.iter_mut().find(|(d, _)| d.ptr_eq(&w)) {
+                    Some((_, t)) => *t = (*t).min(at),
+                    None => g.due.push((w, at)),
+                }
+            }
         }
         let due = std::mem::take(&mut g.due);
         drop(g);
-        for c in due.iter().filter_map(Weak::upgrade) {
+        for c in due.iter().filter_map(|(w, _)| w.upgrade()) {
             c.flush_deferred();
         }
     }

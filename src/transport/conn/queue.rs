@@ -24,6 +24,11 @@ const STREAM_AFTER: u32 = 8;
 /// waits, as for any blocking send).
 const BATCH_MAX: usize = 16 * 1024;
 
+/// The longest answers already made wait in the writer while the
+/// connection's thread runs another quick pooled handler (see
+/// [`Conn::uncork_soon`]).
+const CORK_HOLD: Duration = Duration::from_millis(1);
+
 /// What a sender does with the message it just queued.
 pub(super) enum Defer {
     /// It waits in the queue: the thread writing, or the flusher already
@@ -136,14 +141,18 @@ impl Conn {
 
     /// Answers of this read's deliveries wait in the writer (corked) and
     /// the connection's thread runs a pooled handler, which may take long:
-    /// have the flusher send them if that thread has not within about
-    /// [`FLUSH_AFTER`] (else they would wait for the handler's return).
+    /// have the flusher send them if that thread has not within
+    /// [`CORK_HOLD`] (else they would wait for the handler's return). The
+    /// connection's thread sends them itself when the read's deliveries
+    /// end, which is long before that when the handlers are quick: the
+    /// flusher then finds nothing to write, and its one wake per
+    /// [`CORK_HOLD`] is all it costs.
     pub(super) fn uncork_soon(&self) {
         if !self.corked.load(Ordering::Acquire) {
             return;
         }
         match self.flush.get() {
-            Some((flusher, me)) if flusher.arm(me.clone()) => {}
+            Some((flusher, me)) if flusher.arm_after(me.clone(), CORK_HOLD) => {}
             _ => self.uncork(),
         }
     }

@@ -1117,16 +1117,7 @@ impl Conn {
             return Err(self.closed_error());
         }
         let mut bytes = Vec::with_capacity(256 + frame.body.as_ref().map_or(0, |b| b.len()));
-        if let Err(e) = wire::write_frame(&mut bytes, frame, self.max_frame) {
-            return Err(if e.kind() == io::ErrorKind::InvalidInput {
-                Error::FrameTooLarge {
-                    size: wire::encoded_size(frame).unwrap_or(0),
-                    max: self.max_frame as u64,
-                }
-            } else {
-                Error::io(format!("encoding a frame for {}", self.peer_addr()), e)
-            });
-        }
+        self.encode(frame, &mut bytes)?;
         self.note_user(frame);
         let stream = wait && frame.kind == Kind::Message && !frame.msg_type.starts_with("p2prs.");
         let mut q = self.queue.lock();
@@ -1393,6 +1384,21 @@ impl Conn {
         }
     }
 
+    /// Append `frame`'s encoding to `out`: [`Error::FrameTooLarge`] past
+    /// this connection's frame size limit.
+    fn encode(&self, frame: &Frame, out: &mut Vec<u8>) -> Result<()> {
+        wire::write_frame(out, frame, self.max_frame).map_err(|e| {
+            if e.kind() == io::ErrorKind::InvalidInput {
+                Error::FrameTooLarge {
+                    size: wire::encoded_size(frame).unwrap_or(0),
+                    max: self.max_frame as u64,
+                }
+            } else {
+                Error::io(format!("encoding a frame for {}", self.peer_addr()), e)
+            }
+        })
+    }
+
     /// Encode `frame`, encrypt it for the peer, and send it through the
     /// rendezvous as a relay body.
     fn send_relayed(
@@ -1403,16 +1409,7 @@ impl Conn {
         frame: &Frame,
     ) -> Result<()> {
         let mut plain = Vec::new();
-        if let Err(e) = wire::write_frame(&mut plain, frame, self.max_frame) {
-            return Err(if e.kind() == io::ErrorKind::InvalidInput {
-                Error::FrameTooLarge {
-                    size: wire::encoded_size(frame).unwrap_or(0),
-                    max: self.max_frame as u64,
-                }
-            } else {
-                Error::io("encoding a relayed frame", e)
-            });
-        }
+        self.encode(frame, &mut plain)?;
         let mut g = sealer.lock();
         let Some(sealer) = g.as_mut() else {
             return Err(Error::InvalidArgument(format!(

@@ -87,10 +87,7 @@ impl Flusher {
             g.started = true;
         }
         let earliest = g.due.iter().map(|(_, t)| *t).min();
-        match g.due.iter_mut().find(|(w, _)| w.ptr_eq(&conn)) {
-            Some((_, t)) => *t = (*t).min(at),
-            None => g.due.push((conn, at)),
-        }
+        schedule(&mut g.due, conn, at);
         if earliest.is_none_or(|e| at < e) {
             self.wake.notify_one();
         }
@@ -146,10 +143,7 @@ impl Flusher {
             };
             let at = Instant::now() + pause;
             for w in again {
-                match g.due.iter_mut().find(|(d, _)| d.ptr_eq(&w)) {
-                    Some((_, t)) => *t = (*t).min(at),
-                    None => g.due.push((w, at)),
-                }
+                schedule(&mut g.due, w, at);
             }
         }
         let due = std::mem::take(&mut g.due);
@@ -157,5 +151,13 @@ impl Flusher {
         for c in due.iter().filter_map(|(w, _)| w.upgrade()) {
             c.flush_deferred();
         }
+    }
+}
+
+/// Have `conn` written at `at`, or at the time it has already if earlier.
+fn schedule(due: &mut Vec<(Weak<Conn>, Instant)>, conn: Weak<Conn>, at: Instant) {
+    match due.iter_mut().find(|(w, _)| w.ptr_eq(&conn)) {
+        Some((_, t)) => *t = (*t).min(at),
+        None => due.push((conn, at)),
     }
 }

@@ -539,7 +539,7 @@ fn a_requester_takes_its_answer_read_with_a_message_for_a_quick_handler() {
     let mut lent_rounds = 0;
     for round in 0..20 {
         // Until the handler has proved quick and runs where it is read.
-        warm_up(&mut peer, &tick(false), &runs_rx);
+        warm_up(&runs_rx, || peer.send(&tick(false)).unwrap());
         let conn = conn.get_or_insert_with(|| conn_rx.recv().unwrap()).clone();
         let got = got_tx.clone();
         let requester = thread::spawn(move || {
@@ -605,7 +605,7 @@ fn a_quick_handlers_request_fails_at_once_when_the_peer_closes() {
     };
     for _ in 0..10 {
         let mut peer = RawPeer::handshaken(a.local_addr());
-        warm_up(&mut peer, &tick(false), &runs_rx);
+        warm_up(&runs_rx, || peer.send(&tick(false)).unwrap());
         peer.send(&tick(true)).unwrap();
         loop {
             let (h, _) = peer.read_frame();
@@ -1392,11 +1392,12 @@ fn a_frame_the_receiver_refuses_for_its_size_fails_with_that_reason() {
     assert_eq!(resp.data::<i64>().unwrap(), 5);
 }
 
-/// Send `tick` until the handler it calls reports (first of its run
-/// report) that it ran on the connection's thread: it has proved quick.
-fn warm_up<T>(peer: &mut RawPeer, tick: &[u8], runs: &Receiver<(bool, T)>) {
+/// Call `tick` (which has the peer send a frame to a handler, and read
+/// what comes back if anything) until the handler reports (first of its
+/// run report) that it ran on the connection's thread: it has proved quick.
+fn warm_up<T>(runs: &Receiver<(bool, T)>, mut tick: impl FnMut()) {
     for _ in 0..200 {
-        peer.send(tick).unwrap();
+        tick();
         let (here, _) = runs.recv_timeout(PATIENCE).expect("a TICK ran");
         if here {
             return;
@@ -1434,18 +1435,11 @@ fn an_answer_made_is_not_held_while_a_later_quick_handler_runs_long() {
         frame_bytes(&serde_json::to_vec(&h).unwrap(), &[])
     };
     // Until the handler has proved quick and runs where it is read.
-    let mut warmed = false;
-    for _ in 0..200 {
+    warm_up(&runs_rx, || {
         peer.send(&request(false)).unwrap();
         let (h, _) = peer.read_frame();
         assert_eq!(h["kind"], "response");
-        let (here, _) = runs_rx.recv_timeout(PATIENCE).expect("a run");
-        if here {
-            warmed = true;
-            break;
-        }
-    }
-    assert!(warmed, "the handler never ran on the connection's thread");
+    });
     let mut both = request(false);
     let quick_id = next_id.get();
     both.extend(request(true));

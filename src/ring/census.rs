@@ -986,13 +986,16 @@ mod tests {
         assert!(c.walk_due(true, false, 1400, Pace::spaced(250)));
     }
 
+    /// The pace of a node with the default timings.
+    const NODE_PACE: Pace = Pace {
+        spacing_ms: 250,
+        quiet_ms: 20,
+        settle_ms: 40,
+    };
+
     #[test]
     fn the_root_counts_joins_it_links_in_and_publishes_them_paced() {
-        let pace = Pace {
-            spacing_ms: 250,
-            quiet_ms: 20,
-            settle_ms: 40,
-        };
+        let pace = NODE_PACE;
         // A root that has not counted the ring itself leaves joins to its
         // first walk; a founding root counts them at once.
         let mut c = Census::new(&p(0));
@@ -1092,11 +1095,7 @@ mod tests {
         // Node 5 roots the ring and links node 7 in; before it publishes,
         // a node with a lower ID (0) is its predecessor again and its news
         // is applied here. Later node 5 is the root again.
-        let pace = Pace {
-            spacing_ms: 250,
-            quiet_ms: 20,
-            settle_ms: 40,
-        };
+        let pace = NODE_PACE;
         let mut c = Census::new(&p(5));
         c.founded(NodeId(5));
         assert!(c.linked(NodeId(5), p(7), 0));

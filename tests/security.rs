@@ -343,13 +343,7 @@ fn a_member_with_the_key_cannot_forge_other_members() {
 
     // 5. A broadcast with A as origin but not signed by A, and size news
     //    from a non-root or unsigned, are dropped.
-    let got = Arc::new(AtomicBool::new(false));
-    let g2 = Arc::clone(&got);
-    c.add_handler("NEWS", move |_| {
-        g2.store(true, Ordering::SeqCst);
-        Ok(())
-    })
-    .expect("NEWS");
+    let got = news_seen(&c);
     let mut m = member(&c, key, &mid, listen, 150);
     let forged = json!({
         "kind": "message", "type": "p2prs.broadcast",
@@ -537,13 +531,7 @@ fn a_member_that_is_not_the_root_cannot_publish_size_news() {
     }
     // A real broadcast from the root still gets through, after the forged
     // news on the same paths; the ring is unchanged.
-    let got = Arc::new(AtomicBool::new(false));
-    let g2 = Arc::clone(&got);
-    c.add_handler("NEWS", move |_| {
-        g2.store(true, Ordering::SeqCst);
-        Ok(())
-    })
-    .expect("NEWS");
+    let got = news_seen(&c);
     a.broadcast(Message::new("NEWS", "real"))
         .expect("broadcast");
     assert!(wait_until(PATIENCE, || got.load(Ordering::SeqCst)));
@@ -558,4 +546,16 @@ fn a_member_that_is_not_the_root_cannot_publish_size_news() {
         );
         assert_eq!(n.lookup(NodeId(0)).map(|r| r.owner.id).ok(), Some(ida));
     }
+}
+
+/// A flag set once `node` has received a `NEWS` message.
+fn news_seen(node: &Node) -> Arc<AtomicBool> {
+    let got = Arc::new(AtomicBool::new(false));
+    let g2 = Arc::clone(&got);
+    node.add_handler("NEWS", move |_| {
+        g2.store(true, Ordering::SeqCst);
+        Ok(())
+    })
+    .expect("NEWS");
+    got
 }

@@ -234,6 +234,41 @@ fn graceful_leave_links_neighbours_and_frees_the_id() {
     assert!(wait_until(PATIENCE, || sizes_are(&rest, 8)));
 }
 
+/// A node that finds another live node on its ID (its successor names
+/// that node as predecessor) gives the ID up and joins again: it says
+/// `Left`, then `Joined` with a new ID, and the ring takes it in under the
+/// new ID, with every node reaching it there.
+#[test]
+fn a_node_that_yields_its_id_joins_again_under_a_new_one() {
+    let mut rng = Rng::new(5);
+    let nodes = spawn_ring(5, &mut rng);
+    let all: Vec<&Node> = nodes.iter().collect();
+    assert!(wait_until(PATIENCE, || sizes_are(&all, 5)));
+    let x = &nodes[2];
+    let old = x.id().unwrap();
+    let events = x.events();
+    p2prs::testing::yield_id(x).unwrap();
+    let new = x.id().expect("joined again");
+    assert_ne!(new, old);
+    let seen: Vec<Event> = events.try_iter().collect();
+    let left = seen.iter().position(|e| *e == Event::Left);
+    let joined = seen.iter().position(|e| *e == Event::Joined { id: new });
+    assert!(
+        matches!((left, joined), (Some(l), Some(j)) if l < j),
+        "Left, then Joined with the new ID: {seen:?}"
+    );
+    assert!(wait_until(PATIENCE, || sizes_are(&all, 5)));
+    for n in &nodes {
+        assert!(
+            wait_until(PATIENCE, || n
+                .request(new, Message::new("ECHO", 7))
+                .is_ok_and(|m| m.data::<i64>().ok() == Some(7))),
+            "{:?} reaches the node under its new ID {new:?}",
+            n.id()
+        );
+    }
+}
+
 #[test]
 fn concurrent_joins_get_distinct_ids() {
     let mut rng = Rng::new(11);

@@ -7,6 +7,8 @@ mod fair;
 mod handler;
 mod nat;
 
+#[cfg(feature = "unstable-testing")]
+pub(crate) use chord::yield_id as chord_yield_id;
 pub use chord::{Peer, Route};
 
 pub use connection::{Connection, Target};

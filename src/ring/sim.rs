@@ -14,7 +14,9 @@ use super::census::{Census, News, Pace, Walk, WalkStep, WALK_EVERY};
 use super::finger::finger_start;
 use super::lookup::{Lookup, LookupError, LookupStep};
 use super::resolve::{unsure, vouch_owner, vouch_pred, Lost, Verdict};
-use super::stabilize::{on_predecessor_reply, on_stabilize_reply, Action, Stabilizer};
+use super::stabilize::{
+    displaced_by, on_predecessor_reply, on_stabilize_reply, Action, Stabilizer,
+};
 use super::{Peer, RoutingState, FINGER_COUNT};
 use crate::id::NodeId;
 use p2prs_rng::Rng;
@@ -75,6 +77,12 @@ struct Net {
     snapshots: (u64, u64),
     /// `SIM_TRACE=<id>`: print what happens around this ID.
     trace: Option<NodeId>,
+    /// Nodes that found another live node on their ID (see
+    /// `displaced_by`), with the successor that told them: at the end of
+    /// the round each gives its ID up and joins again through it.
+    displaced: Vec<(usize, Peer<usize>)>,
+    /// Nodes that joined again under a new ID after being displaced.
+    rejoins: usize,
 }
 
 /// The true ring: live IDs in order, to check the routing states against.
@@ -139,6 +147,8 @@ impl Net {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .map(NodeId),
+            displaced: Vec::new(),
+            rejoins: 0,
         }
     }
 
@@ -320,6 +330,20 @@ impl Net {
             let st = &self.nodes[s.addr].state;
             let pred = st.predecessor().cloned().filter(|p| !dead.contains(&p.id));
             let list = st.successors().to_vec();
+            let me = self.nodes[i].state.me().clone();
+            if let Some(x) = displaced_by(&me, pred.as_ref()).cloned() {
+                // As the node: only a holder that answers displaces it.
+                if self.answers(&x) {
+                    if self.traced(&[me.id]) {
+                        self.tr(format_args!(
+                            "{:?} (node {i}) displaced by node {}",
+                            me.id, x.addr
+                        ));
+                    }
+                    self.displaced.push((i, s.clone()));
+                    return;
+                }
+            }
             let before: Vec<NodeId> = self.nodes[i]
                 .state
                 .successors()
@@ -560,8 +584,39 @@ impl Net {
             }
         }
         self.run_pokes();
+        for (i, via) in std::mem::take(&mut self.displaced) {
+            if self.nodes[i].alive {
+                self.rejoin(i, via);
+            }
+        }
         self.census_round();
         self.trace_state("end of round");
+    }
+
+    /// Node `i`, displaced from its ID, leaves the ring without a word (its
+    /// neighbours find it gone, as the node's answer `NotJoined` tells
+    /// them) and joins again through `via`, as a new node: up to 8 tries.
+    fn rejoin(&mut self, i: usize, via: Peer<usize>) {
+        self.nodes[i].alive = false;
+        self.rejoins += 1;
+        let boot = if self.reachable(&via) {
+            via.addr
+        } else {
+            self.random_live()
+        };
+        for _ in 0..8 {
+            match self.join(boot, None) {
+                Ok(j) => {
+                    if self.traced(&[self.nodes[i].state.me().id]) {
+                        let id = self.nodes[j].state.me().id;
+                        self.tr(format_args!("node {i} joined again as {id:?} (node {j})"));
+                    }
+                    return;
+                }
+                Err(JoinError::DeadOwner(d)) => self.poke_before(boot, &d),
+                Err(_) => {}
+            }
+        }
     }
 
     /// Every live node that owns ID 0 counts the ring when its census says
@@ -1388,6 +1443,56 @@ fn leave_frees_the_top_id_and_rings_stay_exact() {
     assert!(hops.iter().all(|&h| h <= 8));
 }
 
+/// Two live nodes on one ID, as a root dying at the wrong moment leaves
+/// them: the root took a second node on the top ID as its predecessor
+/// after dropping the first. The first finds the other on its ID when it
+/// stabilizes, gives the ID up and joins again; the ring is exact, with
+/// distinct IDs and the right sizes, and every ID is found.
+#[test]
+fn a_node_displaced_from_its_id_joins_again() {
+    let (mut net, _) = build(16, Ids::Sequential, 13);
+    let (top, root) = (15, 0);
+    assert_eq!(net.nodes[top].state.me().id, NodeId(15));
+    net.fail(root, NodeId(15));
+    let twin = net.add_node(NodeId(15));
+    let list = net.nodes[root].state.successors().to_vec();
+    let root_peer = net.peer(root);
+    net.nodes[twin].state.adopt_successors(root_peer, list);
+    let me = net.peer(twin);
+    assert!(net.nodes[root].state.notify(me));
+    net.pokes.clear();
+    // The true ring changes as the first joins again: a fresh oracle each
+    // round.
+    let rounds = (0..=40)
+        .find(|_| {
+            let exact = net.check(&net.oracle()).all_ok();
+            if !exact {
+                net.round();
+            }
+            exact
+        })
+        .expect("exact within 40 rounds");
+    assert_eq!(net.rejoins, 1);
+    assert!(!net.nodes[top].alive, "the first gave ID 15 up");
+    let oracle = net.oracle();
+    let ids: std::collections::BTreeSet<NodeId> = oracle.ring.iter().map(|x| x.0).collect();
+    assert_eq!(ids.len(), 17, "distinct IDs: {ids:?}");
+    assert!(ids.contains(&NodeId(16)), "it joined again as 16: {ids:?}");
+    for _ in 0..2 * WALK_EVERY {
+        net.round();
+    }
+    assert!(
+        wrong_sizes(&net, 17).is_empty(),
+        "{:?}",
+        wrong_sizes(&net, 17)
+    );
+    for &(id, _) in &oracle.ring {
+        let origin = net.random_live();
+        assert_eq!(net.resolve(origin, id), Resolved::Found, "{id:?}");
+    }
+    eprintln!("sim: a displaced node joined again; exact in {rounds} rounds");
+}
+
 #[test]
 fn small_rings_from_scratch_converge() {
     for (n, seed) in [(2, 7), (3, 8), (5, 9), (16, 10), (100, 11)] {
@@ -1411,6 +1516,8 @@ struct ChurnReport {
     takeover_rounds: usize,
     /// Rounds from the end of churn until every node has the exact size.
     exact_sizes_rounds: usize,
+    /// Nodes that found another on their ID and joined again.
+    rejoins: usize,
 }
 
 /// Churn at size `n`: `steps` rounds, each killing one random node
@@ -1541,6 +1648,7 @@ fn churn_with(
         net.round();
     }
     rep.exact_sizes_rounds = rounds;
+    rep.rejoins = net.rejoins;
     // A live ID is found from every sampled node once the ring is still.
     let oracle = net.oracle();
     for _ in 0..per_step * 4 {
@@ -1680,6 +1788,7 @@ fn sim_churn_seed_sweep() {
     let mut bad = Vec::new();
     let mut panicked = Vec::new();
     let (mut requests, mut retriable, mut joins_failed) = (0, 0, 0);
+    let mut rejoined = Vec::new();
     for seed in a..=b {
         let Ok(rep) = std::panic::catch_unwind(|| churn(n, 60, 50, 10, 50, seed)) else {
             panicked.push(seed);
@@ -1688,14 +1797,17 @@ fn sim_churn_seed_sweep() {
         requests += rep.requests;
         retriable += rep.retriable;
         joins_failed += rep.join_failures;
+        if rep.rejoins > 0 {
+            rejoined.push((seed, rep.rejoins));
+        }
         if rep.false_no_such_node > 0 {
             bad.push((seed, rep.false_no_such_node));
         }
     }
     eprintln!(
         "sweep seeds {a}-{b} at {n} nodes: {requests} requests, {retriable} retriable, \
-         false NoSuchNode {bad:?}, joins failed {joins_failed}, runs that failed a check \
-         {panicked:?}"
+         false NoSuchNode {bad:?}, joins failed {joins_failed}, displaced and joined again \
+         (seed, nodes) {rejoined:?}, runs that failed a check {panicked:?}"
     );
     assert!(bad.is_empty(), "false NoSuchNode (seed, count): {bad:?}");
     assert!(

@@ -199,6 +199,26 @@ pub fn on_stabilize_reply<A: Clone + Eq + Debug>(
     })
 }
 
+/// The node that holds this node's ID in its place, if the successor's
+/// answer names one: its predecessor has this node's ID at another address.
+///
+/// Two live nodes can end up on one ID: a root that dies just as its
+/// predecessor times out the top node (a lost message) leaves a new root
+/// that never knew that node, and it gives the ID again. Chord's rules
+/// cannot undo that (neither node lies strictly between the other and the
+/// successor), so the ring routes the ID to one of them and the other is
+/// out of reach for good. The node the successor does *not* name yields:
+/// once it has checked that the other answers (a dead holder is replaced
+/// by the successor's own check of its predecessor), it gives its ID up
+/// and joins again under a new one. Only one of the two can see this,
+/// since the successor names one predecessor.
+pub fn displaced_by<'a, A: Eq>(
+    me: &Peer<A>,
+    succ_pred: Option<&'a Peer<A>>,
+) -> Option<&'a Peer<A>> {
+    succ_pred.filter(|x| x.id == me.id && x.addr != me.addr)
+}
+
 /// Feed the predecessor's answer to a `CheckPredecessor(from)` (its
 /// successor list) into `state`. Returns an `AskPredecessor` to perform
 /// when the predecessor skipped this node.
@@ -256,6 +276,18 @@ mod tests {
 
     fn p(id: u64) -> Peer<usize> {
         Peer::new(NodeId(id), id as usize)
+    }
+
+    /// Only a successor's predecessor with this node's ID at another
+    /// address displaces it: not itself, not another ID, not no answer.
+    #[test]
+    fn a_node_on_its_own_id_elsewhere_is_displaced() {
+        let me = Peer::new(NodeId(19), 1usize);
+        let twin = Peer::new(NodeId(19), 2usize);
+        assert_eq!(displaced_by(&me, Some(&twin)), Some(&twin));
+        assert_eq!(displaced_by(&me, Some(&me.clone())), None);
+        assert_eq!(displaced_by(&me, Some(&p(18))), None);
+        assert_eq!(displaced_by(&me, None), None);
     }
 
     #[test]

@@ -176,6 +176,10 @@ fn do_job(n: &NodeInner, job: Job) {
             body,
             sig,
         } => vet_root(n, limit, origin, data, body, sig),
+        Job::Rejoin { via, other } => {
+            let _purpose = crate::transport::purpose(crate::transport::Purpose::Join);
+            rejoin(n, via, other)
+        }
         // Spaced out by `run`.
         Job::StabilizeNow | Job::Recount | Job::CensusAt(_) | Job::StepNow => {}
         Job::Poke(p) => {
@@ -209,7 +213,9 @@ fn check_predecessor(n: &NodeInner, candidate: RPeer) {
     let Some(pred) = pred.filter(|p| p.id != candidate.id) else {
         return;
     };
-    let Err(e) = rpc_peer(n, &pred, PING, json!({})) else {
+    // Its neighbours, not a ping: a node there that holds another ID now
+    // is as gone.
+    let Err(e) = neighbours_of(n, pred.addr).and_then(|r| holding(r, &pred)) else {
         return;
     };
     failed(n, &pred, &e);
@@ -482,7 +488,9 @@ fn execute(n: &NodeInner, action: Action<Ep>) {
             let mut s = first;
             let mut dead: Vec<NodeId> = Vec::new();
             for step in 1..=STABILIZE_STEPS {
-                let reply = match neighbours_of(n, s.addr) {
+                // A node at that address that no longer holds the ID (it
+                // gave it up, or another node took the address) is as gone.
+                let reply = match neighbours_of(n, s.addr).and_then(|r| holding(r, &s)) {
                     Ok(reply) => reply,
                     Err(e) => {
                         failed(n, &s, &e);
@@ -507,6 +515,10 @@ fn execute(n: &NodeInner, action: Action<Ep>) {
                     }
                 };
                 let pred = reply.pred.filter(|p| !dead.contains(&p.id));
+                if let Some(other) = displaced(n, pred.as_ref()) {
+                    n.chord.queue(Job::Rejoin { via: s, other });
+                    return;
+                }
                 let (notify, next, tell) = {
                     let mut g = n.chord.ring.write();
                     let Some(r) = g.as_mut() else { return };
@@ -547,13 +559,10 @@ fn execute(n: &NodeInner, action: Action<Ep>) {
         Action::CheckPredecessor(p) => {
             // Its successor list too: a predecessor that skipped this node
             // (see `on_predecessor_reply`) is caught here.
-            let reply = match neighbours_of(n, p.addr) {
+            let reply = match neighbours_of(n, p.addr).and_then(|r| holding(r, &p)) {
                 Ok(reply) => reply,
                 Err(e) => return failed(n, &p, &e),
             };
-            if reply.me.id != p.id {
-                return;
-            }
             let relink = n
                 .chord
                 .ring
@@ -594,6 +603,35 @@ fn execute(n: &NodeInner, action: Action<Ep>) {
 
 fn ids(peers: &[RPeer]) -> Vec<NodeId> {
     peers.iter().map(|p| p.id).collect()
+}
+
+/// `reply`, if it comes from the node `p` names (its ID at its address).
+fn holding(reply: NeighboursReply, p: &RPeer) -> Result<NeighboursReply> {
+    if reply.me.id == p.id {
+        Ok(reply)
+    } else {
+        Err(Error::Routing(format!(
+            "the node at {} holds ID {}, not {}",
+            p.addr, reply.me.id, p.id
+        )))
+    }
+}
+
+/// The node that holds this node's ID in its place, if the successor names
+/// one as its predecessor (`ring::stabilize::displaced_by`) and it answers
+/// that it does: a holder that is gone is not yielded to (the successor
+/// replaces it when it checks its predecessor).
+fn displaced(n: &NodeInner, succ_pred: Option<&RPeer>) -> Option<RPeer> {
+    let me = n.chord.ring.read().as_ref()?.routing.me().clone();
+    let other = displaced_by(&me, succ_pred)?.clone();
+    match neighbours_of(n, other.addr) {
+        Ok(reply) if reply.me == other => Some(other),
+        Ok(_) => None,
+        Err(e) => {
+            log::debug!("node {} at {} on this node's ID: {e}", other.id, other.addr);
+            None
+        }
+    }
 }
 
 fn failed(n: &NodeInner, p: &RPeer, e: &Error) {

@@ -15,7 +15,9 @@ use crate::ring::broadcast::broadcast_targets;
 use crate::ring::census::{Census, Encode, News, Pace, Walk, WalkStep, WALK_EVERY};
 use crate::ring::lookup::{Lookup, LookupStep};
 use crate::ring::resolve::{unsure, vouch_owner, vouch_pred, Lost, Verdict};
-use crate::ring::stabilize::{on_predecessor_reply, on_stabilize_reply, Action, Stabilizer};
+use crate::ring::stabilize::{
+    displaced_by, on_predecessor_reply, on_stabilize_reply, Action, Stabilizer,
+};
 use crate::ring::{self, RoutingState};
 use crate::transport::Conn;
 use crate::wire::{Frame, Kind};
@@ -434,6 +436,10 @@ enum Job {
     /// This node notified us from before our predecessor: check the
     /// predecessor now, and take this one if it is gone.
     CheckPredecessor(RPeer),
+    /// Another live node holds this node's ID and the ring reaches it (see
+    /// `ring::stabilize::displaced_by`): give the ID up and join again
+    /// through `via`, the successor that names the other.
+    Rejoin { via: RPeer, other: RPeer },
     /// Size news from `origin`, which is above the lowest ID known here:
     /// applied and forwarded if a lookup of ID 0 finds `origin` (the root
     /// died and the next node took over), dropped otherwise.
@@ -589,7 +595,12 @@ impl Chord {
             Job::Recount => !self.recount_pending.swap(true, Ordering::AcqRel),
             Job::CheckPredecessor(_) => !self.check_pending.swap(true, Ordering::AcqRel),
             Job::Poke(p) => self.pokes_pending.lock().insert(p.addr.at),
-            Job::Forward { .. } | Job::VetRoot { .. } | Job::CensusAt(_) | Job::Link(_) => true,
+            // A second `Rejoin` finds the ID given up already (see `rejoin`).
+            Job::Forward { .. }
+            | Job::VetRoot { .. }
+            | Job::CensusAt(_)
+            | Job::Link(_)
+            | Job::Rejoin { .. } => true,
         };
         if !fresh {
             return;
@@ -620,7 +631,11 @@ impl Chord {
             Job::Poke(addr) => {
                 self.pokes_pending.lock().remove(&addr.addr.at);
             }
-            Job::Forward { .. } | Job::VetRoot { .. } | Job::CensusAt(_) | Job::Link(_) => {}
+            Job::Forward { .. }
+            | Job::VetRoot { .. }
+            | Job::CensusAt(_)
+            | Job::Link(_)
+            | Job::Rejoin { .. } => {}
         }
     }
 }
@@ -1124,6 +1139,67 @@ pub(crate) fn leave(n: &NodeInner) -> Result<()> {
     }
     log::info!("left the network (ID {} is free again)", me.id);
     n.emit(super::Event::Left);
+    Ok(())
+}
+
+/// Give this node's ID up to `other`, which holds it too and which the
+/// ring reaches (its successor `via` names `other` as its predecessor), and
+/// join again under a new ID. No `LEAVING` is sent: it would name the ID,
+/// which `other` keeps; the neighbours find this node gone (it answers
+/// `NotJoined`) as they would a dead one. The node emits `Left`, then
+/// `Joined` with its new ID; if the join fails (or the node asked for this
+/// very ID), it stays out and says so, and `join_network` may be called
+/// again.
+fn rejoin(n: &NodeInner, via: RPeer, other: RPeer) {
+    let boot: Vec<SocketAddr> = {
+        let mut g = n.chord.ring.write();
+        let Some(r) = g.as_ref() else { return };
+        if r.routing.me().id != other.id {
+            return;
+        }
+        let me = r.routing.me().id;
+        let mut boot = vec![via.addr.at];
+        for p in r.routing.successors() {
+            if p.id != me && !boot.contains(&p.addr.at) {
+                boot.push(p.addr.at);
+            }
+        }
+        n.chord.left.store(true, Ordering::Release);
+        *g = None;
+        boot
+    };
+    n.chord.pin_neighbours(&[], |_| None);
+    announce(n, None);
+    n.transport.set_my_id(None);
+    log::warn!(
+        "node ID {} is held by another node too ({}), which the ring reaches: this node \
+         gives the ID up and joins again",
+        other.id,
+        other.addr
+    );
+    n.emit(super::Event::Left);
+    match join(n, &boot) {
+        Ok(id) => log::warn!("joined again under node ID {id} (was {})", other.id),
+        Err(e) => log::warn!(
+            "joining again after giving node ID {} up: {e}; this node is out of the network \
+             until join_network is called",
+            other.id
+        ),
+    }
+}
+
+/// As if another live node held this node's ID and its successor named
+/// that node: give the ID up and join again through the successor (the
+/// tests' way to run [`rejoin`], whose cause, two nodes on one ID, the
+/// claim rules only let happen when a root dies at the wrong moment).
+#[cfg(feature = "unstable-testing")]
+pub(crate) fn yield_id(n: &NodeInner) -> Result<()> {
+    let (via, me) = {
+        let g = n.chord.ring.read();
+        let r = g.as_ref().ok_or(Error::NotJoined)?;
+        (r.routing.successor().clone(), r.routing.me().clone())
+    };
+    rejoin(n, via, me);
     Ok(())
 }
 

@@ -331,20 +331,22 @@ impl Pin {
         Some(Pin { echo, all })
     }
 
-    /// Run `f` with both threads on the CPU the client is on now.
-    fn run<T>(&self, f: impl FnOnce() -> T) -> T {
-        let me = this_thread();
-        let pinned = me
-            .as_ref()
-            .is_some_and(|(tid, cpu)| set_cpus(tid, cpu) && set_cpus(&self.echo, cpu));
+    /// Run `f` with both threads on the CPU the client is on now; and
+    /// whether both could be pinned.
+    fn run<T>(&self, f: impl FnOnce() -> T) -> (T, bool) {
+        let Some((tid, cpu)) = this_thread() else {
+            return (f(), false);
+        };
+        let mine = set_cpus(&tid, &cpu);
+        let echo = set_cpus(&self.echo, &cpu);
         let r = f();
-        if pinned {
-            if let Some((tid, _)) = &me {
-                set_cpus(tid, &self.all);
-            }
+        if mine {
+            set_cpus(&tid, &self.all);
+        }
+        if echo {
             set_cpus(&self.echo, &self.all);
         }
-        r
+        (r, mine && echo)
     }
 }
 
@@ -461,6 +463,7 @@ fn latency(s: &Sizes) -> Res<()> {
         let per_round = s.iters.div_ceil(s.rounds).max(1);
         let mut t_tcp = Vec::new();
         let mut t_free = Vec::new();
+        let mut all_pinned = true;
         let mut t_rows: Vec<Vec<Duration>> = vec![Vec::new(); rows.len()];
         for _ in 0..s.rounds {
             // TCP as it falls, after the p2prs rows as before pinning.
@@ -468,7 +471,7 @@ fn latency(s: &Sizes) -> Res<()> {
                 t_free.push(tcp.once()?);
             }
             if let Some(pin) = &pin {
-                pin.run(|| -> Res<()> {
+                let (r, pinned) = pin.run(|| -> Res<()> {
                     // The first round trips after a move are not its pace.
                     for _ in 0..per_round / 10 {
                         tcp.once()?;
@@ -477,7 +480,9 @@ fn latency(s: &Sizes) -> Res<()> {
                         t_tcp.push(tcp.once()?);
                     }
                     Ok(())
-                })?;
+                });
+                r?;
+                all_pinned &= pinned;
             }
             for (i, (_, f)) in rows.iter_mut().enumerate() {
                 for _ in 0..per_round {
@@ -498,6 +503,9 @@ fn latency(s: &Sizes) -> Res<()> {
         ));
         if !t_tcp.is_empty() {
             row("plain TCP ping-pong, threads on one CPU", tcp_s, tcp_s);
+            if !all_pinned {
+                println!("(taskset failed in some rounds: that row is partly unpinned)");
+            }
         }
         row("plain TCP ping-pong, threads unpinned", free_s, tcp_s);
         for ((name, _), t) in rows.iter().zip(t_rows.iter_mut()) {

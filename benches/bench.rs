@@ -138,10 +138,13 @@ fn main() -> Res<()> {
     );
     println!();
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
-    let on = |section: &str| only.is_empty() || only.split(',').any(|o| o.trim() == section);
+    let on = |section: &str| {
+        (only.is_empty() && section != "probe") || only.split(',').any(|o| o.trim() == section)
+    };
     type Section = fn(&Sizes) -> Res<()>;
-    let sections: [(&str, Section); 7] = [
+    let sections: [(&str, Section); 8] = [
         ("latency", latency),
+        ("probe", probe),
         ("rps", requests_per_second),
         ("bulk", bulk),
         ("small", small),
@@ -220,8 +223,24 @@ fn tcp_echo_server(
     req_len: usize,
     resp_len: usize,
 ) -> Res<(SocketAddr, Vec<thread::JoinHandle<()>>)> {
+    let (addr, handles, _) = tcp_echo_server_tids(conns, req_len, resp_len)?;
+    Ok((addr, handles))
+}
+
+/// [`tcp_echo_server`], and the kernel's thread IDs of its echo threads (see
+/// [`Pin`]).
+fn tcp_echo_server_tids(
+    conns: usize,
+    req_len: usize,
+    resp_len: usize,
+) -> Res<(
+    SocketAddr,
+    Vec<thread::JoinHandle<()>>,
+    mpsc::Receiver<String>,
+)> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
+    let (tid_tx, tid_rx) = mpsc::channel();
     let accept = thread::Builder::new()
         .name("bench-tcp-accept".into())
         .spawn(move || {
@@ -231,9 +250,13 @@ fn tcp_echo_server(
                     break;
                 };
                 let _ = s.set_nodelay(true);
+                let tid_tx = tid_tx.clone();
                 let h = thread::Builder::new()
                     .name("bench-tcp-echo".into())
                     .spawn(move || {
+                        if let Some((tid, _)) = this_thread() {
+                            let _ = tid_tx.send(tid);
+                        }
                         let mut inb = vec![0u8; req_len];
                         let out = vec![b'r'; resp_len];
                         while s.read_exact(&mut inb).is_ok() {
@@ -250,7 +273,81 @@ fn tcp_echo_server(
                 let _ = h.join();
             }
         })?;
-    Ok((addr, vec![accept]))
+    Ok((addr, vec![accept], tid_rx))
+}
+
+/// The calling thread's ID as the kernel numbers it, and the CPU it last
+/// ran on (Linux; `None` elsewhere).
+fn this_thread() -> Option<(String, String)> {
+    let link = std::fs::read_link("/proc/thread-self").ok()?;
+    let tid = link.file_name()?.to_str()?.to_string();
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
+    let cpu = stat.rsplit(')').next()?.split_whitespace().nth(36)?;
+    Some((tid, cpu.to_string()))
+}
+
+/// The CPUs thread `tid` may run on, as `taskset` lists them.
+fn cpus_of(tid: &str) -> Option<String> {
+    let out = std::process::Command::new("taskset")
+        .args(["-c", "-p", tid])
+        .output()
+        .ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    Some(text.rsplit(':').next()?.trim().to_string()).filter(|c| !c.is_empty())
+}
+
+/// Let thread `tid` run on `cpus` only (a `taskset` list); false if it
+/// could not be done.
+fn set_cpus(tid: &str, cpus: &str) -> bool {
+    std::process::Command::new("taskset")
+        .args(["-c", "-p", cpus, tid])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The round-trip baseline with both of its threads on one CPU: the
+/// client (the calling thread) and the echo thread `echo`.
+///
+/// On a 2-vCPU guest a plain TCP ping-pong has two stable states: both
+/// threads on one vCPU, each wake a context switch there (about 4 µs a
+/// round trip), or one on each, every wake an idle vCPU's (60-70 µs);
+/// it falls into either by chance, also when nothing else runs, and
+/// stays there for thousands of round trips. Pinned, it is always in the
+/// fast state: the ratios are against TCP at its best. The p2prs rows are
+/// never pinned.
+struct Pin {
+    echo: String,
+    /// The CPUs the client and the echo thread may use when not pinned.
+    all: String,
+}
+
+impl Pin {
+    /// `None` where threads cannot be pinned (no `/proc`, no `taskset`).
+    fn new(echo_tids: &mpsc::Receiver<String>) -> Option<Pin> {
+        let echo = echo_tids.recv_timeout(Duration::from_secs(5)).ok()?;
+        let all = cpus_of(&echo)?;
+        Some(Pin { echo, all })
+    }
+
+    /// Run `f` with both threads on the CPU the client is on now; and
+    /// whether both could be pinned.
+    fn run<T>(&self, f: impl FnOnce() -> T) -> (T, bool) {
+        let Some((tid, cpu)) = this_thread() else {
+            return (f(), false);
+        };
+        let mine = set_cpus(&tid, &cpu);
+        let echo = set_cpus(&self.echo, &cpu);
+        let r = f();
+        if mine {
+            set_cpus(&tid, &self.all);
+        }
+        if echo {
+            set_cpus(&self.echo, &self.all);
+        }
+        (r, mine && echo)
+    }
 }
 
 struct TcpClient {
@@ -316,8 +413,9 @@ fn latency(s: &Sizes) -> Res<()> {
     for size in [64usize, 4096] {
         let req_len = frame_len(Kind::Request, "ECHO", size, true)?;
         let resp_len = frame_len(Kind::Response, "ECHO", size, true)?;
-        let (addr, _h) = tcp_echo_server(1, req_len, resp_len)?;
+        let (addr, _h, tids) = tcp_echo_server_tids(1, req_len, resp_len)?;
         let mut tcp = TcpClient::connect(addr, req_len, resp_len)?;
+        let pin = Pin::new(&tids);
         let body = vec![7u8; size];
         let mut servers = Vec::new();
         let mut rows: Vec<TimedRow> = Vec::new();
@@ -364,10 +462,27 @@ fn latency(s: &Sizes) -> Res<()> {
         }
         let per_round = s.iters.div_ceil(s.rounds).max(1);
         let mut t_tcp = Vec::new();
+        let mut t_free = Vec::new();
+        let mut all_pinned = true;
         let mut t_rows: Vec<Vec<Duration>> = vec![Vec::new(); rows.len()];
         for _ in 0..s.rounds {
+            // TCP as it falls, after the p2prs rows as before pinning.
             for _ in 0..per_round {
-                t_tcp.push(tcp.once()?);
+                t_free.push(tcp.once()?);
+            }
+            if let Some(pin) = &pin {
+                let (r, pinned) = pin.run(|| -> Res<()> {
+                    // The first round trips after a move are not its pace.
+                    for _ in 0..per_round / 10 {
+                        tcp.once()?;
+                    }
+                    for _ in 0..per_round {
+                        t_tcp.push(tcp.once()?);
+                    }
+                    Ok(())
+                });
+                r?;
+                all_pinned &= pinned;
             }
             for (i, (_, f)) in rows.iter_mut().enumerate() {
                 for _ in 0..per_round {
@@ -375,13 +490,24 @@ fn latency(s: &Sizes) -> Res<()> {
                 }
             }
         }
-        let tcp_s = Stats::of(&mut t_tcp);
+        let free_s = Stats::of(&mut t_free);
+        let tcp_s = if t_tcp.is_empty() {
+            free_s
+        } else {
+            Stats::of(&mut t_tcp)
+        };
         header(&format!(
             "request round trip, {size} B body, one connection ({} each, {} interleaved rounds; frames {req_len}/{resp_len} B)",
-            t_tcp.len(),
+            t_free.len(),
             s.rounds
         ));
-        row("plain TCP ping-pong", tcp_s, tcp_s);
+        if !t_tcp.is_empty() {
+            row("plain TCP ping-pong, threads on one CPU", tcp_s, tcp_s);
+            if !all_pinned {
+                println!("(taskset failed in some rounds: that row is partly unpinned)");
+            }
+        }
+        row("plain TCP ping-pong, threads unpinned", free_s, tcp_s);
         for ((name, _), t) in rows.iter().zip(t_rows.iter_mut()) {
             row(name, Stats::of(t), tcp_s);
         }
@@ -390,6 +516,109 @@ fn latency(s: &Sizes) -> Res<()> {
         for n in servers {
             n.shutdown();
         }
+    }
+    Ok(())
+}
+
+/// One latency row alone, for a profiler (`BENCH_ONLY=probe`, never part of
+/// the default run): `BENCH_PROBE` is `pool`, `inline`, `id` (request by ID
+/// in a 2-node ring) or `tcp` [pool], `BENCH_PROBE_PLAIN=1` for plaintext;
+/// `BENCH_WARMUP` round trips, then `BENCH_ITERS`, 64 B bodies. Prints the
+/// median and p99 and the round trips timed, to divide a profile's counts by.
+fn probe(s: &Sizes) -> Res<()> {
+    let which = std::env::var("BENCH_PROBE").unwrap_or_else(|_| "pool".into());
+    let mode = if env("BENCH_PROBE_PLAIN", 0) == 1 {
+        Mode::Plain
+    } else {
+        AES
+    };
+    let body = vec![7u8; 64];
+    let mut nodes = Vec::new();
+    let mut once: Box<dyn FnMut() -> Res<Duration>> = match which.as_str() {
+        "tcp" => {
+            let req_len = frame_len(Kind::Request, "ECHO", 64, true)?;
+            let resp_len = frame_len(Kind::Response, "ECHO", 64, true)?;
+            let (addr, _h) = tcp_echo_server(1, req_len, resp_len)?;
+            let mut tcp = TcpClient::connect(addr, req_len, resp_len)?;
+            Box::new(move || tcp.once())
+        }
+        "id" => {
+            let server = echo_server(mode)?;
+            let id = server.create_network()?;
+            let client = mode.builder().start()?;
+            client.join_network(&[server.local_addr()])?;
+            let c = client.clone();
+            nodes.push(server);
+            nodes.push(client);
+            Box::new(move || {
+                let msg = Message::bytes("ECHO", body.clone());
+                let t = Instant::now();
+                c.request(id, msg)?;
+                Ok(t.elapsed())
+            })
+        }
+        other => {
+            let kind = if other == "inline" { "ECHO" } else { "ECHOP" };
+            let server = echo_server(mode)?;
+            let client = mode.builder().start()?;
+            let conn = client.connect(server.local_addr())?;
+            nodes.push(server);
+            nodes.push(client);
+            Box::new(move || p2prs_once(&conn, kind, &body))
+        }
+    };
+    for _ in 0..s.warmup {
+        once()?;
+    }
+    println!("probe: {} round trips start", s.iters);
+    let mut t = Vec::with_capacity(s.iters);
+    for _ in 0..s.iters {
+        t.push(once()?);
+    }
+    if env("BENCH_PROBE_SLOW", 0) > 0 {
+        // When the slow round trips come: their index and the gap since the last.
+        let cut = Duration::from_micros(env("BENCH_PROBE_SLOW", 0) as u64);
+        let mut last = 0;
+        let mut at = Duration::ZERO;
+        let mut line = String::new();
+        for (i, d) in t.iter().enumerate() {
+            at += *d;
+            if *d >= cut {
+                line += &format!(
+                    " {i}(+{},{:.0}µs@{:.0}ms)",
+                    i - last,
+                    d.as_secs_f64() * 1e6,
+                    at.as_secs_f64() * 1e3
+                );
+                last = i;
+            }
+        }
+        println!("slow:{line}");
+    }
+    let mut sorted = t.clone();
+    sorted.sort_unstable();
+    let q = |f: f64| sorted[((sorted.len() - 1) as f64 * f) as usize].as_secs_f64() * 1e6;
+    println!(
+        "p50 {:.1} p90 {:.1} p95 {:.1} p98 {:.1} p99 {:.1} p99.9 {:.1} max {:.1}",
+        q(0.5),
+        q(0.9),
+        q(0.95),
+        q(0.98),
+        q(0.99),
+        q(0.999),
+        q(1.0)
+    );
+    let st = Stats::of(&mut t);
+    println!(
+        "probe {which} ({}): {} round trips, median {:.1} µs, p99 {:.1} µs",
+        mode.name(),
+        s.iters,
+        st.median,
+        st.p99
+    );
+    drop(once);
+    for n in nodes {
+        n.shutdown();
     }
     Ok(())
 }

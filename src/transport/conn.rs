@@ -389,8 +389,15 @@ const LENT_DEFER_MAX: usize = 64;
 /// How long the connection's thread leaves its socket to requesters after
 /// an answer before it reads again itself: a requester that sends its next
 /// request within this time reads its answer on its own thread, with no
-/// hand-off. Frames nobody asked for wait at most about this long.
+/// hand-off. While requesters go on reading, the thread looks ever more
+/// rarely (see `read::lazy_wait`): frames nobody asked for that come just
+/// after the last request wait at most about [`LAZY_RECHECK_MAX`] (one that
+/// a requester reads is handed over at once).
 const LAZY_RETURN: Duration = Duration::from_micros(500);
+
+/// The longest the connection's thread sleeps, while requesters read its
+/// socket, before it looks again whether they still do.
+const LAZY_RECHECK_MAX: Duration = Duration::from_millis(4);
 
 /// How long a requester whose answer another thread reads looks for it,
 /// yielding the CPU in between, before it sleeps: an answer that comes
@@ -1934,6 +1941,20 @@ pub(crate) fn reply(conn: &Conn, frame: &Frame, answer: Result<Message>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lazy_return_looks_ever_more_rarely_while_requesters_read() {
+        let us = Duration::from_micros;
+        // At first until the lazy return has passed since the last stop.
+        assert_eq!(read::lazy_wait(us(100), 0), us(400));
+        assert_eq!(read::lazy_wait(us(490), 0), us(50));
+        // Then doubling, up to the longest sleep.
+        assert_eq!(read::lazy_wait(us(0), 1), us(1000));
+        assert_eq!(read::lazy_wait(us(0), 2), us(2000));
+        assert_eq!(read::lazy_wait(us(0), 3), LAZY_RECHECK_MAX);
+        assert_eq!(read::lazy_wait(us(0), 40), LAZY_RECHECK_MAX);
+        assert_eq!(read::lazy_wait(us(10), 40), LAZY_RECHECK_MAX - us(10));
+    }
 
     #[test]
     fn the_read_buffer_grows_while_reads_fill_it() {

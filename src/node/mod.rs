@@ -803,9 +803,10 @@ impl Node {
         Ok(Connection::pinned(conn, Arc::downgrade(self.inner())))
     }
 
-    /// Open connections, inbound and outbound.
+    /// Open connections, inbound and outbound (one closed a moment ago,
+    /// whose thread is still finishing, is not counted).
     pub fn connection_count(&self) -> usize {
-        self.inner().transport.all().len()
+        self.inner().transport.open_count()
     }
 
     /// Close every connection of this node. Requests in flight fail at once.

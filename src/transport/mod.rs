@@ -378,7 +378,9 @@ impl Transport {
                 return None;
             }
         };
-        let open = self.conns.lock().len() + self.admission.handshaking() - 1;
+        // A connection closed to make room for an earlier one is not
+        // counted while its thread finishes.
+        let open = self.open_count() + self.admission.handshaking() - 1;
         if open >= cfg.max_connections {
             let quietest = self
                 .conns
@@ -624,6 +626,16 @@ impl Transport {
     /// Every open connection.
     pub(crate) fn all(&self) -> Vec<Arc<Conn>> {
         self.conns.lock().values().cloned().collect()
+    }
+
+    /// How many connections are open: registered and not closed (a closed
+    /// one stays registered until its thread has finished).
+    pub(crate) fn open_count(&self) -> usize {
+        self.conns
+            .lock()
+            .values()
+            .filter(|c| !c.is_closed())
+            .count()
     }
 
     /// The open connection to `addr`, or a new one (through the NAT

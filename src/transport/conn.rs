@@ -165,6 +165,8 @@ struct ReadState {
     /// The connection's count of writes at the connection's thread's
     /// last read.
     sent_seen: u64,
+    /// [`Conn::writing_since`]: non-zero while a write is under way.
+    writing: Arc<AtomicU64>,
 }
 
 /// How often bytes came within [`BUSY_GAP`] of a read's start lately: a
@@ -276,7 +278,17 @@ impl ReadState {
         }
         let began = Instant::now();
         loop {
-            match readable_now(&self.stream) {
+            // A look takes the socket's lock, which a write holds for as
+            // long as the kernel takes to deliver its bytes (on loopback,
+            // to the peer's socket and its reader): a look then would sleep
+            // on the lock and be woken by the writer, across vCPUs maybe.
+            // Wait for the write to end instead.
+            let look = if self.writing.load(Ordering::Acquire) != 0 {
+                Some(false)
+            } else {
+                readable_now(&self.stream)
+            };
+            match look {
                 Some(true) => {
                     self.poll.0 = (self.poll.0 + 1).min(POLL_SCORE_MAX);
                     return true;

@@ -1058,7 +1058,12 @@ impl Conn {
             return false;
         }
         let bound = *self.slow_peer.lock();
+        // Marked as a write under way like every other, so that
+        // `writing_since` is 0 again once it is done (a read's look skips
+        // the peek while it is not).
+        let writing = Writing::begin(&self.writing_since);
         let r = w.push_backlog();
+        drop(writing);
         let stuck = w.stalled.is_some_and(|t| t.elapsed() >= bound);
         let left = !w.backlog.is_empty();
         drop(g);

@@ -165,20 +165,32 @@ struct ReadState {
     /// The connection's count of writes at the connection's thread's
     /// last read.
     sent_seen: u64,
+    /// [`Conn::writing_since`]: non-zero while a write is under way.
+    writing: Arc<AtomicU64>,
 }
 
-/// How often bytes came within [`POLL_WINDOW`] of a read's start lately:
-/// a read polls the socket for that long before it blocks while the score
-/// is above zero.
+/// How often bytes came within [`BUSY_GAP`] of a read's start lately: a
+/// read polls the socket for up to [`POLL_WINDOW`] before it blocks while
+/// the score is above zero.
 #[derive(Default, Clone, Copy)]
 pub(super) struct PollScore(u8);
+
+/// Bytes that come within this long of a read's start mark a busy
+/// connection (see [`PollScore`]).
+pub(super) const BUSY_GAP: Duration = Duration::from_micros(50);
 
 /// How long a read polls the socket (yielding the CPU between looks)
 /// before it blocks, while bytes have been coming quickly. A thread
 /// blocked in `read` on an idle vCPU is woken by an inter-processor
 /// interrupt, which costs tens of µs on a virtual machine: a peer
 /// answering within this window is read with no such wake on either side.
-pub(super) const POLL_WINDOW: Duration = Duration::from_micros(50);
+///
+/// Longer than [`BUSY_GAP`]: on Linux 6.18 (EEVDF) a `sched_yield` while
+/// other threads are runnable on the CPU forfeits the rest of the
+/// yielder's slice, so while requesters share a connection one look may
+/// take tens of µs, and a 50 µs window ran out after a few looks (see
+/// `docs/performance.md`, "Requesters sharing a connection: longer looks").
+pub(super) const POLL_WINDOW: Duration = Duration::from_micros(200);
 
 const POLL_SCORE_MAX: u8 = 8;
 
@@ -239,7 +251,7 @@ impl ReadState {
         let polled = expect && self.poll_briefly();
         let began = Instant::now();
         let r = self.read_now(&stream);
-        if !polled && matches!(r, Ok(n) if n > 0) && began.elapsed() < POLL_WINDOW {
+        if !polled && matches!(r, Ok(n) if n > 0) && began.elapsed() < BUSY_GAP {
             // Bytes came (or were there) soon: next time, look before blocking.
             self.poll.0 = (self.poll.0 + 1).min(POLL_SCORE_MAX);
         }
@@ -266,7 +278,17 @@ impl ReadState {
         }
         let began = Instant::now();
         loop {
-            match readable_now(&self.stream) {
+            // A look takes the socket's lock, which a write holds for as
+            // long as the kernel takes to deliver its bytes (on loopback,
+            // to the peer's socket and its reader): a look then would sleep
+            // on the lock and be woken by the writer, across vCPUs maybe.
+            // Wait for the write to end instead.
+            let look = if self.writing.load(Ordering::Acquire) != 0 {
+                Some(false)
+            } else {
+                readable_now(&self.stream)
+            };
+            match look {
                 Some(true) => {
                     self.poll.0 = (self.poll.0 + 1).min(POLL_SCORE_MAX);
                     return true;
@@ -403,8 +425,8 @@ const LAZY_RECHECK_MAX: Duration = Duration::from_millis(4);
 /// yielding the CPU in between, before it sleeps: an answer that comes
 /// meanwhile reaches it with no wake from the reader (which costs tens of
 /// µs when the requester's vCPU has gone idle), and the reading passes to
-/// it with none either.
-const FOLLOW_SPIN: Duration = Duration::from_micros(50);
+/// it with none either. As long as [`POLL_WINDOW`], for the same reason.
+const FOLLOW_SPIN: Duration = POLL_WINDOW;
 
 /// Receives what a connection reads. Implemented by the node.
 pub(crate) trait FrameSink: Send + Sync {
@@ -1043,7 +1065,12 @@ impl Conn {
             return false;
         }
         let bound = *self.slow_peer.lock();
+        // Marked as a write under way like every other, so that
+        // `writing_since` is 0 again once it is done (a read's look skips
+        // the peek while it is not).
+        let writing = Writing::begin(&self.writing_since);
         let r = w.push_backlog();
+        drop(writing);
         let stuck = w.stalled.is_some_and(|t| t.elapsed() >= bound);
         let left = !w.backlog.is_empty();
         drop(g);

@@ -342,6 +342,7 @@ impl Conn {
             direct: None,
             poll: PollScore::default(),
             sent_seen: 0,
+            writing: Arc::clone(&self.writing_since),
         });
         self.lead.lock().open = true;
         let (mut st, ok, _, _) = self.drain_tcp(st, sink);

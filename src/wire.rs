@@ -400,11 +400,8 @@ impl Decoder {
     }
 
     /// How many more bytes the frame under way needs, at least; 0 if unknown.
-    /// Lets a reader size its next read for large bodies.
-    #[cfg_attr(
-        not(feature = "unstable-testing"),
-        allow(dead_code, reason = "used by the fuzz targets")
-    )]
+    /// Lets a reader size its next read for large bodies, or tell that
+    /// more of a large one is to come.
     pub fn wanted(&self) -> usize {
         let pending = &self.buf[self.start..];
         if pending.len() < FRAME_PREFIX {

@@ -67,6 +67,22 @@ impl Write for Shared {
         Ok(n)
     }
 
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        if self.2.is_some() {
+            // A bounded write: its deadline is kept by `write`.
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &**b);
+            return self.write(first);
+        }
+        let n = (&*self.0).write_vectored(bufs)?;
+        if n > 0 {
+            self.1.store(micros_now(), Ordering::Release);
+        }
+        Ok(n)
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         (&*self.0).flush()
     }
@@ -222,8 +238,29 @@ impl Write for SecureWriter {
                 if !self.plain.is_empty() {
                     self.seal_plain()?;
                 }
-                if !self.out.is_empty() || !self.backlog.is_empty() {
+                if !self.backlog.is_empty() {
                     self.send_out()?;
+                }
+                // What is buffered (the frame's prefix and header) and the
+                // body leave in one system call.
+                while !self.out.is_empty() {
+                    let n = self
+                        .stream
+                        .write_vectored(&[io::IoSlice::new(&self.out), io::IoSlice::new(buf)])?;
+                    if n == 0 {
+                        return Err(io::ErrorKind::WriteZero.into());
+                    }
+                    if n < self.out.len() {
+                        self.out.drain(..n);
+                        continue;
+                    }
+                    let body = n - self.out.len();
+                    self.out.clear();
+                    // None of the body may have gone (a bounded write
+                    // writes one slice at a time): never report 0.
+                    if body > 0 {
+                        return Ok(body);
+                    }
                 }
                 return self.stream.write(buf);
             }

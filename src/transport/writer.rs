@@ -106,8 +106,11 @@ pub(crate) struct SecureWriter {
     /// Records sealed straight from a large piece of a blocking write,
     /// [`BULK_RECORDS`] at most at once. Kept at its length while large
     /// frames follow each other (sealed into as it is, with no zero fill
-    /// and no fresh pages per frame); freed when the connection goes quiet.
+    /// and no fresh pages per frame); freed at the end of the first write
+    /// that did not use it, and when the connection goes quiet.
     bulk: Vec<u8>,
+    /// `bulk` was used since the last end of a write.
+    bulk_used: bool,
 }
 
 /// A bounded write of a frame up to this size never blocks: what the
@@ -143,6 +146,7 @@ impl SecureWriter {
             stalled: None,
             direct: false,
             bulk: Vec::new(),
+            bulk_used: false,
         }
     }
 
@@ -162,6 +166,7 @@ impl SecureWriter {
     /// millisecond; the rest waits in the backlog. It leaves the socket's
     /// write timeout at 1 ms (see `Shared::normal_timeout`).
     pub(super) fn flush_try(&mut self) -> io::Result<()> {
+        self.release_bulk();
         if !self.plain.is_empty() {
             self.seal_plain()?;
         }
@@ -219,6 +224,15 @@ impl SecureWriter {
         self.bulk = Vec::new();
     }
 
+    /// The end of a write: the bulk buffer goes unless this write used it
+    /// (a connection that sent one large body keeps nothing for it while
+    /// small frames follow).
+    fn release_bulk(&mut self) {
+        if !std::mem::take(&mut self.bulk_used) {
+            self.bulk = Vec::new();
+        }
+    }
+
     fn seal_plain(&mut self) -> io::Result<()> {
         self.sealer
             .seal(&self.plain, &mut self.out)
@@ -269,6 +283,7 @@ impl Write for SecureWriter {
                 // kept bulk buffer, a few at a time, and written at once.
                 let take = (buf.len() / WRITE_CHUNK).min(BULK_RECORDS) * WRITE_CHUNK;
                 let need = crate::noise::sealed_len(take);
+                self.bulk_used = true;
                 if self.bulk.len() < need {
                     self.bulk.resize(need, 0);
                 }
@@ -312,6 +327,7 @@ impl Write for SecureWriter {
         if self.out.capacity() > KEEP_MAX {
             self.out = Vec::new();
         }
+        self.release_bulk();
         Ok(())
     }
 }

@@ -290,7 +290,8 @@ fn decode_header(bytes: &[u8], body: Option<Vec<u8>>) -> Result<Frame, WireError
 /// declared size ahead of its bytes), never past the end of the frame under
 /// way, and is given back once a large frame has been decoded. So holding a
 /// partial frame costs about the bytes received, and decoding one costs
-/// about twice its size (the buffer and the decoded body).
+/// at most about twice its size (the buffer and the decoded body; a large
+/// body is the buffer itself, see below).
 ///
 /// A large body is received in place: once a frame's prefix and header are
 /// in and a body of [`LARGE_BODY`] bytes or more is still coming, the

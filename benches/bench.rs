@@ -19,7 +19,8 @@
 //! `BENCH_ITERS` round trips per latency row [10000], `BENCH_WARMUP` [1000],
 //! `BENCH_ROUNDS` interleaved rounds [5], `BENCH_SECS_MS` milliseconds per
 //! requests/s row [1000], `BENCH_BULK_MIB` MiB per 1 MiB-body row [256],
-//! `BENCH_SMALL` messages per 64 B row [200000], `BENCH_CONNECTS` [300],
+//! `BENCH_BULK_ROWS` keeps only the 1 MiB rows whose names contain it
+//! (plain TCP stays) [all], `BENCH_SMALL` messages per 64 B row [200000], `BENCH_CONNECTS` [300],
 //! `BENCH_RING` nodes [64], `BENCH_RING_REQUESTS` [1000], `BENCH_RING_AGAIN`
 //! requests to the same pair, the last one timed [1]; for the chart,
 //! `BENCH_CHART_SIZES` ring sizes [16,64,256] (at most 1,024 nodes each),
@@ -976,6 +977,15 @@ fn bulk(s: &Sizes) -> Res<()> {
             format!("p2prs 1 MiB bodies, {}", m.name()),
             Box::new(move || p2prs_stream(sk, m, n, MIB)),
         ));
+    }
+    // BENCH_BULK_ROWS (a word of the row names, e.g. `AES`) keeps the rows
+    // that name it, and plain TCP, which the ratios need: for profiles.
+    if let Ok(keep) = std::env::var("BENCH_BULK_ROWS") {
+        let mut i = 0;
+        rows.retain(|(name, _)| {
+            i += 1;
+            i == 1 || name.contains(keep.as_str())
+        });
     }
     stream_rows(
         &format!("one-way 1 MiB bodies, {n} per row and round"),

@@ -558,6 +558,30 @@ impl Sealer {
         self.noise.is_none()
     }
 
+    /// Write `plain`, encrypted as records, to the front of `out`, which
+    /// holds at least [`sealed_len`] of it: the bytes written. Unlike
+    /// [`Sealer::seal`], nothing of `out` is zero-filled first, so a buffer
+    /// kept for a stream of large writes is sealed into as it is.
+    pub(crate) fn seal_into(&mut self, plain: &[u8], out: &mut [u8]) -> Result<usize, RecordError> {
+        let Some(noise) = &self.noise else {
+            out[..plain.len()].copy_from_slice(plain);
+            return Ok(plain.len());
+        };
+        let mut at = 0;
+        for chunk in plain.chunks(MAX_PLAIN) {
+            let room = out
+                .get_mut(at + 2..at + 2 + chunk.len() + TAG)
+                .ok_or(RecordError::Decrypt)?;
+            let n = noise
+                .write_message(self.nonce, chunk, room)
+                .map_err(|_| RecordError::Decrypt)?;
+            self.nonce += 1;
+            out[at..at + 2].copy_from_slice(&(n as u16).to_be_bytes());
+            at += 2 + n;
+        }
+        Ok(at)
+    }
+
     /// Append `plain`, encrypted as records, to `out`.
     pub(crate) fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
         let Some(noise) = &self.noise else {
@@ -577,6 +601,12 @@ impl Sealer {
         }
         Ok(())
     }
+}
+
+/// The bytes `n` bytes of plaintext take once sealed as records (each
+/// [`MAX_PLAIN`] at most, with its length and tag).
+pub(crate) fn sealed_len(n: usize) -> usize {
+    n + n.div_ceil(MAX_PLAIN) * (2 + TAG)
 }
 
 /// The length of the record that starts `b` (at least two bytes long).
@@ -898,6 +928,35 @@ mod tests {
             assert_eq!(plain, data, "reads of {read}");
             assert!(direct > wire.len() / 2, "reads of {read}: {direct} direct");
         }
+    }
+
+    #[test]
+    fn sealing_into_a_kept_buffer_gives_the_same_records() {
+        let (x, y) = pair(local(1, None), local(2, None), 1000);
+        let (_, sx, _) = x.expect("x").finish().expect("x");
+        let (_, sy, _) = y.expect("y").finish().expect("y");
+        let (mut a, mut b) = (sx.sealer(), sx.sealer());
+        let mut opener = sy.opener();
+        // A kept buffer full of old bytes: nothing of it may leak.
+        let mut kept = vec![0xAAu8; sealed_len(4 * MAX_PLAIN)];
+        let mut plain = Vec::new();
+        let mut data = Vec::new();
+        for (i, len) in [4 * MAX_PLAIN, 1, MAX_PLAIN + 5, 3 * MAX_PLAIN]
+            .into_iter()
+            .enumerate()
+        {
+            let piece: Vec<u8> = (0..len).map(|j| (i * 7 + j) as u8).collect();
+            let n = a.seal_into(&piece, &mut kept).expect("seal_into");
+            assert_eq!(n, sealed_len(len));
+            let mut wire = Vec::new();
+            b.seal(&piece, &mut wire).expect("seal");
+            assert_eq!(&kept[..n], &wire[..], "piece {i}");
+            opener.open(&kept[..n], &mut plain).expect("open");
+            data.extend_from_slice(&piece);
+        }
+        assert_eq!(plain, data);
+        // Too little room is an error, not a panic.
+        assert!(a.seal_into(&[1; 100], &mut [0u8; 100]).is_err());
     }
 
     #[test]

@@ -290,13 +290,23 @@ fn decode_header(bytes: &[u8], body: Option<Vec<u8>>) -> Result<Frame, WireError
 /// declared size ahead of its bytes), never past the end of the frame under
 /// way, and is given back once a large frame has been decoded. So holding a
 /// partial frame costs about the bytes received, and decoding one costs
-/// about twice its size (the buffer and the decoded body).
+/// at most about twice its size (the buffer and the decoded body; a large
+/// body is the buffer itself, see below).
+///
+/// A large body is received in place: once a frame's prefix and header are
+/// in and a body of [`LARGE_BODY`] bytes or more is still coming, the
+/// prefix and header move aside and the buffer holds the body alone from
+/// its first byte, so that the finished body is handed over in that buffer
+/// with no copy.
 #[derive(Debug)]
 pub struct Decoder {
     buf: Vec<u8>,
     start: usize,
     max: usize,
     max_header: usize,
+    /// The prefix and header of the frame under way while `buf` holds its
+    /// body alone (from index 0); empty otherwise.
+    head: Vec<u8>,
 }
 
 /// The most a decoder's buffer grows by at once (plus the bytes pushed).
@@ -332,6 +342,7 @@ impl Decoder {
             start: 0,
             max: max_frame,
             max_header,
+            head: Vec::new(),
         }
     }
 
@@ -359,6 +370,7 @@ impl Decoder {
 
     /// Make room for `n` more bytes.
     fn make_room(&mut self, n: usize) {
+        self.set_body_aside();
         if self.start > 0 && self.start == self.buf.len() {
             self.buf.clear();
             self.start = 0;
@@ -380,8 +392,42 @@ impl Decoder {
         }
     }
 
+    /// The frame under way has its prefix and header in, passes the
+    /// checks of its prefix, and a large body of which bytes are still to
+    /// come: move the prefix and header aside, so that the buffer holds the
+    /// body alone and is handed over as it is (see [`Decoder`]). The bytes
+    /// moved are those of the body come so far: one push's worth.
+    fn set_body_aside(&mut self) {
+        if !self.head.is_empty() {
+            return;
+        }
+        let pending = &self.buf[self.start..];
+        if pending.len() < FRAME_PREFIX {
+            return;
+        }
+        let (h, b) = prefix_lengths(pending);
+        let fits = h > 0 && h <= self.max_header && h as u64 + b as u64 <= self.max as u64;
+        if !fits || b < LARGE_BODY || pending.len() < FRAME_PREFIX + h {
+            return;
+        }
+        if pending.len() >= FRAME_PREFIX + h + b {
+            return;
+        }
+        self.head = pending[..FRAME_PREFIX + h].to_vec();
+        self.buf.drain(..self.start + FRAME_PREFIX + h);
+        self.start = 0;
+    }
+
+    /// The body length of the frame set aside in `head`, if any.
+    fn body_aside(&self) -> Option<usize> {
+        (!self.head.is_empty()).then(|| prefix_lengths(&self.head).1)
+    }
+
     /// Where in `buf` the frame under way ends, once its prefix is here.
     fn frame_end(&self) -> Option<usize> {
+        if let Some(b) = self.body_aside() {
+            return Some(b);
+        }
         let pending = &self.buf[self.start..];
         (pending.len() >= FRAME_PREFIX).then(|| {
             let (h, b) = prefix_lengths(pending);
@@ -391,21 +437,21 @@ impl Decoder {
 
     /// Bytes received but not yet decoded.
     pub fn buffered(&self) -> usize {
-        self.buf.len() - self.start
+        self.buf.len() - self.start + self.head.len()
     }
 
     /// Bytes of memory the decoder holds now (its buffer's capacity).
     pub fn held(&self) -> usize {
-        self.buf.capacity()
+        self.buf.capacity() + self.head.capacity()
     }
 
     /// How many more bytes the frame under way needs, at least; 0 if unknown.
-    /// Lets a reader size its next read for large bodies.
-    #[cfg_attr(
-        not(feature = "unstable-testing"),
-        allow(dead_code, reason = "used by the fuzz targets")
-    )]
+    /// Lets a reader size its next read for large bodies, or tell that
+    /// more of a large one is to come.
     pub fn wanted(&self) -> usize {
+        if let Some(b) = self.body_aside() {
+            return b.saturating_sub(self.buf.len());
+        }
         let pending = &self.buf[self.start..];
         if pending.len() < FRAME_PREFIX {
             return FRAME_PREFIX - pending.len();
@@ -416,6 +462,9 @@ impl Decoder {
 
     /// Decode the next complete frame, if one has arrived.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, WireError> {
+        if let Some(b) = self.body_aside() {
+            return self.next_aside(b);
+        }
         let pending = &self.buf[self.start..];
         if pending.len() < FRAME_PREFIX {
             return Ok(None);
@@ -464,6 +513,25 @@ impl Decoder {
             self.start = 0;
         }
         Ok(Some(frame))
+    }
+
+    /// The frame whose prefix and header are set aside, once its body of
+    /// `b` bytes is in: the buffer is the body; bytes past it (the next
+    /// frames, at most what one push brought) move to a new buffer.
+    fn next_aside(&mut self, b: usize) -> Result<Option<Frame>, WireError> {
+        if self.buf.len() < b {
+            return Ok(None);
+        }
+        // A refused header takes no bytes, as elsewhere.
+        let frame = decode_header(&self.head[FRAME_PREFIX..], Some(Vec::new()))?;
+        self.head = Vec::new();
+        let rest = self.buf.split_off(b);
+        let body = std::mem::replace(&mut self.buf, rest);
+        self.start = 0;
+        Ok(Some(Frame {
+            body: frame.body.map(|_| body),
+            ..frame
+        }))
     }
 
     /// Called when the stream ends: an error if a frame was cut short.
@@ -529,6 +597,45 @@ mod tests {
                 assert_eq!(d.buffered(), 0);
             }
         }
+    }
+
+    #[test]
+    fn a_large_body_is_received_in_place() {
+        let big: Vec<u8> = (0..LARGE_BODY * 4).map(|i| (i % 253) as u8).collect();
+        let mut f = Frame::new(Kind::Message, "BIG", json!({"x": 1}));
+        f.body = Some(big.clone());
+        let bytes = encode(&f);
+        let mut d = Decoder::new(1 << 22);
+        let mut at = 0usize;
+        for step in [40, 5000, 70_000, usize::MAX] {
+            let end = bytes.len().min(at.saturating_add(step));
+            d.push(&bytes[at..end]);
+            at = end;
+            if at < bytes.len() {
+                assert_eq!(d.next_frame(), Ok(None));
+                assert_eq!(d.buffered(), at);
+                assert_eq!(d.buffered() + d.wanted(), bytes.len());
+                assert!(d.held() <= bytes.len() + 64, "held {}", d.held());
+            }
+        }
+        let got = d.next_frame().unwrap().unwrap();
+        assert_eq!(got, f);
+        assert_eq!((d.buffered(), d.held()), (0, 0));
+        // A bad header of a large body is refused once the frame is in, as
+        // any other; the same frame cut short is truncated.
+        let mut bad = bytes.clone();
+        bad[FRAME_PREFIX] = b'[';
+        let mut d = Decoder::new(1 << 22);
+        for c in bad.chunks(30_000) {
+            d.push(c);
+        }
+        assert!(matches!(d.next_frame(), Err(WireError::BadHeader(_))));
+        assert_eq!(d.buffered(), bad.len(), "a refused frame took bytes");
+        let mut d = Decoder::new(1 << 22);
+        d.push(&bytes[..100]);
+        d.push(&bytes[100..bytes.len() - 1]);
+        assert_eq!(d.next_frame(), Ok(None));
+        assert_eq!(d.finish(), Err(WireError::Truncated));
     }
 
     #[test]

@@ -494,6 +494,14 @@ impl Inbound {
         self.decoder.buffered() > 0 || self.opener.pending() > 0
     }
 
+    /// Whether much of a frame under way is still to come (a large body):
+    /// its bytes follow at the sender's pace, and a read that looks for
+    /// them briefly before it sleeps spares the sender a wake of this
+    /// thread for each piece.
+    fn large_frame_under_way(&self) -> bool {
+        self.decoder.buffered() > 0 && self.decoder.wanted() >= LARGE_FRAME_LEFT
+    }
+
     /// Bytes held for a partial record and frame.
     fn held(&self) -> usize {
         self.decoder.held() + self.opener.pending()
@@ -535,6 +543,10 @@ impl Inbound {
             .map_err(|e| e.to_string())
     }
 }
+
+/// Bytes of a frame under way still to come for which its reads look
+/// before they sleep (see [`Inbound::large_frame_under_way`]).
+const LARGE_FRAME_LEFT: usize = 64 * 1024;
 
 /// Bytes read from a socket at once.
 pub(crate) const READ_CHUNK: usize = 32 * 1024;

@@ -67,6 +67,22 @@ impl Write for Shared {
         Ok(n)
     }
 
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        if self.2.is_some() {
+            // A bounded write: its deadline is kept by `write`.
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &**b);
+            return self.write(first);
+        }
+        let n = (&*self.0).write_vectored(bufs)?;
+        if n > 0 {
+            self.1.store(micros_now(), Ordering::Release);
+        }
+        Ok(n)
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         (&*self.0).flush()
     }
@@ -87,6 +103,14 @@ pub(crate) struct SecureWriter {
     /// The frame being written may block (not a bounded write that must
     /// not): large pieces skip the plaintext buffer.
     pub(super) direct: bool,
+    /// Records sealed straight from a large piece of a blocking write,
+    /// [`BULK_RECORDS`] at most at once. Kept at its length while large
+    /// frames follow each other (sealed into as it is, with no zero fill
+    /// and no fresh pages per frame); freed at the end of the first write
+    /// that did not use it, and when the connection goes quiet.
+    bulk: Vec<u8>,
+    /// `bulk` was used since the last end of a write.
+    bulk_used: bool,
 }
 
 /// A bounded write of a frame up to this size never blocks: what the
@@ -101,6 +125,9 @@ const KEEP_QUIET: usize = 4096;
 
 /// Plaintext buffered before it is sealed and written.
 const WRITE_CHUNK: usize = crate::noise::MAX_PLAIN;
+/// Records a blocking write of a large body seals before each write: the
+/// socket takes the body in pieces of about this many records (64 KiB each).
+const BULK_RECORDS: usize = 4;
 /// The writer's buffers keep their memory after a frame up to this size:
 /// one sealed record and some.
 const KEEP_MAX: usize = 80 * 1024;
@@ -118,6 +145,8 @@ impl SecureWriter {
             backlog: Vec::new(),
             stalled: None,
             direct: false,
+            bulk: Vec::new(),
+            bulk_used: false,
         }
     }
 
@@ -137,6 +166,7 @@ impl SecureWriter {
     /// millisecond; the rest waits in the backlog. It leaves the socket's
     /// write timeout at 1 ms (see `Shared::normal_timeout`).
     pub(super) fn flush_try(&mut self) -> io::Result<()> {
+        self.release_bulk();
         if !self.plain.is_empty() {
             self.seal_plain()?;
         }
@@ -191,6 +221,16 @@ impl SecureWriter {
         if self.out.is_empty() && self.out.capacity() > KEEP_QUIET {
             self.out = Vec::new();
         }
+        self.bulk = Vec::new();
+    }
+
+    /// The end of a write: the bulk buffer goes unless this write used it
+    /// (a connection that sent one large body keeps nothing for it while
+    /// small frames follow).
+    fn release_bulk(&mut self) {
+        if !std::mem::take(&mut self.bulk_used) {
+            self.bulk = Vec::new();
+        }
     }
 
     fn seal_plain(&mut self) -> io::Result<()> {
@@ -212,20 +252,50 @@ impl Write for SecureWriter {
                 if !self.plain.is_empty() {
                     self.seal_plain()?;
                 }
-                if !self.out.is_empty() || !self.backlog.is_empty() {
+                if !self.backlog.is_empty() {
                     self.send_out()?;
+                }
+                // What is buffered (the frame's prefix and header) and the
+                // body leave in one system call.
+                while !self.out.is_empty() {
+                    let n = self
+                        .stream
+                        .write_vectored(&[io::IoSlice::new(&self.out), io::IoSlice::new(buf)])?;
+                    if n == 0 {
+                        return Err(io::ErrorKind::WriteZero.into());
+                    }
+                    if n < self.out.len() {
+                        self.out.drain(..n);
+                        continue;
+                    }
+                    let body = n - self.out.len();
+                    self.out.clear();
+                    // None of the body may have gone (a bounded write
+                    // writes one slice at a time): never report 0.
+                    if body > 0 {
+                        return Ok(body);
+                    }
                 }
                 return self.stream.write(buf);
             }
             if self.plain.is_empty() {
-                // One record at a time, written at once: the sealed bytes
-                // stay in one record's worth of buffer, reused (and warm in
-                // the cache) for the whole body.
-                self.sealer
-                    .seal(&buf[..WRITE_CHUNK], &mut self.out)
+                // Whole records sealed from the caller's bytes into the
+                // kept bulk buffer, a few at a time, and written at once.
+                let take = (buf.len() / WRITE_CHUNK).min(BULK_RECORDS) * WRITE_CHUNK;
+                let need = crate::noise::sealed_len(take);
+                self.bulk_used = true;
+                if self.bulk.len() < need {
+                    self.bulk.resize(need, 0);
+                }
+                let n = self
+                    .sealer
+                    .seal_into(&buf[..take], &mut self.bulk)
                     .map_err(|e| io::Error::other(e.to_string()))?;
-                self.send_out()?;
-                return Ok(WRITE_CHUNK);
+                if !self.out.is_empty() || !self.backlog.is_empty() {
+                    self.send_out()?;
+                }
+                self.stream.write_all(&self.bulk[..n])?;
+                return Ok(take);
             }
         }
         let room = WRITE_CHUNK - self.plain.len();
@@ -257,6 +327,7 @@ impl Write for SecureWriter {
         if self.out.capacity() > KEEP_MAX {
             self.out = Vec::new();
         }
+        self.release_bulk();
         Ok(())
     }
 }

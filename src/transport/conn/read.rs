@@ -395,7 +395,9 @@ impl Conn {
                 // Poll first only if this end has written since its last
                 // read: an answer or a request is likely to come back.
                 let sent = self.sent.load(Ordering::Relaxed);
-                let expect = std::mem::replace(&mut st.sent_seen, sent) != sent;
+                // The rest of a large frame under way is expected too.
+                let expect = std::mem::replace(&mut st.sent_seen, sent) != sent
+                    || st.inbound.large_frame_under_way();
                 let read = st.read(expect);
                 match read {
                     Ok(0) => {

@@ -801,8 +801,12 @@ fn p2prs_stream(sink: &Sink, mode: Mode, n: usize, body: usize) -> Res<f64> {
     Ok(secs)
 }
 
-/// Plain TCP: `n` length-prefixed frames of `len` bytes, read into one buffer.
-fn tcp_stream(n: usize, len: usize) -> Res<f64> {
+/// Plain TCP: `n` length-prefixed frames of `len` bytes, read into one
+/// buffer; `distinct`: each frame from its own buffer, filled before the
+/// clock starts, as the p2prs row sends each body from its own (so both
+/// read the same amount of memory; one buffer sent again and again stays
+/// in the cache).
+fn tcp_stream(n: usize, len: usize, distinct: bool) -> Res<f64> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let reader = thread::Builder::new().name("bench-tcp-sink".into()).spawn(
@@ -823,9 +827,14 @@ fn tcp_stream(n: usize, len: usize) -> Res<f64> {
     s.set_nodelay(true)?;
     let mut frame = (len as u32).to_be_bytes().to_vec();
     frame.resize(4 + len, 1);
+    let frames: Vec<Vec<u8>> = if distinct {
+        (0..n).map(|_| frame.clone()).collect()
+    } else {
+        vec![frame]
+    };
     let t = Instant::now();
-    for _ in 0..n {
-        s.write_all(&frame)?;
+    for f in frames.iter().cycle().take(n) {
+        s.write_all(f)?;
     }
     s.read_exact(&mut [0u8; 1])?;
     let secs = t.elapsed().as_secs_f64();
@@ -835,8 +844,9 @@ fn tcp_stream(n: usize, len: usize) -> Res<f64> {
 
 /// Bare TCP + Noise (`snow`, XX handshake, then 64 KiB records): `n`
 /// messages of `len` bytes, each sealed as its own records and written with
-/// one `write`, decrypted by the reader into one buffer.
-fn noise_stream(cipher: Cipher, n: usize, len: usize) -> Res<f64> {
+/// one `write`, decrypted by the reader into one buffer; `distinct` as for
+/// [`tcp_stream`].
+fn noise_stream(cipher: Cipher, n: usize, len: usize, distinct: bool) -> Res<f64> {
     const REC: usize = 65_535;
     const TAG: usize = 16;
     let name = match cipher {
@@ -891,10 +901,12 @@ fn noise_stream(cipher: Cipher, n: usize, len: usize) -> Res<f64> {
     let l = hs.write_message(&[], &mut out)?;
     write_rec(&mut s, &out[..l])?;
     let mut tr = hs.into_transport_mode()?;
-    let payload = vec![1u8; len];
+    let payloads: Vec<Vec<u8>> = (0..if distinct { n } else { 1 })
+        .map(|_| vec![1u8; len])
+        .collect();
     let mut wire = Vec::with_capacity(len + len / (REC - TAG) * 18 + 18);
     let t = Instant::now();
-    for _ in 0..n {
+    for payload in payloads.iter().cycle().take(n) {
         wire.clear();
         for chunk in payload.chunks(REC - 2 - TAG) {
             let start = wire.len();
@@ -963,12 +975,12 @@ fn bulk(s: &Sizes) -> Res<()> {
         .collect::<Res<_>>()?;
     let mut rows: Vec<StreamRow> = vec![(
         "plain TCP, length-prefixed 1 MiB frames".into(),
-        Box::new(move || tcp_stream(n, len)),
+        Box::new(move || tcp_stream(n, len, true)),
     )];
     for c in [Cipher::AesGcm, Cipher::ChaChaPoly] {
         rows.push((
             format!("bare TCP + Noise, {}", Mode::Secure(c).name()),
-            Box::new(move || noise_stream(c, n, len)),
+            Box::new(move || noise_stream(c, n, len, true)),
         ));
     }
     for (m, sk) in &sinks {
@@ -1013,12 +1025,12 @@ fn small(s: &Sizes) -> Res<()> {
     }
     let mut rows: Vec<StreamRow> = vec![(
         format!("plain TCP, length-prefixed {len} B frames"),
-        Box::new(move || tcp_stream(n, len)),
+        Box::new(move || tcp_stream(n, len, false)),
     )];
     for c in [Cipher::AesGcm, Cipher::ChaChaPoly] {
         rows.push((
             format!("bare TCP + Noise, {}", Mode::Secure(c).name()),
-            Box::new(move || noise_stream(c, n, len)),
+            Box::new(move || noise_stream(c, n, len, false)),
         ));
     }
     for (m, inline, sk) in &sinks {

@@ -198,29 +198,57 @@ impl Frame {
 /// Write one frame to `w`, refusing it if it would exceed `max` bytes.
 /// The body is written straight from the caller's slice, without a copy.
 pub fn write_frame(w: &mut impl Write, frame: &Frame, max: usize) -> io::Result<()> {
-    let header = encode_header(frame)?;
-    let body: &[u8] = frame.body.as_deref().unwrap_or(&[]);
-    let size = header.len() as u64 + body.len() as u64;
-    if size > max as u64 || body.len() > u32::MAX as usize {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            WireError::FrameTooLarge {
-                size,
-                max: max as u64,
-            },
-        ));
-    }
-    let mut prefix = [0u8; FRAME_PREFIX];
-    prefix[..4].copy_from_slice(&(header.len() as u32).to_be_bytes());
-    prefix[4..].copy_from_slice(&(body.len() as u32).to_be_bytes());
-    w.write_all(&prefix)?;
-    w.write_all(&header)?;
-    w.write_all(body)
+    Encoded::new(frame)?.write(w, max)
 }
 
 /// The encoded size of a frame: what [`write_frame`] compares with the maximum.
 pub fn encoded_size(frame: &Frame) -> io::Result<u64> {
-    Ok(encode_header(frame)?.len() as u64 + frame.body.as_ref().map_or(0, |b| b.len() as u64))
+    Ok(Encoded::new(frame)?.size())
+}
+
+/// A frame with its header encoded, once: its size can decide how it is
+/// written, before [`Encoded::write`] writes it (with no second encoding).
+#[derive(Debug)]
+pub struct Encoded<'a> {
+    header: Vec<u8>,
+    body: &'a [u8],
+}
+
+impl<'a> Encoded<'a> {
+    /// Encode `frame`'s header.
+    pub fn new(frame: &'a Frame) -> io::Result<Self> {
+        Ok(Encoded {
+            header: encode_header(frame)?,
+            body: frame.body.as_deref().unwrap_or(&[]),
+        })
+    }
+
+    /// The encoded size: header and body, without the prefix (what
+    /// [`Encoded::write`] compares with the maximum).
+    pub fn size(&self) -> u64 {
+        self.header.len() as u64 + self.body.len() as u64
+    }
+
+    /// Write the frame (prefix, header, body); an `InvalidInput` error,
+    /// with nothing written, when it is larger than `max`.
+    pub fn write(&self, w: &mut impl Write, max: usize) -> io::Result<()> {
+        let size = self.size();
+        if size > max as u64 || self.body.len() > u32::MAX as usize {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                WireError::FrameTooLarge {
+                    size,
+                    max: max as u64,
+                },
+            ));
+        }
+        let mut prefix = [0u8; FRAME_PREFIX];
+        prefix[..4].copy_from_slice(&(self.header.len() as u32).to_be_bytes());
+        prefix[4..].copy_from_slice(&(self.body.len() as u32).to_be_bytes());
+        w.write_all(&prefix)?;
+        w.write_all(&self.header)?;
+        w.write_all(self.body)
+    }
 }
 
 /// The header as written: borrows from the frame, copies nothing.

@@ -994,7 +994,7 @@ impl Conn {
     /// `bound`, or grown past [`BACKLOG_MAX`], means the peer does not read.
     fn write_try(
         w: &mut SecureWriter,
-        frame: &Frame,
+        frame: &wire::Encoded<'_>,
         max: usize,
         bound: Duration,
     ) -> io::Result<()> {
@@ -1002,7 +1002,7 @@ impl Conn {
         if w.stalled.is_some_and(|t| t.elapsed() >= bound) {
             return Err(stuck());
         }
-        wire::write_frame(&mut *w, frame, max)?;
+        frame.write(&mut *w, max)?;
         w.flush_try()?;
         if w.backlog.len() > BACKLOG_MAX {
             return Err(stuck());
@@ -1014,7 +1014,7 @@ impl Conn {
     /// connection's frames: buffered, sent by [`Conn::uncork`].
     fn write_corked(
         w: &mut SecureWriter,
-        frame: &Frame,
+        frame: &wire::Encoded<'_>,
         max: usize,
         bound: Duration,
     ) -> io::Result<()> {
@@ -1024,7 +1024,7 @@ impl Conn {
                 "the peer does not read",
             ));
         }
-        wire::write_frame(&mut *w, frame, max)
+        frame.write(&mut *w, max)
     }
 
     /// Send the frames buffered by bounded writes while this thread
@@ -1334,6 +1334,10 @@ impl Conn {
         self.note_user(frame);
         let result = match &self.link {
             Link::Tcp { writer, .. } => {
+                // Encoded once, before the writer is taken.
+                let enc = wire::Encoded::new(frame).map_err(|e| {
+                    Error::io(format!("encoding a frame for {}", self.peer_addr()), e)
+                })?;
                 let mut g = match bound {
                     None => writer.lock(),
                     Some(b) => match self.lock_writer_within(writer, b) {
@@ -1366,27 +1370,24 @@ impl Conn {
                     None => {
                         w.stream.normal_timeout();
                         w.direct = true;
-                        let r = wire::write_frame(&mut *w, frame, self.max_frame)
-                            .and_then(|_| w.flush());
+                        let r = enc.write(&mut *w, self.max_frame).and_then(|_| w.flush());
                         w.direct = false;
                         r
                     }
-                    Some(b) if wire::encoded_size(frame).unwrap_or(u64::MAX) <= TRY_MAX => {
+                    Some(b) if enc.size() <= TRY_MAX => {
                         if CORK.get() == self.id {
-                            Self::write_corked(w, frame, self.max_frame, b)
+                            Self::write_corked(w, &enc, self.max_frame, b)
                                 .map(|_| self.corked.store(true, Ordering::Release))
                         } else {
-                            Self::write_try(w, frame, self.max_frame, b)
+                            Self::write_try(w, &enc, self.max_frame, b)
                         }
                     }
                     Some(b) => {
                         // The slow-peer bound, plus the frame's size at 1 MiB/s.
-                        let size = wire::encoded_size(frame).unwrap_or(0);
-                        let allowed = b + Duration::from_micros(size);
+                        let allowed = b + Duration::from_micros(enc.size());
                         w.stream.2 = Some(Instant::now() + allowed);
                         w.direct = true;
-                        let r = wire::write_frame(&mut *w, frame, self.max_frame)
-                            .and_then(|_| w.flush());
+                        let r = enc.write(&mut *w, self.max_frame).and_then(|_| w.flush());
                         w.direct = false;
                         w.stream.2 = None;
                         r

@@ -378,9 +378,10 @@ impl Transport {
                 return None;
             }
         };
-        // A connection closed to make room for an earlier one is not
-        // counted while its thread finishes.
-        let open = self.open_count() + self.admission.handshaking() - 1;
+        // Closed connections whose threads are finishing count too: they
+        // still hold a thread and a descriptor (a hard cap, even if it
+        // closes one more quiet connection than needed now and then).
+        let open = self.conns.lock().len() + self.admission.handshaking() - 1;
         if open >= cfg.max_connections {
             let quietest = self
                 .conns
@@ -432,15 +433,22 @@ impl Transport {
         }
         let greeted = self.handshake(&mut stream, false);
         self.greeting.lock().remove(&key);
-        admitted.greeted();
         let greeted = match greeted {
             Ok(x) => x,
             Err(e) => {
+                admitted.greeted();
                 log::warn!("{e}; closing the connection from {from}");
                 return;
             }
         };
-        self.run(stream, greeted, false);
+        // Counted as handshaking until it is registered, so that no
+        // admission in between misses it (and admits one too many).
+        let stream = Arc::new(stream);
+        let conn = self.register(&stream, &greeted, false);
+        admitted.greeted();
+        if let Some(conn) = conn {
+            self.read(conn, stream, greeted);
+        }
         drop(admitted);
     }
 
@@ -459,15 +467,6 @@ impl Transport {
     /// This node's public key.
     pub(crate) fn public_key(&self) -> PublicKey {
         self.secure.identity().public_key()
-    }
-
-    /// Register a handshaken connection and run its read loop on this thread.
-    fn run(&self, stream: TcpStream, greeted: Greeted, outbound: bool) {
-        let stream = Arc::new(stream);
-        let Some(conn) = self.register(&stream, &greeted, outbound) else {
-            return;
-        };
-        self.read(conn, stream, greeted);
     }
 
     fn register(

@@ -476,3 +476,48 @@ fn joins_link_in_without_a_stabilizer_round() {
     let all: Vec<&Node> = nodes.iter().collect();
     assert!(all_reach_all(&all));
 }
+
+/// A program that calls `join_network` as soon as it sees `Left` during a
+/// rejoin does not make the node join twice: the rejoin holds the node's
+/// membership until it has joined, and the program's join then finds the
+/// node in the network (or, if it came first, the rejoin is dropped).
+#[test]
+fn a_join_on_left_during_a_rejoin_leaves_the_node_one_id() {
+    let mut rng = Rng::new(7);
+    let nodes = spawn_ring(5, &mut rng);
+    let all: Vec<&Node> = nodes.iter().collect();
+    let x = &nodes[2];
+    let boot = nodes[0].local_addr();
+    for round in 0..5 {
+        assert!(wait_until(PATIENCE, || sizes_are(&all, 5)));
+        let events = x.events();
+        let user = std::thread::scope(|s| {
+            let h = s.spawn(|| loop {
+                match events.recv_timeout(PATIENCE) {
+                    Ok(Event::Left) => return x.join_network(&[boot]),
+                    Ok(_) => {}
+                    Err(e) => panic!("no Left: {e}"),
+                }
+            });
+            p2prs::testing::yield_id(x).unwrap();
+            h.join().unwrap()
+        });
+        let now = x.id();
+        let later: Vec<Event> = events.try_iter().collect();
+        let joins = later
+            .iter()
+            .filter(|e| matches!(e, Event::Joined { .. }))
+            .count();
+        assert_eq!(
+            joins, 1,
+            "round {round}: the node joined {joins} times (the program's join {user:?}, ID now \
+             {now:?}): {later:?}"
+        );
+        match user {
+            Ok(id) => assert_eq!(Some(id), now, "round {round}"),
+            Err(Error::InvalidArgument(_)) => assert!(now.is_some(), "round {round}"),
+            Err(e) => panic!("round {round}: the program's join failed: {e}"),
+        }
+    }
+    assert!(wait_until(PATIENCE, || sizes_are(&all, 5)));
+}

@@ -458,6 +458,14 @@ pub(crate) struct Chord {
     preferred: Option<NodeId>,
     /// Left on purpose: no ring is created implicitly any more.
     left: AtomicBool,
+    /// Held by `join`, `leave` and a rejoin for their whole run, so that a
+    /// program's join or leave and the node's own rejoin (see [`rejoin`])
+    /// never interleave.
+    membership: Mutex<()>,
+    /// When this node last gave its ID up to a node on the same ID (or
+    /// declined to, holding an ID it asked for): at most one such step in
+    /// [`REJOIN_SPACING`].
+    displaced_at: Mutex<Option<Instant>>,
     changed: Condvar,
     changed_lock: Mutex<()>,
     /// The stabilizer's jobs: a list that allocates as jobs come (a
@@ -514,6 +522,8 @@ impl Chord {
             ring: RwLock::new(None),
             preferred,
             left: AtomicBool::new(false),
+            membership: Mutex::new(()),
+            displaced_at: Mutex::new(None),
             changed: Condvar::new(),
             changed_lock: Mutex::new(()),
             jobs_tx: Mutex::new(jobs_tx),
@@ -972,6 +982,13 @@ fn owner_ep(p: &Peer) -> Ep {
 }
 
 pub(crate) fn join(n: &NodeInner, addrs: &[SocketAddr]) -> Result<NodeId> {
+    let _one = n.chord.membership.lock();
+    join_locked(n, addrs, true)
+}
+
+/// [`join`], with the membership lock held; `wait`: wait (bounded) until
+/// the ring links this node in from behind before returning.
+fn join_locked(n: &NodeInner, addrs: &[SocketAddr], wait: bool) -> Result<NodeId> {
     let _purpose = crate::transport::purpose(crate::transport::Purpose::Join);
     check_running(n)?;
     if let Some(id) = my_id(n) {
@@ -985,7 +1002,7 @@ pub(crate) fn join(n: &NodeInner, addrs: &[SocketAddr]) -> Result<NodeId> {
             why.push(format!("{addr}: that is this node's own address"));
             continue;
         }
-        match join_via(n, addr) {
+        match join_via(n, addr, wait) {
             Ok(id) => return Ok(id),
             Err(e @ Error::IdTaken(_)) | Err(e @ Error::Shutdown) => return Err(e),
             // With one address, a failed handshake (a network key that
@@ -997,7 +1014,7 @@ pub(crate) fn join(n: &NodeInner, addrs: &[SocketAddr]) -> Result<NodeId> {
     Err(Error::JoinFailed(why.join("; ")))
 }
 
-fn join_via(n: &NodeInner, addr: SocketAddr) -> Result<NodeId> {
+fn join_via(n: &NodeInner, addr: SocketAddr, wait: bool) -> Result<NodeId> {
     let cfg = &n.transport.cfg;
     let target = alloc::claim_target(n.chord.preferred);
     let mut last = Error::JoinFailed("no attempt".into());
@@ -1050,6 +1067,8 @@ fn join_via(n: &NodeInner, addr: SocketAddr) -> Result<NodeId> {
             Err(e) => return Err(e),
         };
         let id = granted.id;
+        // Not after shutdown has begun: the ring would outlive the stop.
+        check_running(n)?;
         *n.chord.grant.lock() = granted.grant.clone();
         let mut routing = RoutingState::new(me_peer(n, id), cfg.successor_list_len);
         routing.adopt_successors(granted.owner.clone(), granted.successors);
@@ -1087,7 +1106,9 @@ fn join_via(n: &NodeInner, addr: SocketAddr) -> Result<NodeId> {
         }
         // Only an owner that could not name this node's predecessor (it
         // has lost its own) leaves it to the predecessor's next round.
-        wait_for_predecessor(n, cfg.stabilize_interval * 4);
+        if wait {
+            wait_for_predecessor(n, cfg.stabilize_interval * 4);
+        }
         log::info!("joined the network through {addr}; this node's ID is {id}");
         return Ok(id);
     }
@@ -1112,6 +1133,7 @@ fn wait_for_predecessor(n: &NodeInner, limit: Duration) {
 }
 
 pub(crate) fn leave(n: &NodeInner) -> Result<()> {
+    let _one = n.chord.membership.lock();
     check_running(n)?;
     let Some(r) = n.chord.ring.write().take() else {
         return Err(Error::NotJoined);
@@ -1142,15 +1164,41 @@ pub(crate) fn leave(n: &NodeInner) -> Result<()> {
     Ok(())
 }
 
+/// At most one rejoin (or one warning that the node keeps an ID it asked
+/// for) in this time: a successor that keeps naming another node on this
+/// node's ID (a hostile one, say) cannot move it from ID to ID.
+const REJOIN_SPACING: Duration = Duration::from_secs(30);
+
 /// Give this node's ID up to `other`, which holds it too and which the
 /// ring reaches (its successor `via` names `other` as its predecessor), and
 /// join again under a new ID. No `LEAVING` is sent: it would name the ID,
 /// which `other` keeps; the neighbours find this node gone (it answers
-/// `NotJoined`) as they would a dead one. The node emits `Left`, then
-/// `Joined` with its new ID; if the join fails (or the node asked for this
-/// very ID), it stays out and says so, and `join_network` may be called
-/// again.
+/// with another ID, or `NotJoined`) as they would a dead one. The node
+/// emits `Left`, then `Joined` with its new ID; if the join fails, it
+/// stays out and says so, and `join_network` may be called again. A node
+/// that asked for its ID (`NodeBuilder::id`) keeps it and warns instead.
+/// A program's `join_network` or `leave` under way wins: the rejoin is
+/// dropped (the next stabilize finds the other node again if it matters).
 fn rejoin(n: &NodeInner, via: RPeer, other: RPeer) {
+    let Some(_one) = n.chord.membership.try_lock() else {
+        return;
+    };
+    {
+        let mut last = n.chord.displaced_at.lock();
+        if last.is_some_and(|t| t.elapsed() < REJOIN_SPACING) {
+            return;
+        }
+        *last = Some(Instant::now());
+    }
+    if n.chord.preferred == Some(other.id) {
+        log::warn!(
+            "node ID {} is held by another node too ({}), which the ring reaches; this node \
+             asked for that ID and keeps it: it is out of reach until the other leaves",
+            other.id,
+            other.addr
+        );
+        return;
+    }
     let boot: Vec<SocketAddr> = {
         let mut g = n.chord.ring.write();
         let Some(r) = g.as_ref() else { return };
@@ -1158,12 +1206,14 @@ fn rejoin(n: &NodeInner, via: RPeer, other: RPeer) {
             return;
         }
         let me = r.routing.me().id;
-        let mut boot = vec![via.addr.at];
+        // The successor that named the other goes last.
+        let mut boot = Vec::new();
         for p in r.routing.successors() {
-            if p.id != me && !boot.contains(&p.addr.at) {
+            if p.id != me && p.addr.at != via.addr.at && !boot.contains(&p.addr.at) {
                 boot.push(p.addr.at);
             }
         }
+        boot.push(via.addr.at);
         n.chord.left.store(true, Ordering::Release);
         *g = None;
         boot
@@ -1178,7 +1228,9 @@ fn rejoin(n: &NodeInner, via: RPeer, other: RPeer) {
         other.addr
     );
     n.emit(super::Event::Left);
-    match join(n, &boot) {
+    // No wait for the predecessor's link: this runs on the stabilizer
+    // thread, whose jobs the join may have queued.
+    match join_locked(n, &boot, false) {
         Ok(id) => log::warn!("joined again under node ID {id} (was {})", other.id),
         Err(e) => log::warn!(
             "joining again after giving node ID {} up: {e}; this node is out of the network \
@@ -1199,6 +1251,8 @@ pub(crate) fn yield_id(n: &NodeInner) -> Result<()> {
         let r = g.as_ref().ok_or(Error::NotJoined)?;
         (r.routing.successor().clone(), r.routing.me().clone())
     };
+    // Each call is a fresh case: not held back by the last one.
+    *n.chord.displaced_at.lock() = None;
     rejoin(n, via, me);
     Ok(())
 }

@@ -36,6 +36,17 @@ fn spawn_ring(n: usize, rng: &mut Rng) -> Vec<Node> {
     nodes
 }
 
+/// [`spawn_ring`], once every node reports the ring's size.
+fn settled_ring(n: usize, rng: &mut Rng) -> Vec<Node> {
+    let nodes = spawn_ring(n, rng);
+    let all: Vec<&Node> = nodes.iter().collect();
+    assert!(
+        wait_until(PATIENCE, || sizes_are(&all, n)),
+        "a new ring of {n} agrees on its size"
+    );
+    nodes
+}
+
 fn sizes_are(nodes: &[&Node], n: usize) -> bool {
     nodes.iter().all(|x| x.network_size() == n)
 }
@@ -120,9 +131,8 @@ fn ring_of_32_routes_by_id() {
 #[test]
 fn ring_heals_after_losing_a_quarter() {
     let mut rng = Rng::new(7);
-    let nodes = spawn_ring(32, &mut rng);
+    let nodes = settled_ring(32, &mut rng);
     let all: Vec<&Node> = nodes.iter().collect();
-    assert!(wait_until(PATIENCE, || sizes_are(&all, 32)));
     assert!(wait_until(PATIENCE, || all_reach_all(&all)));
 
     // Kill 8 at random (node 0 among the candidates), abruptly: no leave.
@@ -163,9 +173,7 @@ fn ring_heals_after_losing_a_quarter() {
 #[test]
 fn graceful_leave_links_neighbours_and_frees_the_id() {
     let mut rng = Rng::new(3);
-    let nodes = spawn_ring(8, &mut rng);
-    let all: Vec<&Node> = nodes.iter().collect();
-    assert!(wait_until(PATIENCE, || sizes_are(&all, 8)));
+    let nodes = settled_ring(8, &mut rng);
     let events = nodes[0].events();
     let middle = &nodes[4];
     let gone = middle.id().unwrap();
@@ -241,9 +249,8 @@ fn graceful_leave_links_neighbours_and_frees_the_id() {
 #[test]
 fn a_node_that_yields_its_id_joins_again_under_a_new_one() {
     let mut rng = Rng::new(5);
-    let nodes = spawn_ring(5, &mut rng);
+    let nodes = settled_ring(5, &mut rng);
     let all: Vec<&Node> = nodes.iter().collect();
-    assert!(wait_until(PATIENCE, || sizes_are(&all, 5)));
     let x = &nodes[2];
     let old = x.id().unwrap();
     let events = x.events();
@@ -333,9 +340,8 @@ fn explicit_ids_and_refusals() {
 #[test]
 fn broadcast_reaches_every_node_once() {
     let mut rng = Rng::new(5);
-    let nodes = spawn_ring(16, &mut rng);
+    let nodes = settled_ring(16, &mut rng);
     let all: Vec<&Node> = nodes.iter().collect();
-    assert!(wait_until(PATIENCE, || sizes_are(&all, 16)));
     assert!(wait_until(PATIENCE, || all_reach_all(&all)));
     // Let the finger tables fill: every node's peer book holds its fingers.
     let counts: HashMap<usize, Arc<AtomicUsize>> = nodes

@@ -176,10 +176,8 @@ fn do_job(n: &NodeInner, job: Job) {
             body,
             sig,
         } => vet_root(n, limit, origin, data, body, sig),
-        Job::Rejoin { via, other } => {
-            let _purpose = crate::transport::purpose(crate::transport::Purpose::Join);
-            rejoin(n, via, other)
-        }
+        // Its join counts its dials as `join`.
+        Job::Rejoin { via, other } => rejoin(n, via, other),
         // Spaced out by `run`.
         Job::StabilizeNow | Job::Recount | Job::CensusAt(_) | Job::StepNow => {}
         Job::Poke(p) => {
@@ -213,9 +211,8 @@ fn check_predecessor(n: &NodeInner, candidate: RPeer) {
     let Some(pred) = pred.filter(|p| p.id != candidate.id) else {
         return;
     };
-    // Its neighbours, not a ping: a node there that holds another ID now
-    // is as gone.
-    let Err(e) = neighbours_of(n, pred.addr).and_then(|r| holding(r, &pred)) else {
+    // Not a ping: a node there that holds another ID now is as gone.
+    let Err(e) = neighbours_held(n, &pred) else {
         return;
     };
     failed(n, &pred, &e);
@@ -488,9 +485,7 @@ fn execute(n: &NodeInner, action: Action<Ep>) {
             let mut s = first;
             let mut dead: Vec<NodeId> = Vec::new();
             for step in 1..=STABILIZE_STEPS {
-                // A node at that address that no longer holds the ID (it
-                // gave it up, or another node took the address) is as gone.
-                let reply = match neighbours_of(n, s.addr).and_then(|r| holding(r, &s)) {
+                let reply = match neighbours_held(n, &s) {
                     Ok(reply) => reply,
                     Err(e) => {
                         failed(n, &s, &e);
@@ -559,7 +554,7 @@ fn execute(n: &NodeInner, action: Action<Ep>) {
         Action::CheckPredecessor(p) => {
             // Its successor list too: a predecessor that skipped this node
             // (see `on_predecessor_reply`) is caught here.
-            let reply = match neighbours_of(n, p.addr).and_then(|r| holding(r, &p)) {
+            let reply = match neighbours_held(n, &p) {
                 Ok(reply) => reply,
                 Err(e) => return failed(n, &p, &e),
             };
@@ -605,8 +600,11 @@ fn ids(peers: &[RPeer]) -> Vec<NodeId> {
     peers.iter().map(|p| p.id).collect()
 }
 
-/// `reply`, if it comes from the node `p` names (its ID at its address).
-fn holding(reply: NeighboursReply, p: &RPeer) -> Result<NeighboursReply> {
+/// The neighbours of `p`, asked at its address, if the node there still
+/// holds `p`'s ID: one that holds another ID now (it gave this one up, or
+/// another node took the address) is as gone.
+fn neighbours_held(n: &NodeInner, p: &RPeer) -> Result<NeighboursReply> {
+    let reply = neighbours_of(n, p.addr)?;
     if reply.me.id == p.id {
         Ok(reply)
     } else {

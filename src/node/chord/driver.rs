@@ -180,18 +180,17 @@ fn do_job(n: &NodeInner, job: Job) {
         Job::Rejoin { via, other } => rejoin(n, via, other),
         // Spaced out by `run`.
         Job::StabilizeNow | Job::Recount | Job::CensusAt(_) | Job::StepNow => {}
-        Job::Poke(p) => {
-            let _purpose = crate::transport::purpose(crate::transport::Purpose::Poke);
-            if let Err(e) = rpc_peer(n, &p, STABILIZE_NOW, json!({})) {
-                log::debug!("asking {} to stabilize: {e}", p.addr);
-            }
-        }
-        Job::Link(p) => {
-            let _purpose = crate::transport::purpose(crate::transport::Purpose::Poke);
-            if let Err(e) = rpc_peer(n, &p, STABILIZE_NOW, json!({ "joined": true })) {
-                log::debug!("asking {} to stabilize: {e}", p.addr);
-            }
-        }
+        Job::Poke(p) => ask_to_stabilize(n, &p, json!({})),
+        Job::Link(p) => ask_to_stabilize(n, &p, json!({ "joined": true })),
+    }
+}
+
+/// Send `p` a `STABILIZE_NOW` with `data` (a failure is only logged: its
+/// next round does the same).
+fn ask_to_stabilize(n: &NodeInner, p: &RPeer, data: Value) {
+    let _purpose = crate::transport::purpose(crate::transport::Purpose::Poke);
+    if let Err(e) = rpc_peer(n, p, STABILIZE_NOW, data) {
+        log::debug!("asking {} to stabilize: {e}", p.addr);
     }
 }
 

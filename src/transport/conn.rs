@@ -248,57 +248,78 @@ impl ReadState {
     /// quiet connection, blocks at once.
     fn read(&mut self, expect: bool) -> io::Result<usize> {
         let stream = Arc::clone(&self.stream);
-        let polled = expect && self.poll_briefly();
+        if expect {
+            if let Some(r) = self.poll_briefly(&stream) {
+                return r;
+            }
+        }
         let began = Instant::now();
-        let r = self.read_now(&stream);
-        if !polled && matches!(r, Ok(n) if n > 0) && began.elapsed() < BUSY_GAP {
+        let r = self.read_now(&stream, true);
+        if matches!(r, Ok(n) if n > 0) && began.elapsed() < BUSY_GAP {
             // Bytes came (or were there) soon: next time, look before blocking.
             self.poll.0 = (self.poll.0 + 1).min(POLL_SCORE_MAX);
         }
         r
     }
 
-    fn read_now(&mut self, stream: &TcpStream) -> io::Result<usize> {
-        if let Some(r) = self.inbound.read_direct(stream) {
+    /// Read the socket once: a blocking read (`wait`, bounded by the
+    /// socket's read timeout), or one that returns `WouldBlock` at once
+    /// when no byte is there.
+    fn read_now(&mut self, stream: &TcpStream, wait: bool) -> io::Result<usize> {
+        let read = |buf: &mut [u8]| {
+            if wait {
+                (&*stream).read(buf)
+            } else {
+                read_if_ready(stream, buf)
+            }
+        };
+        if let Some(r) = self.inbound.read_direct(read) {
             let (n, pushed) = r?;
             if n > 0 {
                 self.direct = Some(pushed);
             }
             return Ok(n);
         }
-        (&*stream).read(&mut self.buf)
+        read(&mut self.buf)
     }
 
-    /// While bytes have been coming quickly, look at the socket for up to
-    /// [`POLL_WINDOW`], yielding the CPU in between, before the read
-    /// blocks: true if bytes (or the end) came meanwhile.
-    fn poll_briefly(&mut self) -> bool {
-        if self.poll.0 == 0 {
-            return false;
+    /// While bytes have been coming quickly, try reads that do not wait
+    /// for up to [`POLL_WINDOW`], yielding the CPU in between: the read's
+    /// result if bytes (or the end, or an error) came meanwhile, `None`
+    /// when the caller should block.
+    ///
+    /// A read that finds nothing costs a system call, as a look would; one
+    /// that finds bytes takes them in the same call (a look needed a second
+    /// call to read them).
+    fn poll_briefly(&mut self, stream: &TcpStream) -> Option<io::Result<usize>> {
+        if self.poll.0 == 0 || !CAN_READ_IF_READY {
+            return None;
         }
         let began = Instant::now();
         loop {
-            // A look takes the socket's lock, which a write holds for as
+            // A read takes the socket's lock, which a write holds for as
             // long as the kernel takes to deliver its bytes (on loopback,
-            // to the peer's socket and its reader): a look then would sleep
+            // to the peer's socket and its reader): a read then would sleep
             // on the lock and be woken by the writer, across vCPUs maybe.
             // Wait for the write to end instead.
-            let look = if self.writing.load(Ordering::Acquire) != 0 {
-                Some(false)
-            } else {
-                readable_now(&self.stream)
-            };
-            match look {
-                Some(true) => {
-                    self.poll.0 = (self.poll.0 + 1).min(POLL_SCORE_MAX);
-                    return true;
-                }
-                Some(false) if began.elapsed() < POLL_WINDOW => std::thread::yield_now(),
-                _ => {
-                    self.poll.0 /= 2;
-                    return false;
+            if self.writing.load(Ordering::Acquire) == 0 {
+                match self.read_now(stream, false) {
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                        ) => {}
+                    r => {
+                        self.poll.0 = (self.poll.0 + 1).min(POLL_SCORE_MAX);
+                        return Some(r);
+                    }
                 }
             }
+            if began.elapsed() >= POLL_WINDOW {
+                self.poll.0 /= 2;
+                return None;
+            }
+            std::thread::yield_now();
         }
     }
 
@@ -311,27 +332,23 @@ impl ReadState {
     }
 }
 
-/// Whether a read of `stream` would return at once (bytes, the end or an
-/// error): a peek of one byte that does not wait. `None` where it cannot
-/// be told without blocking.
+/// Whether [`read_if_ready`] can read without waiting on this system.
+const CAN_READ_IF_READY: bool = cfg!(target_os = "linux");
+
+/// Read `stream` if bytes (or the end) are there, else fail at once with
+/// `WouldBlock`: a `recv` with `MSG_DONTWAIT`, which leaves the socket's
+/// other readers blocking as they were (setting the socket non-blocking
+/// would not).
 #[cfg(target_os = "linux")]
-fn readable_now(stream: &TcpStream) -> Option<bool> {
-    // Linux's values (socket2 passes the flags through as they are).
-    const MSG_PEEK: i32 = 0x2;
-    const MSG_DONTWAIT: i32 = 0x40;
-    // Peeked into and never read: the bytes stay in the socket.
-    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-    match socket2::SockRef::from(stream).recv_with_flags(&mut probe, MSG_PEEK | MSG_DONTWAIT) {
-        Ok(_) => Some(true),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Some(false),
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => Some(false),
-        Err(_) => Some(true),
-    }
+fn read_if_ready(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    rustix::net::recv(stream, buf, rustix::net::RecvFlags::DONTWAIT)
+        .map(|(n, _)| n)
+        .map_err(io::Error::from)
 }
 
 #[cfg(not(target_os = "linux"))]
-fn readable_now(_stream: &TcpStream) -> Option<bool> {
-    None
+fn read_if_ready(_stream: &TcpStream, _buf: &mut [u8]) -> io::Result<usize> {
+    Err(io::ErrorKind::WouldBlock.into())
 }
 
 /// Who may read a TCP connection's socket (see [`Conn::request`]).
@@ -507,16 +524,16 @@ impl Inbound {
         self.decoder.held() + self.opener.pending()
     }
 
-    /// Read from `stream` straight into the opener's record buffer, when
+    /// Read (with `read`) straight into the opener's record buffer, when
     /// that saves a copy (a large record under way, or bulk): the bytes
     /// read, or `None` when the read should go to the connection's buffer.
     fn read_direct(
         &mut self,
-        stream: &TcpStream,
+        read: impl FnOnce(&mut [u8]) -> io::Result<usize>,
     ) -> Option<io::Result<(usize, std::result::Result<(), String>)>> {
         let room = self.opener.room()?;
         let most = room.len();
-        let n = match (&*stream).read(room) {
+        let n = match read(room) {
             Ok(n) => n,
             Err(e) => return Some(Err(e)),
         };

@@ -1975,8 +1975,14 @@ pub(crate) fn drive_handshake(
                 after: timeout,
             });
         }
-        let _ = stream.set_read_timeout(Some(left));
-        match stream.read(&mut buf) {
+        let read = match poll_handshake(stream, &mut buf, left.min(HANDSHAKE_POLL)) {
+            Some(r) => r,
+            None => {
+                let _ = stream.set_read_timeout(Some(left));
+                stream.read(&mut buf)
+            }
+        };
+        match read {
             Ok(0) => {
                 return Err(Error::ConnectionClosed { peer });
             }
@@ -2004,6 +2010,62 @@ pub(crate) fn drive_handshake(
         session,
         rest,
     })
+}
+
+/// How long a handshake tries reads that do not wait (yielding the CPU
+/// in between) before it blocks: the peer's next message comes as soon as
+/// it has done its part (at most three X25519 operations and a signature
+/// check, about 160 µs on a slow CPU), and a thread blocked in `read` on
+/// an idle vCPU is woken by an inter-processor interrupt, which costs tens
+/// of µs on a virtual machine at each of a handshake's four messages.
+const HANDSHAKE_POLL: Duration = Duration::from_micros(300);
+
+/// At most this many handshakes in the process poll at once (see
+/// [`poll_handshake`]); the others block at once. A storm of handshakes
+/// (a node joining a large ring, or a flood of connections) then costs no
+/// more CPU in looking than a couple of busy threads.
+const HANDSHAKE_POLLERS: usize = 2;
+
+static HANDSHAKES_POLLING: AtomicUsize = AtomicUsize::new(0);
+
+/// Try reads of `stream` that do not wait, for up to `window`: the read's
+/// result once bytes (or the end, or an error) came, `None` when the
+/// caller should block (the window passed, or [`HANDSHAKE_POLLERS`]
+/// handshakes poll already).
+fn poll_handshake(
+    stream: &TcpStream,
+    buf: &mut [u8],
+    window: Duration,
+) -> Option<io::Result<usize>> {
+    struct Polling;
+    impl Drop for Polling {
+        fn drop(&mut self) {
+            HANDSHAKES_POLLING.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    if !CAN_READ_IF_READY {
+        return None;
+    }
+    if HANDSHAKES_POLLING.fetch_add(1, Ordering::Relaxed) >= HANDSHAKE_POLLERS {
+        HANDSHAKES_POLLING.fetch_sub(1, Ordering::Relaxed);
+        return None;
+    }
+    let _polling = Polling;
+    let began = Instant::now();
+    loop {
+        match read_if_ready(stream, buf) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            r => return Some(r),
+        }
+        if began.elapsed() >= window {
+            return None;
+        }
+        std::thread::yield_now();
+    }
 }
 
 /// Answer `frame` (if it is a request) with `answer`.

@@ -196,6 +196,17 @@ impl Handshaker {
         }
     }
 
+    /// Bytes to send to the peer now, left in place: follow a send of
+    /// some of them with [`Handshaker::sent`].
+    pub(crate) fn output(&self) -> &[u8] {
+        &self.output
+    }
+
+    /// The first `n` bytes of [`Handshaker::output`] were sent.
+    pub(crate) fn sent(&mut self, n: usize) {
+        self.output.drain(..n.min(self.output.len()));
+    }
+
     /// Bytes to send to the peer now.
     pub(crate) fn take_output(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.output)

@@ -4,6 +4,7 @@
 //! that reads its own answer, is in `conn/read.rs`.
 
 use super::limits::{FrameClock, Memory, FREE_PER_CONN};
+use super::nowait;
 use super::writer::{micros_now, SecureWriter, Shared, Writing, BACKLOG_MAX, STUCK_WRITE, TRY_MAX};
 use super::Path;
 use crate::error::{Error, Result};
@@ -270,7 +271,7 @@ impl ReadState {
             if wait {
                 (&*stream).read(buf)
             } else {
-                read_if_ready(stream, buf)
+                nowait::read(stream, buf)
             }
         };
         if let Some(r) = self.inbound.read_direct(read) {
@@ -292,7 +293,7 @@ impl ReadState {
     /// that finds bytes takes them in the same call (a look needed a second
     /// call to read them).
     fn poll_briefly(&mut self, stream: &TcpStream) -> Option<io::Result<usize>> {
-        if self.poll.0 == 0 || !CAN_READ_IF_READY {
+        if self.poll.0 == 0 || !nowait::SUPPORTED {
             return None;
         }
         let began = Instant::now();
@@ -330,25 +331,6 @@ impl ReadState {
             self.timeout = t;
         }
     }
-}
-
-/// Whether [`read_if_ready`] can read without waiting on this system.
-const CAN_READ_IF_READY: bool = cfg!(target_os = "linux");
-
-/// Read `stream` if bytes (or the end) are there, else fail at once with
-/// `WouldBlock`: a `recv` with `MSG_DONTWAIT`, which leaves the socket's
-/// other readers blocking as they were (setting the socket non-blocking
-/// would not).
-#[cfg(target_os = "linux")]
-fn read_if_ready(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
-    rustix::net::recv(stream, buf, rustix::net::RecvFlags::DONTWAIT)
-        .map(|(n, _)| n)
-        .map_err(io::Error::from)
-}
-
-#[cfg(not(target_os = "linux"))]
-fn read_if_ready(_stream: &TcpStream, _buf: &mut [u8]) -> io::Result<usize> {
-    Err(io::ErrorKind::WouldBlock.into())
 }
 
 /// Who may read a TCP connection's socket (see [`Conn::request`]).
@@ -1919,6 +1901,20 @@ pub(crate) fn handshake(
     drive_handshake(stream, hs, timeout)
 }
 
+/// Start the handshake of an accepted `stream`: its preamble goes out at
+/// once if the socket takes it without waiting (a fresh socket does), so
+/// that the dialer can go on while the connection's thread starts.
+pub(crate) fn accepted_handshake(
+    stream: &TcpStream,
+    local: &Arc<Local>,
+    ours: &Hello,
+) -> Result<Handshaker> {
+    let mut hs = Handshaker::new(Arc::clone(local), ours, tie_break(Some(false))?);
+    let n = nowait::write(stream, hs.output());
+    hs.sent(n);
+    Ok(hs)
+}
+
 /// The random tie-break of a handshake's preamble; the larger one makes
 /// its side the Noise initiator. With `Some(true)` (this side dialled) its
 /// top bit is set, with `Some(false)` (it accepted) clear: the dialer
@@ -1937,6 +1933,14 @@ pub(crate) fn tie_break(dialer: Option<bool>) -> Result<[u8; 8]> {
     }
     Ok(nonce)
 }
+
+/// How long a handshake tries reads that do not wait (yielding the CPU
+/// in between) before it blocks: the peer's next message comes as soon as
+/// it has done its part (at most three X25519 operations and a signature
+/// check, about 160 µs on a slow CPU), and a thread blocked in `read` on
+/// an idle vCPU is woken by an inter-processor interrupt, which costs tens
+/// of µs on a virtual machine at each of a handshake's four messages.
+const HANDSHAKE_POLL: Duration = Duration::from_micros(300);
 
 /// Run the handshake `hs` over `stream` within `timeout`.
 pub(crate) fn drive_handshake(
@@ -1975,7 +1979,7 @@ pub(crate) fn drive_handshake(
                 after: timeout,
             });
         }
-        let read = match poll_handshake(stream, &mut buf, left.min(HANDSHAKE_POLL)) {
+        let read = match nowait::read_within(stream, &mut buf, left.min(HANDSHAKE_POLL)) {
             Some(r) => r,
             None => {
                 let _ = stream.set_read_timeout(Some(left));
@@ -2010,62 +2014,6 @@ pub(crate) fn drive_handshake(
         session,
         rest,
     })
-}
-
-/// How long a handshake tries reads that do not wait (yielding the CPU
-/// in between) before it blocks: the peer's next message comes as soon as
-/// it has done its part (at most three X25519 operations and a signature
-/// check, about 160 µs on a slow CPU), and a thread blocked in `read` on
-/// an idle vCPU is woken by an inter-processor interrupt, which costs tens
-/// of µs on a virtual machine at each of a handshake's four messages.
-const HANDSHAKE_POLL: Duration = Duration::from_micros(300);
-
-/// At most this many handshakes in the process poll at once (see
-/// [`poll_handshake`]); the others block at once. A storm of handshakes
-/// (a node joining a large ring, or a flood of connections) then costs no
-/// more CPU in looking than a couple of busy threads.
-const HANDSHAKE_POLLERS: usize = 2;
-
-static HANDSHAKES_POLLING: AtomicUsize = AtomicUsize::new(0);
-
-/// Try reads of `stream` that do not wait, for up to `window`: the read's
-/// result once bytes (or the end, or an error) came, `None` when the
-/// caller should block (the window passed, or [`HANDSHAKE_POLLERS`]
-/// handshakes poll already).
-fn poll_handshake(
-    stream: &TcpStream,
-    buf: &mut [u8],
-    window: Duration,
-) -> Option<io::Result<usize>> {
-    struct Polling;
-    impl Drop for Polling {
-        fn drop(&mut self) {
-            HANDSHAKES_POLLING.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-    if !CAN_READ_IF_READY {
-        return None;
-    }
-    if HANDSHAKES_POLLING.fetch_add(1, Ordering::Relaxed) >= HANDSHAKE_POLLERS {
-        HANDSHAKES_POLLING.fetch_sub(1, Ordering::Relaxed);
-        return None;
-    }
-    let _polling = Polling;
-    let began = Instant::now();
-    loop {
-        match read_if_ready(stream, buf) {
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) => {}
-            r => return Some(r),
-        }
-        if began.elapsed() >= window {
-            return None;
-        }
-        std::thread::yield_now();
-    }
 }
 
 /// Answer `frame` (if it is a request) with `answer`.

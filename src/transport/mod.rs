@@ -4,13 +4,14 @@ mod conn;
 mod dials;
 mod flush;
 mod limits;
+mod nowait;
 mod threads;
 mod writer;
 
-#[cfg(feature = "unstable-testing")]
 pub(crate) use conn::drive_handshake;
 pub(crate) use conn::{
-    handshake, reply, requests_made, tie_break, Conn, FrameSink, Greeted, Inbound, RELAY_TYPE,
+    accepted_handshake, handshake, reply, requests_made, tie_break, Conn, FrameSink, Greeted,
+    Inbound, RELAY_TYPE,
 };
 #[cfg(feature = "unstable-testing")]
 pub(crate) use dials::dials;
@@ -335,11 +336,21 @@ impl Transport {
                         // Dropping the stream closes it.
                         continue;
                     };
+                    let _ = stream.set_nodelay(true);
+                    let hs = match accepted_handshake(&stream, &self.secure, &self.hello()) {
+                        Ok(hs) => hs,
+                        Err(e) => {
+                            self.refusals.warn(|| {
+                                format!("no handshake for the connection from {from}: {e}")
+                            });
+                            continue;
+                        }
+                    };
                     let me = Arc::clone(&self);
                     let name = format!("p2prs-conn-{}", self.local.port());
                     let stack = Some(self.cfg.connection_stack_size);
                     if let Err(e) = self.threads.spawn(name, stack, move || {
-                        me.serve_inbound(stream, from, admitted)
+                        me.serve_inbound(stream, from, admitted, hs)
                     }) {
                         self.refusals
                             .warn(|| format!("no thread for the connection from {from}: {e}"));
@@ -420,8 +431,8 @@ impl Transport {
         mut stream: TcpStream,
         from: SocketAddr,
         mut admitted: Admitted,
+        hs: Handshaker,
     ) {
-        let _ = stream.set_nodelay(true);
         let _ = stream.set_write_timeout(Some(self.cfg.write_timeout));
         let key = self.next_conn.fetch_add(1, Ordering::Relaxed);
         if let Ok(clone) = stream.try_clone() {
@@ -431,7 +442,7 @@ impl Transport {
             self.greeting.lock().remove(&key);
             return;
         }
-        let greeted = self.handshake(&mut stream, false);
+        let greeted = drive_handshake(&mut stream, hs, self.cfg.handshake_timeout);
         self.greeting.lock().remove(&key);
         let greeted = match greeted {
             Ok(x) => x,

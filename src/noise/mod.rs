@@ -12,6 +12,8 @@
 
 pub(crate) use crate::config::Cipher;
 pub use crate::error::HandshakeError;
+mod dh;
+
 use crate::id::PublicKey;
 use crate::identity::{Identity, NetworkKey};
 use crate::wire::{Hello, MAGIC};
@@ -70,7 +72,7 @@ impl Local {
         cipher: Cipher,
     ) -> Result<Local, HandshakeError> {
         let params = params(psk.is_some(), cipher)?;
-        let kp = snow::Builder::new(params)
+        let kp = snow::Builder::with_resolver(params, dh::resolver())
             .generate_keypair()
             .map_err(|e| HandshakeError::Noise(format!("generating a static key: {e:?}")))?;
         let mut signed = SIG_CONTEXT.to_vec();
@@ -370,11 +372,14 @@ impl Handshaker {
             prologue.extend_from_slice(&self.ours);
         }
         let noise_err = |e: snow::Error| HandshakeError::Noise(format!("{e:?}"));
-        let mut b = snow::Builder::new(params(self.local.keyed(), self.local.cipher)?)
-            .local_private_key(&self.local.static_private)
-            .map_err(noise_err)?
-            .prologue(&prologue)
-            .map_err(noise_err)?;
+        let mut b = snow::Builder::with_resolver(
+            params(self.local.keyed(), self.local.cipher)?,
+            dh::resolver(),
+        )
+        .local_private_key(&self.local.static_private)
+        .map_err(noise_err)?
+        .prologue(&prologue)
+        .map_err(noise_err)?;
         if let Some(k) = &self.local.psk {
             b = b.psk(2, k.psk()).map_err(noise_err)?;
         }

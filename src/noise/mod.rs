@@ -408,7 +408,11 @@ impl Handshaker {
         } else {
             Vec::new()
         };
-        let mut buf = vec![0u8; MAX_MSG];
+        // Room for the payload and what XX adds to it (an ephemeral key,
+        // an encrypted static key and two tags: 96 bytes), sized to the
+        // message: a new connection's thread touches fresh memory, and
+        // every page of it is a fault.
+        let mut buf = vec![0u8; (payload.len() + 128).min(MAX_MSG)];
         let n = hs
             .write_message(&payload, &mut buf)
             .map_err(|e| HandshakeError::Noise(format!("writing: {e:?}")))?;
@@ -421,7 +425,8 @@ impl Handshaker {
         let Phase::Noise(hs) = &mut self.phase else {
             return Ok(());
         };
-        let mut payload = vec![0u8; MAX_MSG];
+        // The payload is shorter than the message that carries it.
+        let mut payload = vec![0u8; msg.len()];
         let n = match hs.read_message(msg, &mut payload) {
             Ok(n) => n,
             Err(snow::Error::Decrypt) => {

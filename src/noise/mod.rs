@@ -50,6 +50,7 @@ pub(crate) struct Local {
     /// X25519 static key for Noise (fresh per process), and the identity
     /// proof: Ed25519 public key + its signature of the static public key.
     static_private: Vec<u8>,
+    static_public: Vec<u8>,
     proof: Vec<u8>,
 }
 
@@ -85,6 +86,7 @@ impl Local {
             plaintext,
             cipher,
             static_private: kp.private,
+            static_public: kp.public,
             proof,
         })
     }
@@ -374,7 +376,7 @@ impl Handshaker {
         let noise_err = |e: snow::Error| HandshakeError::Noise(format!("{e:?}"));
         let mut b = snow::Builder::with_resolver(
             params(self.local.keyed(), self.local.cipher)?,
-            dh::resolver(),
+            dh::resolver_with_static(&self.local.static_private, &self.local.static_public),
         )
         .local_private_key(&self.local.static_private)
         .map_err(noise_err)?
@@ -1059,6 +1061,7 @@ mod tests {
             plaintext: false,
             cipher: b.cipher,
             static_private: b.static_private.clone(),
+            static_public: b.static_public.clone(),
             proof: other.proof.clone(),
         };
         let mut y = Handshaker::new(Arc::new(forged), &hello(2), [0x01; 8]);

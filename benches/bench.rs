@@ -467,14 +467,22 @@ fn latency(s: &Sizes) -> Res<()> {
         let mut all_pinned = true;
         let mut t_rows: Vec<Vec<Duration>> = vec![Vec::new(); rows.len()];
         for _ in 0..s.rounds {
+            // Every row, TCP's too, starts each round with untimed round
+            // trips (a tenth of a round): its connection sat idle while the
+            // other rows ran, and its first round trips after that (a
+            // sleeping reader's wake, a thread moved to another CPU) are
+            // not its pace.
+            let settle = per_round / 10;
             // TCP as it falls, after the p2prs rows as before pinning.
+            for _ in 0..settle {
+                tcp.once()?;
+            }
             for _ in 0..per_round {
                 t_free.push(tcp.once()?);
             }
             if let Some(pin) = &pin {
                 let (r, pinned) = pin.run(|| -> Res<()> {
-                    // The first round trips after a move are not its pace.
-                    for _ in 0..per_round / 10 {
+                    for _ in 0..settle {
                         tcp.once()?;
                     }
                     for _ in 0..per_round {
@@ -486,6 +494,9 @@ fn latency(s: &Sizes) -> Res<()> {
                 all_pinned &= pinned;
             }
             for (i, (_, f)) in rows.iter_mut().enumerate() {
+                for _ in 0..settle {
+                    f()?;
+                }
                 for _ in 0..per_round {
                     t_rows[i].push(f()?);
                 }

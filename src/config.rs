@@ -216,6 +216,13 @@ pub struct Config {
     /// a program that never reads its events does not grow the node's memory.
     /// 0 counts as 1.
     pub events_capacity: usize,
+    /// Most bytes of message data and bodies kept in the events queue
+    /// (default 64 MiB). When one more event would exceed it, the oldest
+    /// events are dropped and counted as past
+    /// [`events_capacity`](Config::events_capacity) (the newest is always
+    /// kept), so peers sending large messages that no handler takes cannot
+    /// make the node hold `events_capacity` × `max_frame_size`.
+    pub events_max_bytes: usize,
     /// Ring control frames (`p2prs.stabilize_now`, `p2prs.recount` and
     /// broadcasts) one connection may deliver per second (default 200, with
     /// bursts of as many; 0: unlimited). Past it, the node reads that
@@ -265,6 +272,7 @@ impl Default for Config {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             handler_queue_len: 64,
             events_capacity: 1024,
+            events_max_bytes: 64 * 1024 * 1024,
             ring_control_rate: 200,
         }
     }

@@ -91,6 +91,49 @@ fn the_events_queue_keeps_the_newest_and_counts_the_dropped() {
     assert_served(&sender, &server, Duration::from_secs(1));
 }
 
+#[test]
+fn the_events_queue_holds_a_bounded_number_of_bytes() {
+    // A peer that sends large messages nobody handles cannot make the events
+    // queue hold events_capacity × max_frame_size: past the byte bound the
+    // oldest events are dropped, as past the count.
+    let server = node_with(|c| c.events_max_bytes = 1024 * 1024);
+    add_adder(&server);
+    let events = server.events();
+    let sender = node();
+    let conn = sender.connect(server.local_addr()).unwrap();
+    for i in 0..8 {
+        conn.send(Message::new("BLOB", i).with_body(vec![i as u8; 300 * 1024]))
+            .unwrap();
+    }
+    conn.send(Message::text("end")).unwrap();
+    // Frames of one connection are read in order: once this is answered,
+    // every message before it is in the events queue or was dropped.
+    let r = conn.request(Message::new("ADD", 1)).unwrap();
+    assert_eq!(r.data::<i64>().unwrap(), 2);
+    // Three bodies of 300 KiB fit in 1 MiB, a fourth does not.
+    assert_eq!(server.events_dropped(), 5);
+    let kept: Vec<String> = events
+        .try_iter()
+        .map(|e| match e {
+            p2prs::Event::Message { message, .. } => {
+                format!("{}:{}", message.kind(), message.data_value())
+            }
+            other => panic!("unexpected event {other:?}"),
+        })
+        .collect();
+    assert_eq!(kept, ["BLOB:5", "BLOB:6", "BLOB:7", "TEXT:\"end\""]);
+    // Once read, the bytes are free again: new events are kept.
+    for i in 0..3 {
+        conn.send(Message::new("BLOB", i).with_body(vec![0; 300 * 1024]))
+            .unwrap();
+    }
+    let r = conn.request(Message::new("ADD", 2)).unwrap();
+    assert_eq!(r.data::<i64>().unwrap(), 3);
+    assert_eq!(server.events_dropped(), 5);
+    assert_eq!(events.len(), 3);
+    assert_served(&sender, &server, Duration::from_secs(1));
+}
+
 fn ring_of_two(f: impl Fn(&mut p2prs::Config) + Copy) -> (Node, Node) {
     let a = node_with(f);
     let b = node_with(f);

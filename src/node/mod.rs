@@ -250,6 +250,7 @@ impl NodeBuilder {
             me: me.clone(),
             events_tx: Mutex::new(Some(events_tx)),
             events_rx,
+            events_bytes: Mutex::new(events::QueuedBytes::default()),
             events_dropped: AtomicU64::new(0),
             watching: AtomicBool::new(false),
             jobs: Arc::clone(&jobs),
@@ -404,6 +405,9 @@ pub(crate) struct NodeInner {
     /// by `Config::events_capacity`; the oldest event makes room.
     events_tx: Mutex<Option<Sender<Event>>>,
     events_rx: Receiver<Event>,
+    /// The sizes of the events queued, oldest first, bounded by
+    /// `Config::events_max_bytes` (taken under `events_tx`'s lock).
+    events_bytes: Mutex<events::QueuedBytes>,
     events_dropped: AtomicU64,
     watching: AtomicBool,
     /// Pooled-handler jobs, served one connection at a time in turn.
@@ -654,8 +658,9 @@ impl Node {
     /// The node keeps them from its start; every [`Events`] handle shares one
     /// queue. Iterating ends when the node shuts down.
     ///
-    /// The queue holds at most [`Config::events_capacity`] events: when it is
-    /// full, the oldest is dropped to make room, and counted in
+    /// The queue holds at most [`Config::events_capacity`] events and
+    /// [`Config::events_max_bytes`] of their messages' data and bodies: when
+    /// it is full, the oldest is dropped to make room, and counted in
     /// [`Node::events_dropped`]. A program that reads events slowly, or not at
     /// all, loses the oldest, and the node's memory stays bounded.
     ///
@@ -1094,24 +1099,37 @@ impl NodeInner {
         let g = self.events_tx.lock();
         let Some(tx) = g.as_ref() else { return };
         let capacity = self.transport.cfg.events_capacity.max(1);
-        while tx.len() >= capacity {
+        let max_bytes = self.transport.cfg.events_max_bytes;
+        let mut bytes = self.events_bytes.lock();
+        let size = events::size_of(&e);
+        loop {
+            // Readers took the oldest events since: forget their sizes.
+            bytes.taken_down_to(tx.len());
+            let full = tx.len() >= capacity || bytes.total() + size > max_bytes;
+            if tx.is_empty() || !full {
+                break;
+            }
             if self.events_rx.try_recv().is_ok() {
+                bytes.pop_oldest();
                 let dropped = self.events_dropped.fetch_add(1, Ordering::AcqRel);
                 // A program that never asked for events is not
                 // told that it loses them.
                 let watching = self.watching.load(Ordering::Acquire);
                 if watching && (dropped.is_power_of_two() || dropped == 0) {
                     log::warn!(
-                        "the events queue of {} is full ({capacity} events): dropping the \
-                         oldest ({} so far)",
+                        "the events queue of {} is full (at most {capacity} events, {} KiB): \
+                         dropping the oldest ({} so far)",
                         self.transport.local_addr(),
+                        max_bytes / 1024,
                         dropped + 1
                     );
                 }
             }
         }
         // Fails only once every receiver is gone: nobody is told then.
-        let _ = tx.send(e);
+        if tx.send(e).is_ok() {
+            bytes.push(size);
+        }
     }
 
     /// The gate of `conn`, made on first use.

@@ -210,6 +210,14 @@ pub struct Config {
     /// its own TCP window, and other peers are not held up behind it.
     /// 0 counts as 1. See `docs/robustness.md`.
     pub handler_queue_len: usize,
+    /// Most bytes of message data and bodies one connection may have queued
+    /// for, or running in, pooled handlers (default 16 MiB). Past it the
+    /// node stops reading that connection until a job is done, as past
+    /// [`handler_queue_len`](Config::handler_queue_len); a connection with
+    /// nothing queued may always queue one message, whatever its size. So a
+    /// peer's large messages held up by slow handlers cost at most this much
+    /// per connection, not `handler_queue_len` × `max_frame_size`.
+    pub handler_queue_bytes: usize,
     /// Most [`Event`](crate::Event)s kept for [`Node::events`](crate::Node::events)
     /// (default 1024). When the queue is full, the oldest event is dropped
     /// and counted in [`Node::events_dropped`](crate::Node::events_dropped):
@@ -271,6 +279,7 @@ impl Default for Config {
             insecure_plaintext: false,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             handler_queue_len: 64,
+            handler_queue_bytes: 16 * 1024 * 1024,
             events_capacity: 1024,
             events_max_bytes: 64 * 1024 * 1024,
             ring_control_rate: 200,

@@ -134,6 +134,71 @@ fn the_events_queue_holds_a_bounded_number_of_bytes() {
     assert_served(&sender, &server, Duration::from_secs(1));
 }
 
+#[test]
+fn the_handler_queue_of_a_connection_holds_a_bounded_number_of_bytes() {
+    // One handler thread, held by the first message: large messages queue
+    // behind it until they pass handler_queue_bytes (not 64 of them, which
+    // could be 64 × max_frame_size); then the node reads that connection no
+    // further, so a request sent after them on it is not even read.
+    let server = node_with(|c| {
+        c.handler_threads = 1;
+        c.handler_queue_bytes = 2 * 1024 * 1024;
+    });
+    let (gate_tx, gate_rx) = bounded::<()>(0);
+    let (seen_tx, seen_rx) = crossbeam_channel::unbounded::<i64>();
+    server
+        .add_handler("BLOB", move |req| {
+            log::warn!("TEST handler {:?}", req.message().data_value());
+            let _ = seen_tx.send(req.message().data::<i64>()?);
+            let _ = gate_rx.recv_timeout(PATIENCE);
+            Ok(())
+        })
+        .unwrap();
+    server
+        .add_inline_handler("PING", |req| {
+            req.respond(Message::new("PONG", ()))?;
+            Ok(())
+        })
+        .unwrap();
+    let sender = node();
+    let conn = sender.connect(server.local_addr()).unwrap();
+    let blobs = conn.clone();
+    let sending = std::thread::spawn(move || {
+        for i in 0..8 {
+            let msg = Message::new("BLOB", i).with_body(vec![0; 1024 * 1024]);
+            log::warn!("TEST sending blob {i}");
+            if let Err(e) = blobs.send(msg) {
+                return Some((i, e));
+            }
+        }
+        None
+    });
+    assert_eq!(seen_rx.recv_timeout(PATIENCE), Ok(0), "the first one runs");
+    // The first (1 MiB and a little) runs; the second would pass 2 MiB, so
+    // it waits on the reader, which reads no further: the PING after the
+    // messages is not answered.
+    let ping = conn.request_timeout(Message::new("PING", ()), Duration::from_secs(1));
+    assert!(
+        matches!(ping, Err(Error::Timeout { .. })),
+        "the connection is not read while its handler queue is full: {ping:?}"
+    );
+    // A good peer is served meanwhile.
+    let good = node();
+    let r = good.request(server.local_addr(), Message::new("PING", ()));
+    assert_eq!(r.unwrap().kind(), "PONG");
+    // Released, every message runs, in order.
+    log::warn!("TEST release");
+    drop(gate_tx);
+    let got: Vec<i64> = (1..8)
+        .filter_map(|_| seen_rx.recv_timeout(PATIENCE).ok())
+        .collect();
+    let sent = sending.join().unwrap();
+    assert_eq!(got, (1..8).collect::<Vec<_>>(), "sending: {sent:?}");
+    assert!(sent.is_none(), "{sent:?}");
+    let r = conn.request(Message::new("PING", ())).unwrap();
+    assert_eq!(r.kind(), "PONG");
+}
+
 fn ring_of_two(f: impl Fn(&mut p2prs::Config) + Copy) -> (Node, Node) {
     let a = node_with(f);
     let b = node_with(f);

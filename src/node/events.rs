@@ -193,16 +193,21 @@ impl QueuedBytes {
 /// About the bytes an event holds: a message's type, data and body (the
 /// ring's events hold next to nothing).
 pub(crate) fn size_of(e: &Event) -> usize {
-    const SMALL: usize = 64;
     match e {
-        Event::Message { message, .. } => {
-            SMALL
-                + message.kind().len()
-                + value_size(message.data_value())
-                + message.body().map_or(0, <[u8]>::len)
-        }
+        Event::Message { message, .. } => message_size(message),
         _ => SMALL,
     }
+}
+
+/// What every event or message is counted at, at least.
+const SMALL: usize = 64;
+
+/// About the bytes a message holds: its type, data and body.
+pub(crate) fn message_size(message: &crate::Message) -> usize {
+    SMALL
+        + message.kind().len()
+        + value_size(message.data_value())
+        + message.body().map_or(0, <[u8]>::len)
 }
 
 /// About the memory a JSON value holds (without recursion: a peer's data

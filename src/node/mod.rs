@@ -304,10 +304,10 @@ struct Job {
 }
 
 /// What the node keeps per connection against a peer that floods it: the
-/// pooled-handler jobs it has queued (at most `Config::handler_queue_len`)
-/// and a token bucket for ring control frames (`Config::ring_control_rate`).
+/// pooled-handler jobs it has queued (at most `Config::handler_queue_len`
+/// jobs and `Config::handler_queue_bytes`) and a token bucket for ring control frames (`Config::ring_control_rate`).
 pub(crate) struct PeerGate {
-    queued: Mutex<usize>,
+    queued: Mutex<Queued>,
     room: Condvar,
     bucket: Mutex<Bucket>,
 }
@@ -318,13 +318,22 @@ struct Bucket {
     last: Instant,
 }
 
-/// One queued job of a connection; dropping it makes room for the next.
-struct Ticket(Arc<PeerGate>);
+/// A connection's pooled-handler jobs, queued or running, and their bytes.
+#[derive(Default)]
+struct Queued {
+    jobs: usize,
+    bytes: usize,
+}
+
+/// One queued job of a connection, of so many bytes; dropping it makes
+/// room for the next.
+struct Ticket(Arc<PeerGate>, usize);
 
 impl Drop for Ticket {
     fn drop(&mut self) {
         let mut q = self.0.queued.lock();
-        *q = q.saturating_sub(1);
+        q.jobs = q.jobs.saturating_sub(1);
+        q.bytes = q.bytes.saturating_sub(self.1);
         self.0.room.notify_one();
     }
 }
@@ -1137,7 +1146,7 @@ impl NodeInner {
         let rate = f64::from(self.transport.cfg.ring_control_rate);
         Arc::clone(self.peers.lock().entry(conn.id).or_insert_with(|| {
             Arc::new(PeerGate {
-                queued: Mutex::new(0),
+                queued: Mutex::new(Queued::default()),
                 room: Condvar::new(),
                 bucket: Mutex::new(Bucket {
                     tokens: rate,
@@ -1152,30 +1161,35 @@ impl NodeInner {
         conn.is_closed() || self.stopped.load(Ordering::Acquire)
     }
 
-    /// Take a place in `conn`'s handler queue, waiting (on `conn`'s reader
-    /// thread: that is the backpressure) while it is full. `None` if the
-    /// connection or the node closed meanwhile.
-    fn queue_ticket(&self, conn: &Conn) -> Option<Ticket> {
+    /// Take a place in `conn`'s handler queue for a job of `size` bytes,
+    /// waiting (on `conn`'s reader thread: that is the backpressure) while
+    /// it is full. `None` if the connection or the node closed meanwhile.
+    fn queue_ticket(&self, conn: &Conn, size: usize) -> Option<Ticket> {
         let gate = self.gate(conn);
         let limit = self.transport.cfg.handler_queue_len.max(1);
+        let max_bytes = self.transport.cfg.handler_queue_bytes;
         let mut q = gate.queued.lock();
         let mut warned = false;
-        while *q >= limit {
+        while q.jobs >= limit || (q.jobs > 0 && q.bytes.saturating_add(size) > max_bytes) {
             if self.gave_up(conn) {
                 return None;
             }
             if !warned {
                 log::debug!(
-                    "{} has {limit} messages waiting for handlers: reading it no further for now",
-                    conn.peer_addr()
+                    "{} has {} messages ({} KiB) waiting for handlers: reading it no \
+                     further for now",
+                    conn.peer_addr(),
+                    q.jobs,
+                    q.bytes / 1024
                 );
                 warned = true;
             }
             gate.room.wait_for(&mut q, GATE_TICK);
         }
-        *q += 1;
+        q.jobs += 1;
+        q.bytes = q.bytes.saturating_add(size);
         drop(q);
-        Some(Ticket(gate))
+        Some(Ticket(gate, size))
     }
 
     /// Take a token for one ring control frame from `conn`, waiting (on its
@@ -1340,7 +1354,7 @@ impl NodeInner {
                 .peers
                 .lock()
                 .get(&conn.id)
-                .is_none_or(|gate| *gate.queued.lock() == 0)
+                .is_none_or(|gate| gate.queued.lock().jobs == 0)
     }
 
     /// Hand a user message or request to its handler, or to the default
@@ -1360,7 +1374,8 @@ impl NodeInner {
                     }
                     Runs::Pool => {
                         // Waits while this connection's queue is full.
-                        let Some(ticket) = self.queue_ticket(conn) else {
+                        let size = events::message_size(incoming.message());
+                        let Some(ticket) = self.queue_ticket(conn, size) else {
                             return;
                         };
                         let job = Job {

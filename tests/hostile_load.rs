@@ -217,16 +217,18 @@ fn stabilize_now_floods_cost_a_bounded_number_of_rounds() {
         // Measure the coalescing alone, without the per-connection rate.
         c.ring_control_rate = 0;
     });
-    let attacker = node();
-    let conn = attacker.connect(a.local_addr()).unwrap();
+    // The ring's own frames, sent as another implementation would (the
+    // API refuses to send reserved types).
+    let mut attacker = RawPeer::handshaken(a.local_addr());
     let before = a.stabilizer_rounds();
     let t = Instant::now();
+    let ask = json!({"kind": "message", "type": "p2prs.stabilize_now", "data": {}});
     for _ in 0..5000 {
-        conn.send(Message::new("p2prs.stabilize_now", json!({})))
-            .unwrap();
+        attacker.send_frame(&ask, &[]).unwrap();
     }
     // Read in order: once the ping is answered, every frame has been handled.
-    conn.request(Message::new("p2prs.ping", json!({}))).unwrap();
+    let pong = attacker.request(1, "p2prs.ping", json!({}));
+    assert_eq!(pong["type"], "p2prs.pong", "{pong}");
     let read_in = t.elapsed();
     // Count the rounds over a window of two and a half intervals from the
     // start of the flood: queued one by one, 5,000 asks would keep the
@@ -251,33 +253,36 @@ fn stabilize_now_floods_cost_a_bounded_number_of_rounds() {
 #[test]
 fn ring_control_frames_are_rate_limited_per_connection() {
     let (a, _b) = ring_of_two(|c| c.ring_control_rate = 100);
-    let attacker = node();
-    let conn = attacker.connect(a.local_addr()).unwrap();
+    // The ring's own frames, sent as another implementation would (the
+    // API refuses to send reserved types).
+    let mut attacker = RawPeer::handshaken(a.local_addr());
     // A fresh connection may send 100 at once; the other 150 at 100/s.
     let t = Instant::now();
+    let ask = json!({"kind": "message", "type": "p2prs.stabilize_now", "data": {}});
     for _ in 0..250 {
-        conn.send(Message::new("p2prs.stabilize_now", json!({})))
-            .unwrap();
+        attacker.send_frame(&ask, &[]).unwrap();
     }
     let (done_tx, done_rx) = bounded(1);
     let pinging = std::thread::spawn(move || {
-        let r = conn.request_timeout(Message::new("p2prs.ping", json!({})), PATIENCE);
+        let pong = attacker.request(1, "p2prs.ping", json!({}));
         let _ = done_tx.send(t.elapsed());
-        r.map(|_| ())
+        pong
     });
     // Meanwhile a good peer, on its own connection, is not held up.
     let good = node();
     assert_served(&good, &a, Duration::from_millis(500));
+    let mut good_raw = RawPeer::handshaken(a.local_addr());
     let good_ping = Instant::now();
-    good.request(a.local_addr(), Message::new("p2prs.ping", json!({})))
-        .unwrap();
+    let pong = good_raw.request(1, "p2prs.ping", json!({}));
+    assert_eq!(pong["type"], "p2prs.pong", "{pong}");
     let good_ping = good_ping.elapsed();
     assert!(good_ping < Duration::from_millis(500));
     let attacker_waited = done_rx.recv_timeout(PATIENCE).unwrap();
     eprintln!(
         "rate: the good peer's ping took {good_ping:?}; 250 control frames were read in {attacker_waited:?}"
     );
-    pinging.join().unwrap().unwrap();
+    let pong = pinging.join().unwrap();
+    assert_eq!(pong["type"], "p2prs.pong", "{pong}");
     assert!(
         attacker_waited >= Duration::from_millis(1000),
         "250 control frames at 100/s were read in {attacker_waited:?}"

@@ -1375,6 +1375,32 @@ fn inline_handler_requesting_over_its_own_connection_fails_at_once() {
 }
 
 #[test]
+fn the_library_s_reserved_types_are_refused_by_the_sender() {
+    // As for handlers and broadcasts: a program cannot send the ring's own
+    // messages, and is told at once, before any connection or lookup.
+    let a = adder();
+    let b = node();
+    let conn = b.connect(a.local_addr()).unwrap();
+    let dead = "127.0.0.1:1";
+    let refused = |r: p2prs::Result<()>| matches!(r, Err(Error::InvalidArgument(ref why)) if why.contains("reserved"));
+    for kind in ["p2prs.ping", "p2prs.leaving"] {
+        let msg = || Message::new(kind, json!({}));
+        assert!(refused(b.send(dead, msg())));
+        assert!(refused(b.send_to_address(dead, msg())));
+        assert!(refused(b.request(dead, msg()).map(drop)));
+        assert!(refused(b.request_timeout(dead, msg(), PATIENCE).map(drop)));
+        assert!(refused(b.send_to_id(p2prs::NodeId(7), msg())));
+        assert!(refused(b.send_to_peer_book(msg(), &[]).map(drop)));
+        assert!(refused(conn.send(msg())));
+        assert!(refused(conn.request(msg()).map(drop)));
+        assert!(refused(b.send_to_connection(&conn, msg())));
+    }
+    assert!(conn.is_open());
+    let r = conn.request(Message::new("ADD", 1)).unwrap();
+    assert_eq!(r.data::<i64>().unwrap(), 2);
+}
+
+#[test]
 fn a_message_without_a_type_is_refused_by_the_sender() {
     let a = adder();
     let b = node();

@@ -293,6 +293,24 @@ fn check_kind(kind: &str) -> Result<()> {
     Ok(())
 }
 
+/// A program's message may leave: it has a type, and not one of the
+/// library's own (checked before any lookup or connection).
+pub(crate) fn check_outgoing(msg: &Message) -> Result<()> {
+    let kind = msg.kind();
+    if kind.trim().is_empty() {
+        return Err(Error::InvalidArgument(
+            "a message needs a type: it cannot be empty or blank".into(),
+        ));
+    }
+    if kind.starts_with(RESERVED_PREFIX) {
+        return Err(Error::InvalidArgument(format!(
+            "{kind:?} is a reserved type: message types starting with {RESERVED_PREFIX:?} \
+             belong to p2prs"
+        )));
+    }
+    Ok(())
+}
+
 struct Job {
     handler: Arc<HandlerFn>,
     /// The handler's count of quick runs.
@@ -708,6 +726,7 @@ impl Node {
     /// # Ok::<(), p2prs::Error>(())
     /// ```
     pub fn send(&self, target: impl Into<Target>, msg: Message) -> Result<()> {
+        check_outgoing(&msg)?;
         self.inner().send(target.into(), msg)
     }
 
@@ -788,6 +807,7 @@ impl Node {
         msg: Message,
         timeout: Duration,
     ) -> Result<Message> {
+        check_outgoing(&msg)?;
         let conn = self.inner().conn_for(target.into())?;
         conn.request(msg, timeout)
     }
@@ -1021,6 +1041,7 @@ impl Node {
     /// # Ok::<(), p2prs::Error>(())
     /// ```
     pub fn send_to_peer_book(&self, msg: Message, exclude: &[NodeId]) -> Result<usize> {
+        check_outgoing(&msg)?;
         let mut sent = 0;
         for p in self.peer_book() {
             if exclude.contains(&p.id) {

@@ -210,12 +210,27 @@ pub struct Config {
     /// its own TCP window, and other peers are not held up behind it.
     /// 0 counts as 1. See `docs/robustness.md`.
     pub handler_queue_len: usize,
+    /// Most bytes of message data and bodies one connection may have queued
+    /// for, or running in, pooled handlers (default 16 MiB). Past it the
+    /// node stops reading that connection until a job is done, as past
+    /// [`handler_queue_len`](Config::handler_queue_len); a connection with
+    /// nothing queued may always queue one message, whatever its size. So a
+    /// peer's large messages held up by slow handlers cost at most this much
+    /// per connection, not `handler_queue_len` × `max_frame_size`.
+    pub handler_queue_bytes: usize,
     /// Most [`Event`](crate::Event)s kept for [`Node::events`](crate::Node::events)
     /// (default 1024). When the queue is full, the oldest event is dropped
     /// and counted in [`Node::events_dropped`](crate::Node::events_dropped):
     /// a program that never reads its events does not grow the node's memory.
     /// 0 counts as 1.
     pub events_capacity: usize,
+    /// Most bytes of message data and bodies kept in the events queue
+    /// (default 64 MiB). When one more event would exceed it, the oldest
+    /// events are dropped and counted as past
+    /// [`events_capacity`](Config::events_capacity) (the newest is always
+    /// kept), so peers sending large messages that no handler takes cannot
+    /// make the node hold `events_capacity` × `max_frame_size`.
+    pub events_max_bytes: usize,
     /// Ring control frames (`p2prs.stabilize_now`, `p2prs.recount` and
     /// broadcasts) one connection may deliver per second (default 200, with
     /// bursts of as many; 0: unlimited). Past it, the node reads that
@@ -264,7 +279,9 @@ impl Default for Config {
             insecure_plaintext: false,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             handler_queue_len: 64,
+            handler_queue_bytes: 16 * 1024 * 1024,
             events_capacity: 1024,
+            events_max_bytes: 64 * 1024 * 1024,
             ring_control_rate: 200,
         }
     }

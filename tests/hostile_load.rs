@@ -91,6 +91,114 @@ fn the_events_queue_keeps_the_newest_and_counts_the_dropped() {
     assert_served(&sender, &server, Duration::from_secs(1));
 }
 
+#[test]
+fn the_events_queue_holds_a_bounded_number_of_bytes() {
+    // A peer that sends large messages nobody handles cannot make the events
+    // queue hold events_capacity × max_frame_size: past the byte bound the
+    // oldest events are dropped, as past the count.
+    let server = node_with(|c| c.events_max_bytes = 1024 * 1024);
+    add_adder(&server);
+    let events = server.events();
+    let sender = node();
+    let conn = sender.connect(server.local_addr()).unwrap();
+    for i in 0..8 {
+        conn.send(Message::new("BLOB", i).with_body(vec![i as u8; 300 * 1024]))
+            .unwrap();
+    }
+    conn.send(Message::text("end")).unwrap();
+    // Frames of one connection are read in order: once this is answered,
+    // every message before it is in the events queue or was dropped.
+    let r = conn.request(Message::new("ADD", 1)).unwrap();
+    assert_eq!(r.data::<i64>().unwrap(), 2);
+    // Three bodies of 300 KiB fit in 1 MiB, a fourth does not.
+    assert_eq!(server.events_dropped(), 5);
+    let kept: Vec<String> = events
+        .try_iter()
+        .map(|e| match e {
+            p2prs::Event::Message { message, .. } => {
+                format!("{}:{}", message.kind(), message.data_value())
+            }
+            other => panic!("unexpected event {other:?}"),
+        })
+        .collect();
+    assert_eq!(kept, ["BLOB:5", "BLOB:6", "BLOB:7", "TEXT:\"end\""]);
+    // Once read, the bytes are free again: new events are kept.
+    for i in 0..3 {
+        conn.send(Message::new("BLOB", i).with_body(vec![0; 300 * 1024]))
+            .unwrap();
+    }
+    let r = conn.request(Message::new("ADD", 2)).unwrap();
+    assert_eq!(r.data::<i64>().unwrap(), 3);
+    assert_eq!(server.events_dropped(), 5);
+    assert_eq!(events.len(), 3);
+    assert_served(&sender, &server, Duration::from_secs(1));
+}
+
+#[test]
+fn the_handler_queue_of_a_connection_holds_a_bounded_number_of_bytes() {
+    // One handler thread, held by the first message: large messages queue
+    // behind it until they pass handler_queue_bytes (not 64 of them, which
+    // could be 64 × max_frame_size); then the node reads that connection no
+    // further, so a request sent after them on it is not even read.
+    let server = node_with(|c| {
+        c.handler_threads = 1;
+        c.handler_queue_bytes = 2 * 1024 * 1024;
+    });
+    let (gate_tx, gate_rx) = bounded::<()>(0);
+    let (seen_tx, seen_rx) = crossbeam_channel::unbounded::<i64>();
+    server
+        .add_handler("BLOB", move |req| {
+            log::warn!("TEST handler {:?}", req.message().data_value());
+            let _ = seen_tx.send(req.message().data::<i64>()?);
+            let _ = gate_rx.recv_timeout(PATIENCE);
+            Ok(())
+        })
+        .unwrap();
+    server
+        .add_inline_handler("PING", |req| {
+            req.respond(Message::new("PONG", ()))?;
+            Ok(())
+        })
+        .unwrap();
+    let sender = node();
+    let conn = sender.connect(server.local_addr()).unwrap();
+    let blobs = conn.clone();
+    let sending = std::thread::spawn(move || {
+        for i in 0..8 {
+            let msg = Message::new("BLOB", i).with_body(vec![0; 1024 * 1024]);
+            log::warn!("TEST sending blob {i}");
+            if let Err(e) = blobs.send(msg) {
+                return Some((i, e));
+            }
+        }
+        None
+    });
+    assert_eq!(seen_rx.recv_timeout(PATIENCE), Ok(0), "the first one runs");
+    // The first (1 MiB and a little) runs; the second would pass 2 MiB, so
+    // it waits on the reader, which reads no further: the PING after the
+    // messages is not answered.
+    let ping = conn.request_timeout(Message::new("PING", ()), Duration::from_secs(1));
+    assert!(
+        matches!(ping, Err(Error::Timeout { .. })),
+        "the connection is not read while its handler queue is full: {ping:?}"
+    );
+    // A good peer is served meanwhile.
+    let good = node();
+    let r = good.request(server.local_addr(), Message::new("PING", ()));
+    assert_eq!(r.unwrap().kind(), "PONG");
+    // Released, every message runs, in order.
+    log::warn!("TEST release");
+    drop(gate_tx);
+    let got: Vec<i64> = (1..8)
+        .filter_map(|_| seen_rx.recv_timeout(PATIENCE).ok())
+        .collect();
+    let sent = sending.join().unwrap();
+    assert_eq!(got, (1..8).collect::<Vec<_>>(), "sending: {sent:?}");
+    assert!(sent.is_none(), "{sent:?}");
+    let r = conn.request(Message::new("PING", ())).unwrap();
+    assert_eq!(r.kind(), "PONG");
+}
+
 fn ring_of_two(f: impl Fn(&mut p2prs::Config) + Copy) -> (Node, Node) {
     let a = node_with(f);
     let b = node_with(f);
@@ -109,16 +217,18 @@ fn stabilize_now_floods_cost_a_bounded_number_of_rounds() {
         // Measure the coalescing alone, without the per-connection rate.
         c.ring_control_rate = 0;
     });
-    let attacker = node();
-    let conn = attacker.connect(a.local_addr()).unwrap();
+    // The ring's own frames, sent as another implementation would (the
+    // API refuses to send reserved types).
+    let mut attacker = RawPeer::handshaken(a.local_addr());
     let before = a.stabilizer_rounds();
     let t = Instant::now();
+    let ask = json!({"kind": "message", "type": "p2prs.stabilize_now", "data": {}});
     for _ in 0..5000 {
-        conn.send(Message::new("p2prs.stabilize_now", json!({})))
-            .unwrap();
+        attacker.send_frame(&ask, &[]).unwrap();
     }
     // Read in order: once the ping is answered, every frame has been handled.
-    conn.request(Message::new("p2prs.ping", json!({}))).unwrap();
+    let pong = attacker.request(1, "p2prs.ping", json!({}));
+    assert_eq!(pong["type"], "p2prs.pong", "{pong}");
     let read_in = t.elapsed();
     // Count the rounds over a window of two and a half intervals from the
     // start of the flood: queued one by one, 5,000 asks would keep the
@@ -143,33 +253,36 @@ fn stabilize_now_floods_cost_a_bounded_number_of_rounds() {
 #[test]
 fn ring_control_frames_are_rate_limited_per_connection() {
     let (a, _b) = ring_of_two(|c| c.ring_control_rate = 100);
-    let attacker = node();
-    let conn = attacker.connect(a.local_addr()).unwrap();
+    // The ring's own frames, sent as another implementation would (the
+    // API refuses to send reserved types).
+    let mut attacker = RawPeer::handshaken(a.local_addr());
     // A fresh connection may send 100 at once; the other 150 at 100/s.
     let t = Instant::now();
+    let ask = json!({"kind": "message", "type": "p2prs.stabilize_now", "data": {}});
     for _ in 0..250 {
-        conn.send(Message::new("p2prs.stabilize_now", json!({})))
-            .unwrap();
+        attacker.send_frame(&ask, &[]).unwrap();
     }
     let (done_tx, done_rx) = bounded(1);
     let pinging = std::thread::spawn(move || {
-        let r = conn.request_timeout(Message::new("p2prs.ping", json!({})), PATIENCE);
+        let pong = attacker.request(1, "p2prs.ping", json!({}));
         let _ = done_tx.send(t.elapsed());
-        r.map(|_| ())
+        pong
     });
     // Meanwhile a good peer, on its own connection, is not held up.
     let good = node();
     assert_served(&good, &a, Duration::from_millis(500));
+    let mut good_raw = RawPeer::handshaken(a.local_addr());
     let good_ping = Instant::now();
-    good.request(a.local_addr(), Message::new("p2prs.ping", json!({})))
-        .unwrap();
+    let pong = good_raw.request(1, "p2prs.ping", json!({}));
+    assert_eq!(pong["type"], "p2prs.pong", "{pong}");
     let good_ping = good_ping.elapsed();
     assert!(good_ping < Duration::from_millis(500));
     let attacker_waited = done_rx.recv_timeout(PATIENCE).unwrap();
     eprintln!(
         "rate: the good peer's ping took {good_ping:?}; 250 control frames were read in {attacker_waited:?}"
     );
-    pinging.join().unwrap().unwrap();
+    let pong = pinging.join().unwrap();
+    assert_eq!(pong["type"], "p2prs.pong", "{pong}");
     assert!(
         attacker_waited >= Duration::from_millis(1000),
         "250 control frames at 100/s were read in {attacker_waited:?}"

@@ -882,6 +882,53 @@ fn request_timeout_gives_timeout() {
     }
 }
 
+#[test]
+fn a_request_times_out_on_time_while_another_thread_s_write_is_blocked() {
+    // A peer that completes the handshake and never reads.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let deaf = thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        let id = p2prs::Identity::generate().unwrap();
+        p2prs::testing::SecureStream::handshake(s, id, None, b"{}").unwrap()
+    });
+    let n = node_with(|c| c.write_timeout = Duration::from_secs(4));
+    let conn = n.connect(addr).unwrap();
+    // Held open, unread, until the end of the test.
+    let _deaf = deaf.join().unwrap();
+    // One thread sends 1 MiB messages: once the socket buffers are full its
+    // write blocks, holding the socket, until the write timeout.
+    let (sent_tx, sent_rx) = bounded(16);
+    let blobs = conn.clone();
+    let sending = thread::spawn(move || -> p2prs::Result<()> {
+        for i in 0..16 {
+            blobs.send(Message::new("BLOB", i).with_body(vec![0; 1024 * 1024]))?;
+            let _ = sent_tx.send(i);
+        }
+        Ok(())
+    });
+    sent_rx.recv_timeout(PATIENCE).unwrap();
+    // Meanwhile a request on the same connection gives up at its own
+    // timeout, not when the other thread's write does.
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        let r = conn.request_timeout(Message::new("PING", ()), Duration::from_millis(200));
+        assert!(matches!(r, Err(Error::Timeout { .. })), "got {r:?}");
+        assert!(
+            t.elapsed() < Duration::from_millis(1500),
+            "a request with a 200 ms timeout returned after {:?}",
+            t.elapsed()
+        );
+    }
+    // Shutting down ends the blocked write at once.
+    n.shutdown();
+    let r = sending.join().unwrap();
+    assert!(
+        r.is_err(),
+        "16 MiB were written to a peer that does not read"
+    );
+}
+
 // ---- Bounce -------------------------------------------------------------------
 
 /// B answers ADD by bouncing it to `to`.
@@ -1325,6 +1372,32 @@ fn inline_handler_requesting_over_its_own_connection_fails_at_once() {
     // The connection is unharmed.
     let resp = conn.request(Message::new("CALLBACK", ())).unwrap();
     assert_eq!(resp.kind(), "DONE");
+}
+
+#[test]
+fn the_library_s_reserved_types_are_refused_by_the_sender() {
+    // As for handlers and broadcasts: a program cannot send the ring's own
+    // messages, and is told at once, before any connection or lookup.
+    let a = adder();
+    let b = node();
+    let conn = b.connect(a.local_addr()).unwrap();
+    let dead = "127.0.0.1:1";
+    let refused = |r: p2prs::Result<()>| matches!(r, Err(Error::InvalidArgument(ref why)) if why.contains("reserved"));
+    for kind in ["p2prs.ping", "p2prs.leaving"] {
+        let msg = || Message::new(kind, json!({}));
+        assert!(refused(b.send(dead, msg())));
+        assert!(refused(b.send_to_address(dead, msg())));
+        assert!(refused(b.request(dead, msg()).map(drop)));
+        assert!(refused(b.request_timeout(dead, msg(), PATIENCE).map(drop)));
+        assert!(refused(b.send_to_id(p2prs::NodeId(7), msg())));
+        assert!(refused(b.send_to_peer_book(msg(), &[]).map(drop)));
+        assert!(refused(conn.send(msg())));
+        assert!(refused(conn.request(msg()).map(drop)));
+        assert!(refused(b.send_to_connection(&conn, msg())));
+    }
+    assert!(conn.is_open());
+    let r = conn.request(Message::new("ADD", 1)).unwrap();
+    assert_eq!(r.data::<i64>().unwrap(), 2);
 }
 
 #[test]

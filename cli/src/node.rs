@@ -72,18 +72,21 @@ fn start(opts: &NodeOpts, printer: &Arc<Printer>) -> p2prs::Result<Node> {
     builder.start()
 }
 
-/// Wrap a handler so that each request it answers is printed first.
+/// Wrap a handler so that each request it answers is printed (once answered).
 fn serving(
     printer: &Arc<Printer>,
     handler: fn(&mut Incoming) -> HandlerResult,
 ) -> impl Fn(&mut Incoming) -> HandlerResult + Send + Sync + 'static {
     let printer = Arc::clone(printer);
     move |req| {
-        printer.print(&Out::Served {
-            from: req.from().clone(),
-            message: req.message().clone(),
-        });
-        handler(req)
+        let (from, message) = (req.from().clone(), req.message().clone());
+        let result = handler(req);
+        // A request the handler refused was not answered (the asker gets
+        // the error; the library logs it).
+        if result.is_ok() {
+            printer.print(&Out::Served { from, message });
+        }
+        result
     }
 }
 

@@ -510,6 +510,16 @@ fn processes_join_one_ring_and_talk_by_id() {
         }
     }
 
+    // A request its handler refuses is an error for the asker, and is not
+    // reported as answered by the node asked (checked with the served
+    // requests below).
+    {
+        let (asker, asked) = (&mut nodes[0], ids[1]);
+        let error = asker.ask(&format!("request {asked} ADD \"x\""), "error");
+        let why = error["error"].as_str().unwrap_or_default();
+        assert!(why.contains("handler_failed"), "{}: {error}", asker.name);
+    }
+
     // A broadcast from one node reaches every other.
     let caster = rng.below(NODES);
     let cast = nodes[caster].ask(

@@ -220,6 +220,7 @@ impl Connection {
     /// # Ok::<(), p2prs::Error>(())
     /// ```
     pub fn send(&self, msg: Message) -> Result<()> {
+        super::check_outgoing(&msg)?;
         super::send_message(self.open()?, msg)
     }
 
@@ -244,11 +245,12 @@ impl Connection {
             .upgrade()
             .map(|n| n.transport.cfg.request_timeout)
             .unwrap_or(Duration::from_secs(10));
-        self.open()?.request(msg, timeout)
+        self.request_timeout(msg, timeout)
     }
 
     /// Send a request and wait up to `timeout` for its answer.
     pub fn request_timeout(&self, msg: Message, timeout: Duration) -> Result<Message> {
+        super::check_outgoing(&msg)?;
         self.open()?.request(msg, timeout)
     }
 

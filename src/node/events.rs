@@ -3,6 +3,8 @@
 
 use super::Event;
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
+use serde_json::Value;
+use std::collections::VecDeque;
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -11,8 +13,10 @@ use std::time::{Duration, Instant};
 ///
 /// Buffering: the node keeps its events from the moment it starts, in one
 /// queue of at most [`Config::events_capacity`](crate::Config::events_capacity)
-/// (default 1024) that every `Events` handle of the node shares (each event
-/// goes to one reader). When the queue is full the oldest event is dropped
+/// (default 1024) events and [`Config::events_max_bytes`](crate::Config::events_max_bytes)
+/// (default 64 MiB) of message data and bodies, that every `Events` handle of
+/// the node shares (each event goes to one reader). When the queue is full
+/// the oldest event is dropped
 /// and counted in [`Node::events_dropped`](crate::Node::events_dropped), so a
 /// program that never reads events does not grow the node's memory. Once the
 /// node has shut down and the queue is drained, receives return
@@ -147,4 +151,84 @@ impl<'a> IntoIterator for &'a Events {
     fn into_iter(self) -> Self::IntoIter {
         self.rx.iter()
     }
+}
+
+/// The sizes of the events in the queue, oldest first, and their sum: what
+/// bounds the queue by `Config::events_max_bytes`. Readers take events from
+/// the front without telling; [`QueuedBytes::taken_down_to`] catches up from
+/// the queue's length (both are in the same order).
+#[derive(Debug, Default)]
+pub(crate) struct QueuedBytes {
+    sizes: VecDeque<usize>,
+    total: usize,
+}
+
+impl QueuedBytes {
+    /// The bytes of the events counted as queued.
+    pub(crate) fn total(&self) -> usize {
+        self.total
+    }
+
+    /// The queue holds `len` events now: the older ones were taken.
+    pub(crate) fn taken_down_to(&mut self, len: usize) {
+        while self.sizes.len() > len {
+            self.pop_oldest();
+        }
+    }
+
+    /// The oldest event left the queue.
+    pub(crate) fn pop_oldest(&mut self) {
+        if let Some(s) = self.sizes.pop_front() {
+            self.total -= s;
+        }
+    }
+
+    /// An event of `size` bytes joined the queue.
+    pub(crate) fn push(&mut self, size: usize) {
+        self.sizes.push_back(size);
+        self.total += size;
+    }
+}
+
+/// About the bytes an event holds: a message's type, data and body (the
+/// ring's events hold next to nothing).
+pub(crate) fn size_of(e: &Event) -> usize {
+    match e {
+        Event::Message { message, .. } => message_size(message),
+        _ => SMALL,
+    }
+}
+
+/// What every event or message is counted at, at least.
+const SMALL: usize = 64;
+
+/// About the bytes a message holds: its type, data and body.
+pub(crate) fn message_size(message: &crate::Message) -> usize {
+    SMALL
+        + message.kind().len()
+        + value_size(message.data_value())
+        + message.body().map_or(0, <[u8]>::len)
+}
+
+/// About the memory a JSON value holds (without recursion: a peer's data
+/// may nest as deep as the parser allows).
+fn value_size(v: &Value) -> usize {
+    const NODE: usize = std::mem::size_of::<Value>();
+    let mut size = 0;
+    let mut stack = vec![v];
+    while let Some(v) = stack.pop() {
+        size += NODE;
+        match v {
+            Value::String(s) => size += s.len(),
+            Value::Array(a) => stack.extend(a),
+            Value::Object(o) => {
+                for (k, v) in o {
+                    size += NODE + k.len();
+                    stack.push(v);
+                }
+            }
+            _ => {}
+        }
+    }
+    size
 }

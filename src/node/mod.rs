@@ -250,6 +250,7 @@ impl NodeBuilder {
             me: me.clone(),
             events_tx: Mutex::new(Some(events_tx)),
             events_rx,
+            events_bytes: Mutex::new(events::QueuedBytes::default()),
             events_dropped: AtomicU64::new(0),
             watching: AtomicBool::new(false),
             jobs: Arc::clone(&jobs),
@@ -292,6 +293,24 @@ fn check_kind(kind: &str) -> Result<()> {
     Ok(())
 }
 
+/// A program's message may leave: it has a type, and not one of the
+/// library's own (checked before any lookup or connection).
+pub(crate) fn check_outgoing(msg: &Message) -> Result<()> {
+    let kind = msg.kind();
+    if kind.trim().is_empty() {
+        return Err(Error::InvalidArgument(
+            "a message needs a type: it cannot be empty or blank".into(),
+        ));
+    }
+    if kind.starts_with(RESERVED_PREFIX) {
+        return Err(Error::InvalidArgument(format!(
+            "{kind:?} is a reserved type: message types starting with {RESERVED_PREFIX:?} \
+             belong to p2prs"
+        )));
+    }
+    Ok(())
+}
+
 struct Job {
     handler: Arc<HandlerFn>,
     /// The handler's count of quick runs.
@@ -303,10 +322,10 @@ struct Job {
 }
 
 /// What the node keeps per connection against a peer that floods it: the
-/// pooled-handler jobs it has queued (at most `Config::handler_queue_len`)
-/// and a token bucket for ring control frames (`Config::ring_control_rate`).
+/// pooled-handler jobs it has queued (at most `Config::handler_queue_len`
+/// jobs and `Config::handler_queue_bytes`) and a token bucket for ring control frames (`Config::ring_control_rate`).
 pub(crate) struct PeerGate {
-    queued: Mutex<usize>,
+    queued: Mutex<Queued>,
     room: Condvar,
     bucket: Mutex<Bucket>,
 }
@@ -317,13 +336,22 @@ struct Bucket {
     last: Instant,
 }
 
-/// One queued job of a connection; dropping it makes room for the next.
-struct Ticket(Arc<PeerGate>);
+/// A connection's pooled-handler jobs, queued or running, and their bytes.
+#[derive(Default)]
+struct Queued {
+    jobs: usize,
+    bytes: usize,
+}
+
+/// One queued job of a connection, of so many bytes; dropping it makes
+/// room for the next.
+struct Ticket(Arc<PeerGate>, usize);
 
 impl Drop for Ticket {
     fn drop(&mut self) {
         let mut q = self.0.queued.lock();
-        *q = q.saturating_sub(1);
+        q.jobs = q.jobs.saturating_sub(1);
+        q.bytes = q.bytes.saturating_sub(self.1);
         self.0.room.notify_one();
     }
 }
@@ -404,6 +432,9 @@ pub(crate) struct NodeInner {
     /// by `Config::events_capacity`; the oldest event makes room.
     events_tx: Mutex<Option<Sender<Event>>>,
     events_rx: Receiver<Event>,
+    /// The sizes of the events queued, oldest first, bounded by
+    /// `Config::events_max_bytes` (taken under `events_tx`'s lock).
+    events_bytes: Mutex<events::QueuedBytes>,
     events_dropped: AtomicU64,
     watching: AtomicBool,
     /// Pooled-handler jobs, served one connection at a time in turn.
@@ -654,8 +685,9 @@ impl Node {
     /// The node keeps them from its start; every [`Events`] handle shares one
     /// queue. Iterating ends when the node shuts down.
     ///
-    /// The queue holds at most [`Config::events_capacity`] events: when it is
-    /// full, the oldest is dropped to make room, and counted in
+    /// The queue holds at most [`Config::events_capacity`] events and
+    /// [`Config::events_max_bytes`] of their messages' data and bodies: when
+    /// it is full, the oldest is dropped to make room, and counted in
     /// [`Node::events_dropped`]. A program that reads events slowly, or not at
     /// all, loses the oldest, and the node's memory stays bounded.
     ///
@@ -694,6 +726,7 @@ impl Node {
     /// # Ok::<(), p2prs::Error>(())
     /// ```
     pub fn send(&self, target: impl Into<Target>, msg: Message) -> Result<()> {
+        check_outgoing(&msg)?;
         self.inner().send(target.into(), msg)
     }
 
@@ -774,6 +807,7 @@ impl Node {
         msg: Message,
         timeout: Duration,
     ) -> Result<Message> {
+        check_outgoing(&msg)?;
         let conn = self.inner().conn_for(target.into())?;
         conn.request(msg, timeout)
     }
@@ -1007,6 +1041,7 @@ impl Node {
     /// # Ok::<(), p2prs::Error>(())
     /// ```
     pub fn send_to_peer_book(&self, msg: Message, exclude: &[NodeId]) -> Result<usize> {
+        check_outgoing(&msg)?;
         let mut sent = 0;
         for p in self.peer_book() {
             if exclude.contains(&p.id) {
@@ -1094,24 +1129,37 @@ impl NodeInner {
         let g = self.events_tx.lock();
         let Some(tx) = g.as_ref() else { return };
         let capacity = self.transport.cfg.events_capacity.max(1);
-        while tx.len() >= capacity {
+        let max_bytes = self.transport.cfg.events_max_bytes;
+        let mut bytes = self.events_bytes.lock();
+        let size = events::size_of(&e);
+        loop {
+            // Readers took the oldest events since: forget their sizes.
+            bytes.taken_down_to(tx.len());
+            let full = tx.len() >= capacity || bytes.total() + size > max_bytes;
+            if tx.is_empty() || !full {
+                break;
+            }
             if self.events_rx.try_recv().is_ok() {
+                bytes.pop_oldest();
                 let dropped = self.events_dropped.fetch_add(1, Ordering::AcqRel);
                 // A program that never asked for events is not
                 // told that it loses them.
                 let watching = self.watching.load(Ordering::Acquire);
                 if watching && (dropped.is_power_of_two() || dropped == 0) {
                     log::warn!(
-                        "the events queue of {} is full ({capacity} events): dropping the \
-                         oldest ({} so far)",
+                        "the events queue of {} is full (at most {capacity} events, {} KiB): \
+                         dropping the oldest ({} so far)",
                         self.transport.local_addr(),
+                        max_bytes / 1024,
                         dropped + 1
                     );
                 }
             }
         }
         // Fails only once every receiver is gone: nobody is told then.
-        let _ = tx.send(e);
+        if tx.send(e).is_ok() {
+            bytes.push(size);
+        }
     }
 
     /// The gate of `conn`, made on first use.
@@ -1119,7 +1167,7 @@ impl NodeInner {
         let rate = f64::from(self.transport.cfg.ring_control_rate);
         Arc::clone(self.peers.lock().entry(conn.id).or_insert_with(|| {
             Arc::new(PeerGate {
-                queued: Mutex::new(0),
+                queued: Mutex::new(Queued::default()),
                 room: Condvar::new(),
                 bucket: Mutex::new(Bucket {
                     tokens: rate,
@@ -1134,30 +1182,35 @@ impl NodeInner {
         conn.is_closed() || self.stopped.load(Ordering::Acquire)
     }
 
-    /// Take a place in `conn`'s handler queue, waiting (on `conn`'s reader
-    /// thread: that is the backpressure) while it is full. `None` if the
-    /// connection or the node closed meanwhile.
-    fn queue_ticket(&self, conn: &Conn) -> Option<Ticket> {
+    /// Take a place in `conn`'s handler queue for a job of `size` bytes,
+    /// waiting (on `conn`'s reader thread: that is the backpressure) while
+    /// it is full. `None` if the connection or the node closed meanwhile.
+    fn queue_ticket(&self, conn: &Conn, size: usize) -> Option<Ticket> {
         let gate = self.gate(conn);
         let limit = self.transport.cfg.handler_queue_len.max(1);
+        let max_bytes = self.transport.cfg.handler_queue_bytes;
         let mut q = gate.queued.lock();
         let mut warned = false;
-        while *q >= limit {
+        while q.jobs >= limit || (q.jobs > 0 && q.bytes.saturating_add(size) > max_bytes) {
             if self.gave_up(conn) {
                 return None;
             }
             if !warned {
                 log::debug!(
-                    "{} has {limit} messages waiting for handlers: reading it no further for now",
-                    conn.peer_addr()
+                    "{} has {} messages ({} KiB) waiting for handlers: reading it no \
+                     further for now",
+                    conn.peer_addr(),
+                    q.jobs,
+                    q.bytes / 1024
                 );
                 warned = true;
             }
             gate.room.wait_for(&mut q, GATE_TICK);
         }
-        *q += 1;
+        q.jobs += 1;
+        q.bytes = q.bytes.saturating_add(size);
         drop(q);
-        Some(Ticket(gate))
+        Some(Ticket(gate, size))
     }
 
     /// Take a token for one ring control frame from `conn`, waiting (on its
@@ -1322,7 +1375,7 @@ impl NodeInner {
                 .peers
                 .lock()
                 .get(&conn.id)
-                .is_none_or(|gate| *gate.queued.lock() == 0)
+                .is_none_or(|gate| gate.queued.lock().jobs == 0)
     }
 
     /// Hand a user message or request to its handler, or to the default
@@ -1342,7 +1395,8 @@ impl NodeInner {
                     }
                     Runs::Pool => {
                         // Waits while this connection's queue is full.
-                        let Some(ticket) = self.queue_ticket(conn) else {
+                        let size = events::message_size(incoming.message());
+                        let Some(ticket) = self.queue_ticket(conn, size) else {
                             return;
                         };
                         let job = Job {

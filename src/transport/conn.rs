@@ -1194,6 +1194,13 @@ impl Conn {
             }
         }
         q.others += 1;
+        if !wait && !q.writing && self.writer_held_elsewhere() && self.flush_soon() {
+            // A request, whose caller waits for its answer within its own
+            // timeout, does not wait for another thread's write (a large
+            // frame, a peer that reads slowly): the flusher writes it once
+            // the socket is free.
+            return Ok(());
+        }
         if q.writing {
             if !wait {
                 return Ok(());
@@ -1237,6 +1244,21 @@ impl Conn {
             waits += 1;
         }
         self.write_queue(seq)
+    }
+
+    /// Whether another thread holds the socket's writer now (a write under
+    /// way outside the send queue).
+    fn writer_held_elsewhere(&self) -> bool {
+        matches!(&self.link, Link::Tcp { writer, .. } if writer.is_locked())
+    }
+
+    /// Have the flusher write the send queue as soon as the writer is free
+    /// (it looks again every few ms while another thread holds it). False
+    /// if it cannot: the caller writes it.
+    fn flush_soon(&self) -> bool {
+        self.flush
+            .get()
+            .is_some_and(|(flusher, me)| flusher.arm_after(me.clone(), Duration::ZERO))
     }
 
     /// Write what is queued, and what others queue meanwhile, as the one

@@ -8,7 +8,8 @@
 //! carry each side's identity (an Ed25519 key that signs the Noise static
 //! key) and its hello. After it, each direction is a stream of records:
 //! `length (u16) | ciphertext`, each holding up to [`MAX_PLAIN`] bytes of the
-//! frame stream. The Noise cryptography is the `snow` crate's.
+//! frame stream. The Noise protocol is the `snow` crate's, with X25519 from
+//! aws-lc-rs (`dh.rs`).
 
 pub(crate) use crate::config::Cipher;
 pub use crate::error::HandshakeError;

@@ -116,8 +116,10 @@ impl Dh for X25519Key {
                 return;
             }
         }
-        // Cannot fail for 32 bytes; if it did, an all-zero public key
-        // makes the peer's Diffie-Hellman, and so the handshake, fail.
+        // Cannot fail for 32 bytes; if it did, the public key would be
+        // all zeros and this side's own Diffie-Hellman (which parses the
+        // same private key) would fail, and so would the handshake. (A
+        // peer on snow's own X25519 would not fail on that key itself.)
         self.public = self
             .key()
             .and_then(|k| k.compute_public_key().map_err(|_| snow::Error::Dh))

@@ -289,6 +289,27 @@ fn many_bad_peers_at_once() {
     f.assert_serving();
 }
 
+/// Peers that reset their connection at once, before or while the node
+/// sends its preamble on accepting it: the node goes on accepting and
+/// serving.
+#[test]
+fn peers_that_reset_at_once() {
+    let f = fixture();
+    for _ in 0..20 {
+        let s = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )
+        .unwrap();
+        s.connect(&f.addr().into()).unwrap();
+        // Closing with a zero linger sends a reset.
+        s.set_linger(Some(std::time::Duration::ZERO)).unwrap();
+        drop(s);
+    }
+    f.assert_serving();
+}
+
 /// A peer may only claim a listening address on the host it connects from.
 /// (Processes on one host can still claim each other's ports: see
 /// docs/protocol.md, "What is trusted".)

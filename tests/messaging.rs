@@ -1079,6 +1079,42 @@ fn binary_bodies_arrive_byte_exact() {
     assert_eq!(resp.body(), None);
 }
 
+/// Requesters sharing one connection, with bodies small and large: a
+/// read may poll (recv that does not wait) or block, into the connection's
+/// buffer or straight into the record layer, on the connection's thread or
+/// a requester's, and every answer must still be its request's, byte exact.
+#[test]
+fn bodies_of_every_size_from_many_requesters_arrive_byte_exact() {
+    const CALLERS: u32 = 4;
+    let a = node_with(|c| c.handler_threads = CALLERS as usize);
+    echo_handler(&a);
+    let b = node();
+    let conn = b.connect(a.local_addr()).unwrap();
+    thread::scope(|s| {
+        for t in 0..CALLERS {
+            let conn = conn.clone();
+            s.spawn(move || {
+                for k in 0..24u32 {
+                    let len = [10usize, 70_000, 1_000, 300_000][(k + t) as usize % 4];
+                    let seed = t * 1_000 + k;
+                    let body: Vec<u8> = (0..len as u32)
+                        .map(|i| (i.wrapping_mul(31) ^ seed.wrapping_mul(2_654_435_761)) as u8)
+                        .collect();
+                    let resp = conn
+                        .request(Message::new("ECHO", seed).with_body(body.clone()))
+                        .unwrap();
+                    assert_eq!(resp.data::<u32>().unwrap(), seed);
+                    assert!(
+                        resp.body() == Some(&body[..]),
+                        "caller {t}, request {k}: a body of {len} bytes differs"
+                    );
+                }
+            });
+        }
+    });
+    assert_eq!(b.connection_count(), 1);
+}
+
 #[test]
 fn one_way_binary_message_arrives_byte_exact() {
     let a = node();

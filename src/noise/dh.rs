@@ -116,8 +116,10 @@ impl Dh for X25519Key {
                 return;
             }
         }
-        // Cannot fail for 32 bytes; if it did, an all-zero public key
-        // makes the peer's Diffie-Hellman, and so the handshake, fail.
+        // Cannot fail for 32 bytes; if it did, the public key would be
+        // all zeros and this side's own Diffie-Hellman (which parses the
+        // same private key) would fail, and so would the handshake. (A
+        // peer on snow's own X25519 would not fail on that key itself.)
         self.public = self
             .key()
             .and_then(|k| k.compute_public_key().map_err(|_| snow::Error::Dh))
@@ -197,6 +199,47 @@ mod tests {
             ours.dh(&padded, &mut z).expect("a padded key");
             assert_eq!(z[..32], x);
             assert_ne!(x, [0u8; 32]);
+        }
+    }
+
+    /// Keys an honest peer never sends but a hostile one may: u with the
+    /// high bit set (RFC 7748 ignores it) and u at or above 2^255 - 19
+    /// (taken mod p). Both implementations must give the same secret, or
+    /// fail only where snow's gives all zeros (small order).
+    #[test]
+    fn agrees_with_snows_own_on_non_canonical_keys() {
+        let mut ours = X25519Key::default();
+        ours.set(&[7u8; 32]);
+        let mut theirs = snows_own();
+        theirs.set(&[7u8; 32]);
+        let mut valid = X25519Key::default();
+        valid.set(&[9u8; 32]);
+        let mut keys = Vec::new();
+        // p + k for k in 0..19, p = 2^255 - 19: u = k taken mod p.
+        for k in 0..19u8 {
+            let mut u = [0xffu8; 32];
+            u[31] = 0x7f;
+            u[0] = 0xed + k;
+            keys.push(u);
+        }
+        for base in [[0u8; 32], [1u8; 32], [0xffu8; 32]] {
+            keys.push(base);
+        }
+        let mut high = [0u8; 32];
+        high.copy_from_slice(valid.pubkey());
+        keys.push(high);
+        for key in keys.clone() {
+            let mut k = key;
+            k[31] |= 0x80;
+            keys.push(k);
+        }
+        for key in keys {
+            let (mut x, mut y) = ([0u8; 56], [0u8; 56]);
+            theirs.dh(&key, &mut y).expect("snow's never fails");
+            match ours.dh(&key, &mut x) {
+                Ok(()) => assert_eq!(x[..32], y[..32], "the secrets differ for {key:02x?}"),
+                Err(_) => assert_eq!(y[..32], [0u8; 32], "only ours failed for {key:02x?}"),
+            }
         }
     }
 

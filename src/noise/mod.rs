@@ -8,7 +8,8 @@
 //! carry each side's identity (an Ed25519 key that signs the Noise static
 //! key) and its hello. After it, each direction is a stream of records:
 //! `length (u16) | ciphertext`, each holding up to [`MAX_PLAIN`] bytes of the
-//! frame stream. The Noise cryptography is the `snow` crate's.
+//! frame stream. The Noise protocol is the `snow` crate's, with X25519 from
+//! aws-lc-rs (`dh.rs`).
 
 pub(crate) use crate::config::Cipher;
 pub use crate::error::HandshakeError;
@@ -1075,6 +1076,56 @@ mod tests {
         assert!(matches!(e, HandshakeError::BadIdentity(_)), "{e:?}");
         assert!(!x.is_done());
         assert!(x.finish().is_none());
+    }
+
+    #[test]
+    fn a_preamble_sent_in_part_is_finished_by_the_rest_of_the_output() {
+        let (a, b) = (local(1, None), local(2, None));
+        let mut x = Handshaker::new(a, &hello(1), [0x7f; 8]);
+        let mut y = Handshaker::new(b, &hello(2), [0x80; 8]);
+        // As an accepting thread sends what its socket takes at once.
+        let first = x.output()[..5].to_vec();
+        x.sent(5);
+        x.sent(0);
+        let rest = x.take_output();
+        assert_eq!(first.len() + rest.len(), PREAMBLE_LEN);
+        // More than there is: nothing left, no panic.
+        let mut z = Handshaker::new(local(3, None), &hello(3), [1; 8]);
+        z.sent(1000);
+        assert!(z.output().is_empty());
+        y.push(&first).expect("part of a preamble");
+        y.push(&rest).expect("the rest");
+        // The larger tie-break (y's) leads: its preamble and message 1.
+        x.push(&y.take_output()).expect("preamble and message 1");
+        y.push(&x.take_output()).expect("message 2");
+        let msg3 = y.take_output();
+        y.settle().expect("x's proof");
+        x.push(&msg3).expect("message 3");
+        assert!(x.is_done() && y.is_done());
+    }
+
+    /// Handshake messages are written into buffers sized to their
+    /// payload: the largest hello a peer accepts still fits, with and
+    /// without a network key.
+    #[test]
+    fn the_largest_hello_fits_its_message() {
+        for key in [None, Some("k")] {
+            let pad = "x".repeat(MAX_HELLO - 40);
+            let raw = format!("{{\"listen\":\"{pad}\",\"id\":null}}").into_bytes();
+            assert!(raw.len() <= MAX_HELLO);
+            let mut x = Handshaker::with_raw_hello(local(1, key), raw, [0x80; 8]);
+            let mut y = Handshaker::new(local(2, key), &hello(2), [0x01; 8]);
+            y.push(&x.take_output()).expect("preamble");
+            x.push(&y.take_output()).expect("preamble");
+            y.push(&x.take_output()).expect("message 1");
+            x.push(&y.take_output()).expect("message 2");
+            let msg3 = x.take_output();
+            assert!(msg3.len() > MAX_HELLO - 40, "{} bytes", msg3.len());
+            x.settle().expect("y's proof");
+            y.push(&msg3).expect("message 3");
+            let (peer, _, _) = y.finish().expect("done");
+            assert_eq!(peer.hello.listen.map(|l| l.len()), Some(pad.len()));
+        }
     }
 
     #[test]

@@ -1084,8 +1084,8 @@ impl Conn {
         }
         let bound = *self.slow_peer.lock();
         // Marked as a write under way like every other, so that
-        // `writing_since` is 0 again once it is done (a read's look skips
-        // the peek while it is not).
+        // `writing_since` is 0 again once it is done (a read's poll skips
+        // its reads that do not wait while it is not).
         let writing = Writing::begin(&self.writing_since);
         let r = w.push_backlog();
         drop(writing);

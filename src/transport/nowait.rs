@@ -1,8 +1,11 @@
-//! Reads and writes of a socket that never wait, whatever the socket's
-//! other users do: `recv`/`send` with `MSG_DONTWAIT`, which leave the
-//! socket blocking for its other readers and writers (setting the socket
-//! non-blocking would not). Linux only; elsewhere every call reports
-//! `WouldBlock` and callers block as they would have.
+//! Reads and writes of a socket that do not wait for bytes or for room,
+//! whatever the socket's other users do: `recv`/`send` with
+//! `MSG_DONTWAIT`, which leave the socket blocking for its other readers
+//! and writers (setting the socket non-blocking would not). They may
+//! still sleep on the socket's lock, which a write holds while the kernel
+//! delivers its bytes (see `ReadState::poll_briefly`). Linux only;
+//! elsewhere every call reports `WouldBlock` (a write, 0 bytes) and
+//! callers block as they would have.
 
 use std::io;
 use std::net::TcpStream;

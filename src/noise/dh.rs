@@ -21,6 +21,7 @@ use snow::resolvers::{
     BoxedCryptoResolver, CryptoResolver, DefaultResolver, FallbackResolver, RingResolver,
 };
 use snow::types::{Cipher, Dh, Hash, Random};
+use std::sync::Arc;
 
 /// The resolver for every handshake: X25519 from here, the rest from
 /// ring, then snow's own.
@@ -28,14 +29,46 @@ pub(crate) fn resolver() -> BoxedCryptoResolver {
     with(AwsLcDh { known: None })
 }
 
-/// [`resolver`], for handshakes with the static key `private` whose public
-/// key is `public`: setting it then costs no scalar multiplication (6 µs
-/// on each side of every handshake, on its critical path).
-pub(crate) fn resolver_with_static(private: &[u8], public: &[u8]) -> BoxedCryptoResolver {
-    let known = <[u8; 32]>::try_from(private)
-        .ok()
-        .zip(<[u8; 32]>::try_from(public).ok());
-    with(AwsLcDh { known })
+/// A node's static key, parsed once: a handshake that sets it costs no
+/// scalar multiplication (deriving its public half, or parsing it again
+/// for each Diffie-Hellman operation, takes 6 µs here, on the handshake's
+/// critical path).
+pub(crate) struct StaticKey {
+    private: [u8; 32],
+    public: [u8; 32],
+    key: PrivateKey,
+}
+
+impl StaticKey {
+    /// The static key `private` (32 bytes).
+    pub(crate) fn new(private: &[u8]) -> Result<StaticKey, snow::Error> {
+        let private = <[u8; 32]>::try_from(private).map_err(|_| snow::Error::Dh)?;
+        let key = PrivateKey::from_private_key(&X25519, &private).map_err(|_| snow::Error::Dh)?;
+        let public = key
+            .compute_public_key()
+            .ok()
+            .and_then(|p| <[u8; 32]>::try_from(p.as_ref()).ok())
+            .ok_or(snow::Error::Dh)?;
+        Ok(StaticKey {
+            private,
+            public,
+            key,
+        })
+    }
+
+    /// Its public half.
+    #[cfg(test)]
+    fn public(&self) -> &[u8] {
+        &self.public
+    }
+}
+
+/// [`resolver`], for handshakes with the static key `known`: setting that
+/// key takes it as it is.
+pub(crate) fn resolver_with_static(known: &Arc<StaticKey>) -> BoxedCryptoResolver {
+    with(AwsLcDh {
+        known: Some(Arc::clone(known)),
+    })
 }
 
 fn with(dh: AwsLcDh) -> BoxedCryptoResolver {
@@ -50,8 +83,8 @@ fn with(dh: AwsLcDh) -> BoxedCryptoResolver {
 
 /// Resolves X25519 only.
 struct AwsLcDh {
-    /// A key pair whose public half [`Dh::set`] need not compute.
-    known: Option<([u8; 32], [u8; 32])>,
+    /// A key that [`Dh::set`] takes as it is.
+    known: Option<Arc<StaticKey>>,
 }
 
 impl CryptoResolver for AwsLcDh {
@@ -62,7 +95,7 @@ impl CryptoResolver for AwsLcDh {
     fn resolve_dh(&self, choice: &DHChoice) -> Option<Box<dyn Dh>> {
         match choice {
             DHChoice::Curve25519 => Some(Box::new(X25519Key {
-                known: self.known,
+                known: self.known.clone(),
                 ..X25519Key::default()
             })),
             _ => None,
@@ -83,13 +116,24 @@ impl CryptoResolver for AwsLcDh {
 struct X25519Key {
     private: [u8; 32],
     public: [u8; 32],
+    /// The private key as parsed, for each Diffie-Hellman operation.
+    key: Option<Key>,
     /// See [`AwsLcDh::known`].
-    known: Option<([u8; 32], [u8; 32])>,
+    known: Option<Arc<StaticKey>>,
 }
 
-impl X25519Key {
-    fn key(&self) -> Result<PrivateKey, snow::Error> {
-        PrivateKey::from_private_key(&X25519, &self.private).map_err(|_| snow::Error::Dh)
+/// A parsed private key: this pair's own, or the node's static key.
+enum Key {
+    Own(PrivateKey),
+    Static(Arc<StaticKey>),
+}
+
+impl Key {
+    fn get(&self) -> &PrivateKey {
+        match self {
+            Key::Own(k) => k,
+            Key::Static(s) => &s.key,
+        }
     }
 }
 
@@ -110,20 +154,24 @@ impl Dh for X25519Key {
         let n = privkey.len().min(32);
         self.private = [0u8; 32];
         self.private[..n].copy_from_slice(&privkey[..n]);
-        if let Some((private, public)) = self.known {
-            if private == self.private {
-                self.public = public;
+        if let Some(known) = &self.known {
+            if known.private == self.private {
+                self.public = known.public;
+                self.key = Some(Key::Static(Arc::clone(known)));
                 return;
             }
         }
         // Cannot fail for 32 bytes; if it did, the public key would be
-        // all zeros and this side's own Diffie-Hellman (which parses the
-        // same private key) would fail, and so would the handshake. (A
-        // peer on snow's own X25519 would not fail on that key itself.)
-        self.public = self
-            .key()
-            .and_then(|k| k.compute_public_key().map_err(|_| snow::Error::Dh))
+        // all zeros and this side's own Diffie-Hellman would fail (it has
+        // no parsed key), and so would the handshake. (A peer on snow's
+        // own X25519 would not fail on that key itself.)
+        self.key = PrivateKey::from_private_key(&X25519, &self.private)
             .ok()
+            .map(Key::Own);
+        self.public = self
+            .key
+            .as_ref()
+            .and_then(|k| k.get().compute_public_key().ok())
             .and_then(|p| <[u8; 32]>::try_from(p.as_ref()).ok())
             .unwrap_or_default();
     }
@@ -146,9 +194,9 @@ impl Dh for X25519Key {
     fn dh(&self, pubkey: &[u8], out: &mut [u8]) -> Result<(), snow::Error> {
         // snow hands over its whole key buffer: the key is the first 32 bytes.
         let pubkey = pubkey.get(..32).ok_or(snow::Error::Dh)?;
-        let key = self.key()?;
+        let key = self.key.as_ref().ok_or(snow::Error::Dh)?;
         agree(
-            &key,
+            key.get(),
             UnparsedPublicKey::new(&X25519, pubkey),
             snow::Error::Dh,
             |shared| match out.get_mut(..shared.len()) {
@@ -248,10 +296,19 @@ mod tests {
         let mut k = X25519Key::default();
         k.set(&[3u8; 32]);
         let public = k.pubkey().to_vec();
-        let r = resolver_with_static(&[3u8; 32], &public);
+        let fixed = Arc::new(StaticKey::new(&[3u8; 32]).expect("a static key"));
+        assert_eq!(fixed.public(), &public[..]);
+        let r = resolver_with_static(&fixed);
         let mut known = r.resolve_dh(&DHChoice::Curve25519).expect("X25519");
         known.set(&[3u8; 32]);
         assert_eq!(known.pubkey(), &public[..]);
+        // It agrees with the same key parsed anew.
+        let mut peer = X25519Key::default();
+        peer.set(&[9u8; 32]);
+        let (mut x, mut y) = ([0u8; 32], [0u8; 32]);
+        known.dh(peer.pubkey(), &mut x).expect("with the known key");
+        k.dh(peer.pubkey(), &mut y).expect("parsed anew");
+        assert_eq!(x, y);
         // Another key is computed, not taken from the known pair.
         known.set(&[4u8; 32]);
         let mut other = X25519Key::default();

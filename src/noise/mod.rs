@@ -51,7 +51,7 @@ pub(crate) struct Local {
     /// X25519 static key for Noise (fresh per process), and the identity
     /// proof: Ed25519 public key + its signature of the static public key.
     static_private: Vec<u8>,
-    static_public: Vec<u8>,
+    static_key: Arc<dh::StaticKey>,
     proof: Vec<u8>,
 }
 
@@ -86,8 +86,11 @@ impl Local {
             psk,
             plaintext,
             cipher,
+            static_key: Arc::new(
+                dh::StaticKey::new(&kp.private)
+                    .map_err(|e| HandshakeError::Noise(format!("parsing the static key: {e:?}")))?,
+            ),
             static_private: kp.private,
-            static_public: kp.public,
             proof,
         })
     }
@@ -377,7 +380,7 @@ impl Handshaker {
         let noise_err = |e: snow::Error| HandshakeError::Noise(format!("{e:?}"));
         let mut b = snow::Builder::with_resolver(
             params(self.local.keyed(), self.local.cipher)?,
-            dh::resolver_with_static(&self.local.static_private, &self.local.static_public),
+            dh::resolver_with_static(&self.local.static_key),
         )
         .local_private_key(&self.local.static_private)
         .map_err(noise_err)?
@@ -1062,7 +1065,7 @@ mod tests {
             plaintext: false,
             cipher: b.cipher,
             static_private: b.static_private.clone(),
-            static_public: b.static_public.clone(),
+            static_key: Arc::clone(&b.static_key),
             proof: other.proof.clone(),
         };
         let mut y = Handshaker::new(Arc::new(forged), &hello(2), [0x01; 8]);

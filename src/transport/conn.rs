@@ -176,6 +176,13 @@ struct ReadState {
 #[derive(Default, Clone, Copy)]
 pub(super) struct PollScore(u8);
 
+impl PollScore {
+    /// A new outbound connection's: its first read looks (the answer to
+    /// the request it was opened for comes soon); one that finds nothing
+    /// within [`POLL_WINDOW`] halves it to zero.
+    pub(super) const FRESH: PollScore = PollScore(1);
+}
+
 /// Bytes that come within this long of a read's start mark a busy
 /// connection (see [`PollScore`]).
 pub(super) const BUSY_GAP: Duration = Duration::from_micros(50);

@@ -340,7 +340,13 @@ impl Conn {
             ended: false,
             min_frame_rate: limits.min_frame_rate,
             direct: None,
-            poll: PollScore::default(),
+            // A connection this node opened is opened for a request or a
+            // message, mostly: its first reads look before they sleep.
+            poll: if self.outbound {
+                PollScore::FRESH
+            } else {
+                PollScore::default()
+            },
             sent_seen: 0,
             writing: Arc::clone(&self.writing_since),
         });
@@ -350,6 +356,14 @@ impl Conn {
         st.clock
             .on_bytes(0, st.inbound.in_frame(), false, Instant::now());
         let mut mine = Some(st);
+        if self.outbound && !st_needs_thread(&mine) {
+            // The request it was opened for reads its own answer (with no
+            // hand-over, and no wake of this thread); this thread reads
+            // again after the lazy return if no requester came.
+            if let Some(st) = mine.take() {
+                self.step_down(st);
+            }
+        }
         'lead: loop {
             let mut st = match mine.take() {
                 Some(st) => st,
@@ -764,6 +778,12 @@ pub(super) fn lazy_wait(since: Duration, rechecks: u32) -> Duration {
         .min(LAZY_RECHECK_MAX)
         .max(LAZY_RETURN);
     target.saturating_sub(since).max(Duration::from_micros(50))
+}
+
+/// Whether the read state `st` holds must stay with the connection's
+/// thread (see [`ReadState::needs_conn_thread`]).
+fn st_needs_thread(st: &Option<Box<ReadState>>) -> bool {
+    st.as_ref().is_none_or(|st| st.needs_conn_thread())
 }
 
 /// `n` bytes read brought `frames` complete frames: the frame clock learns

@@ -108,13 +108,12 @@ impl Args {
                 port: 0,
                 join: None,
             };
-            for pair in flags {
-                let (flag, value) = pair?;
+            for (flag, value) in flags {
                 match flag.as_str() {
-                    "--name" => args.name = value,
-                    "--host" => args.host = value,
-                    "--port" => args.port = common::port(&value)?,
-                    "--join" => args.join = Some(value),
+                    "--name" => args.name = common::needs(&flag, value)?,
+                    "--host" => args.host = common::needs(&flag, value)?,
+                    "--port" => args.port = common::port(&common::needs(&flag, value)?)?,
+                    "--join" => args.join = Some(common::needs(&flag, value)?),
                     _ => return Err(common::unknown_option(&flag)),
                 }
             }

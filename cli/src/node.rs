@@ -98,7 +98,8 @@ fn join(node: &Node, addrs: &[String], printer: &Printer) -> bool {
             true
         }
         Err(e) => {
-            printer.print(&Out::error(e));
+            // The library cannot name an address it could not resolve.
+            printer.print(&Out::error(format!("{e} (through {})", addrs.join(", "))));
             false
         }
     }
@@ -401,7 +402,7 @@ mod tests {
         assert_eq!(kinds(&ev), ["error"]);
         assert!(ev[0]["error"]
             .as_str()
-            .is_some_and(|e| e.contains("could not join")));
+            .is_some_and(|e| e.contains("could not join") && e.contains("127.0.0.1:1")));
         a.shutdown();
     }
 }

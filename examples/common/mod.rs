@@ -43,19 +43,22 @@ pub fn command_line<A>(
     })
 }
 
-/// The command line as `(flag, value)` pairs; a flag without a value is an error.
+/// The command line as `(flag, value)` pairs; the value is `None` for a
+/// last flag without one (see [`needs`]).
 pub struct Flags(std::vec::IntoIter<String>);
 
 impl Iterator for Flags {
-    type Item = std::result::Result<(String, String), String>;
+    type Item = (String, Option<String>);
 
     fn next(&mut self) -> Option<Self::Item> {
         let flag = self.0.next()?;
-        Some(match self.0.next() {
-            Some(value) => Ok((flag, value)),
-            None => Err(format!("{flag} needs a value")),
-        })
+        Some((flag, self.0.next()))
     }
+}
+
+/// The value of a known `flag`, or why there is none.
+pub fn needs(flag: &str, value: Option<String>) -> std::result::Result<String, String> {
+    value.ok_or_else(|| format!("{flag} needs a value"))
 }
 
 /// The value of `--port`.
@@ -105,13 +108,12 @@ impl RoleArgs {
             port: None,
             join: Vec::new(),
         };
-        for pair in flags {
-            let (flag, value) = pair?;
+        for (flag, value) in flags {
             match flag.as_str() {
-                "--role" => args.role = parse_role(&value)?,
-                "--host" => args.host = value,
-                "--port" => args.port = Some(port(&value)?),
-                "--join" => args.join.push(value),
+                "--role" => args.role = parse_role(&needs(&flag, value)?)?,
+                "--host" => args.host = needs(&flag, value)?,
+                "--port" => args.port = Some(port(&needs(&flag, value)?)?),
+                "--join" => args.join.push(needs(&flag, value)?),
                 _ => return Err(unknown_option(&flag)),
             }
         }

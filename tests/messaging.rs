@@ -1572,3 +1572,207 @@ fn an_answer_made_is_not_held_while_a_later_quick_handler_runs_long() {
         "the quick answer waited {took:?}, held behind the next handler's run"
     );
 }
+
+// ---- A connection this node opened, and a peer that speaks first ----------
+
+/// A peer listening on loopback that runs the secure handshake on the first
+/// connection it accepts, then does `then` with the handshaken stream.
+fn listening_peer(
+    then: impl FnOnce(p2prs::testing::SecureStream) + Send + 'static,
+) -> (std::net::SocketAddr, thread::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a listener");
+    let addr = listener.local_addr().unwrap();
+    let h = thread::Builder::new()
+        .name("test-listening-peer".into())
+        .spawn(move || {
+            let (stream, _) = listener.accept().expect("accept");
+            let s = p2prs::testing::SecureStream::handshake(
+                stream,
+                p2prs::Identity::generate().unwrap(),
+                None,
+                b"{}",
+            )
+            .expect("handshake");
+            then(s)
+        })
+        .unwrap();
+    (addr, h)
+}
+
+fn text_frame(text: &str) -> Vec<u8> {
+    let h = json!({"kind": "message", "type": TEXT, "data": text});
+    frame_bytes(&serde_json::to_vec(&h).unwrap(), &[])
+}
+
+fn expect_text(events: &p2prs::Events, want: &str) -> std::time::Instant {
+    match events.recv_timeout(PATIENCE) {
+        Ok(Event::Message { message, .. }) => {
+            assert_eq!(message.as_text(), Some(want));
+            std::time::Instant::now()
+        }
+        other => panic!("expected the TEXT {want:?}, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_message_the_peer_sends_right_after_the_handshake_reaches_the_node_that_dialed_it() {
+    for round in 0..10 {
+        let a = node();
+        let events = a.events();
+        let (sent_tx, sent_rx) = bounded::<std::time::Instant>(1);
+        let (done_tx, done_rx) = bounded::<()>(1);
+        let (addr, peer) = listening_peer(move |mut s| {
+            s.write_plain(&text_frame("first")).unwrap();
+            let _ = sent_tx.send(std::time::Instant::now());
+            // Keep the connection open, saying nothing more.
+            let _ = done_rx.recv_timeout(PATIENCE);
+        });
+        // The node opens the connection and sends nothing on it.
+        let conn = a.connect(addr).unwrap();
+        let got = expect_text(&events, "first");
+        let sent = sent_rx.recv_timeout(PATIENCE).unwrap();
+        let took = got.saturating_duration_since(sent);
+        assert!(
+            took < Duration::from_millis(1000),
+            "round {round}: the peer's first message took {took:?}"
+        );
+        assert!(conn.is_open());
+        drop(done_tx);
+        peer.join().unwrap();
+    }
+}
+
+#[test]
+fn a_message_the_peer_sends_later_reaches_the_node_that_dialed_it_and_said_nothing() {
+    // The node's connection thread has left the socket to requesters by
+    // then; nobody requests.
+    let a = node();
+    let events = a.events();
+    let (go_tx, go_rx) = bounded::<()>(1);
+    let (sent_tx, sent_rx) = bounded::<std::time::Instant>(1);
+    let (addr, peer) = listening_peer(move |mut s| {
+        for i in 0..5 {
+            if go_rx.recv_timeout(PATIENCE).is_err() {
+                return;
+            }
+            s.write_plain(&text_frame(&format!("m{i}"))).unwrap();
+            let _ = sent_tx.send(std::time::Instant::now());
+        }
+        let _ = go_rx.recv_timeout(PATIENCE);
+    });
+    let conn = a.connect(addr).unwrap();
+    for i in 0..5 {
+        go_tx.send(()).unwrap();
+        let got = expect_text(&events, &format!("m{i}"));
+        let sent = sent_rx.recv_timeout(PATIENCE).unwrap();
+        let took = got.saturating_duration_since(sent);
+        assert!(took < Duration::from_millis(1000), "m{i} took {took:?}");
+    }
+    assert!(conn.is_open());
+    drop(go_tx);
+    peer.join().unwrap();
+}
+
+#[test]
+fn a_request_the_peer_sends_first_is_answered_by_the_node_that_dialed_it() {
+    let a = node();
+    echo_handler(&a);
+    let (answer_tx, answer_rx) = bounded::<serde_json::Value>(1);
+    let (addr, peer) = listening_peer(move |mut s| {
+        let h = json!({"kind": "request", "type": "ECHO", "data": 7, "req": 1});
+        s.write_plain(&frame_bytes(&serde_json::to_vec(&h).unwrap(), &[]))
+            .unwrap();
+        s.socket()
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let deadline = std::time::Instant::now() + PATIENCE;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while std::time::Instant::now() < deadline {
+            match s.read_plain(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(_) => {}
+            }
+            if buf.len() >= 8 {
+                let hl = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+                let bl = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
+                if buf.len() >= 8 + hl + bl {
+                    let _ = answer_tx.send(serde_json::from_slice(&buf[8..8 + hl]).unwrap());
+                    return;
+                }
+            }
+        }
+    });
+    let _conn = a.connect(addr).unwrap();
+    let h = answer_rx.recv_timeout(PATIENCE).expect("an answer");
+    assert_eq!(h["kind"], "response", "{h}");
+    assert_eq!(h["req"], 1, "{h}");
+    peer.join().unwrap();
+}
+
+#[test]
+fn a_peer_that_closes_right_after_the_handshake_is_seen_closed_by_the_node_that_dialed_it() {
+    for _ in 0..10 {
+        let a = node();
+        let (addr, peer) = listening_peer(drop);
+        let conn = match a.connect(addr) {
+            Ok(c) => c,
+            // Closed before the node had the connection: seen as well.
+            Err(_) => continue,
+        };
+        peer.join().unwrap();
+        assert!(
+            wait_until(PATIENCE, || !conn.is_open()),
+            "the closed connection still looks open"
+        );
+        assert_eq!(a.connection_count(), 0);
+    }
+}
+
+#[test]
+fn a_message_the_peer_sends_while_the_dialer_waits_on_a_request_is_delivered() {
+    // The node's requester reads the socket for an answer that does not
+    // come yet; the message it meets goes to the connection's thread.
+    let a = node();
+    let events = a.events();
+    let (got_tx, got_rx) = bounded::<()>(1);
+    let (addr, peer) = listening_peer(move |mut s| {
+        s.socket()
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        // Wait for the node's request.
+        let mut chunk = [0u8; 4096];
+        let deadline = std::time::Instant::now() + PATIENCE;
+        let mut buf = Vec::new();
+        let req = loop {
+            assert!(std::time::Instant::now() < deadline, "no request came");
+            if let Ok(n) = s.read_plain(&mut chunk) {
+                assert!(n > 0, "the node closed");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            if buf.len() >= 8 {
+                let hl = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+                if buf.len() >= 8 + hl {
+                    let h: serde_json::Value = serde_json::from_slice(&buf[8..8 + hl]).unwrap();
+                    break h["req"].as_u64().unwrap();
+                }
+            }
+        };
+        s.write_plain(&text_frame("meanwhile")).unwrap();
+        // Answer once the node has the message.
+        let _ = got_rx.recv_timeout(PATIENCE);
+        let h = json!({"kind": "response", "type": "ECHO RESP", "data": 1, "req": req});
+        s.write_plain(&frame_bytes(&serde_json::to_vec(&h).unwrap(), &[]))
+            .unwrap();
+        let _ = s.read_plain(&mut chunk);
+    });
+    let conn = a.connect(addr).unwrap();
+    let requester = thread::spawn(move || conn.request(Message::new("ECHO", 1)));
+    expect_text(&events, "meanwhile");
+    got_tx.send(()).unwrap();
+    let r = requester.join().unwrap().expect("the answer");
+    assert_eq!(r.kind(), "ECHO RESP");
+    drop(a);
+    peer.join().unwrap();
+}

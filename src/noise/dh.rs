@@ -316,6 +316,72 @@ mod tests {
         assert_eq!(known.pubkey(), other.pubkey());
     }
 
+    /// Setting keys in turn on one pair (the static key, another, the
+    /// static key again, a generated one) always leaves the pair the key
+    /// last set: its public half and its Diffie-Hellman agree with that key
+    /// parsed anew. One static key shared by pairs on several threads gives
+    /// each the same secrets.
+    #[test]
+    fn a_pair_is_the_key_last_set_and_a_shared_static_key_agrees_everywhere() {
+        struct Rng(u8);
+        impl Random for Rng {
+            fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), snow::Error> {
+                dest.fill(self.0);
+                Ok(())
+            }
+        }
+        let fixed = Arc::new(StaticKey::new(&[3u8; 32]).expect("a static key"));
+        let mut peer = X25519Key::default();
+        peer.set(&[9u8; 32]);
+        let fresh = |k: &[u8; 32]| {
+            let mut x = X25519Key::default();
+            x.set(k);
+            let mut out = [0u8; 32];
+            x.dh(peer.pubkey(), &mut out).expect("parsed anew");
+            (x.pubkey().to_vec(), out)
+        };
+        let r = resolver_with_static(&fixed);
+        let mut pair = r.resolve_dh(&DHChoice::Curve25519).expect("X25519");
+        let check = |pair: &dyn Dh, k: &[u8; 32]| {
+            let mut out = [0u8; 32];
+            pair.dh(peer.pubkey(), &mut out).expect("dh");
+            assert_eq!((pair.pubkey().to_vec(), out), fresh(k), "key {:02x}", k[0]);
+            assert_eq!(pair.privkey(), &k[..]);
+        };
+        for k in [[3u8; 32], [4u8; 32], [3u8; 32], [5u8; 32], [3u8; 32]] {
+            pair.set(&k);
+            check(&*pair, &k);
+        }
+        pair.generate(&mut Rng(6)).expect("generate");
+        check(&*pair, &[6u8; 32]);
+        // One static key, shared by pairs on several threads.
+        let want = fresh(&[3u8; 32]);
+        let peer_public = peer.pubkey().to_vec();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let fixed = Arc::clone(&fixed);
+                let peer_public = peer_public.clone();
+                std::thread::spawn(move || {
+                    let r = resolver_with_static(&fixed);
+                    let mut seen = Vec::new();
+                    for _ in 0..50 {
+                        let mut pair = r.resolve_dh(&DHChoice::Curve25519).expect("X25519");
+                        pair.set(&[3u8; 32]);
+                        let mut out = [0u8; 32];
+                        pair.dh(&peer_public, &mut out).expect("dh");
+                        seen.push((pair.pubkey().to_vec(), out));
+                    }
+                    seen
+                })
+            })
+            .collect();
+        for t in threads {
+            for got in t.join().expect("a thread") {
+                assert_eq!(got, want);
+            }
+        }
+    }
+
     #[test]
     fn a_small_order_peer_key_fails() {
         let mut ours = X25519Key::default();

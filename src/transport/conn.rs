@@ -164,7 +164,7 @@ struct ReadState {
     /// read pays (see [`ReadState::poll_briefly`]).
     poll: PollScore,
     /// The connection's count of writes at the connection's thread's
-    /// last read.
+    /// last read (`u64::MAX` before its first: that read expects bytes).
     sent_seen: u64,
     /// [`Conn::writing_since`]: non-zero while a write is under way.
     writing: Arc<AtomicU64>,
@@ -177,8 +177,8 @@ struct ReadState {
 pub(super) struct PollScore(u8);
 
 impl PollScore {
-    /// A new outbound connection's: its first read looks (the answer to
-    /// the request it was opened for comes soon); one that finds nothing
+    /// A new connection's: its first read looks (the request it was
+    /// opened for, or its answer, comes soon); one that finds nothing
     /// within [`POLL_WINDOW`] halves it to zero.
     pub(super) const FRESH: PollScore = PollScore(1);
 }

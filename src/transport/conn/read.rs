@@ -340,14 +340,11 @@ impl Conn {
             ended: false,
             min_frame_rate: limits.min_frame_rate,
             direct: None,
-            // A connection this node opened is opened for a request or a
-            // message, mostly: its first reads look before they sleep.
-            poll: if self.outbound {
-                PollScore::FRESH
-            } else {
-                PollScore::default()
-            },
-            sent_seen: 0,
+            // A connection is opened for a request or a message, mostly:
+            // its first read looks before it sleeps (the dialer sends its
+            // first frame as soon as its handshake is done), on either end.
+            poll: PollScore::FRESH,
+            sent_seen: u64::MAX,
             writing: Arc::clone(&self.writing_since),
         });
         self.lead.lock().open = true;

@@ -377,7 +377,15 @@ fn adopt(
     timing: PunchTiming,
 ) -> bool {
     let _ = stream.set_nodelay(true);
-    let greeted = handshake(&mut stream, &t.secure, &t.hello(), timing.handshake, true);
+    // Both sides may have dialled this stream: neither leads.
+    let greeted = handshake(
+        &mut stream,
+        &t.secure,
+        &t.hello(),
+        timing.handshake,
+        true,
+        false,
+    );
     let greeted = match greeted {
         Ok(x) => x,
         Err(e) => {

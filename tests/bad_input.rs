@@ -108,7 +108,7 @@ fn garbage_after_the_hello() {
 fn wrong_magic() {
     let f = fixture();
     let mut bad = RawPeer::connect(f.addr());
-    bad.send(&preamble_bytes(b"P2PX", 2, DEFAULT_FLAGS)).ok();
+    bad.send(&preamble_bytes(b"P2PX", 3, DEFAULT_FLAGS)).ok();
     f.assert_only_bad_peer_dropped(&mut bad, "not a p2prs peer");
 }
 
@@ -116,8 +116,8 @@ fn wrong_magic() {
 fn wrong_version() {
     let f = fixture();
     let mut bad = RawPeer::connect(f.addr());
-    bad.send(&preamble_bytes(b"P2PR", 3, DEFAULT_FLAGS)).ok();
-    f.assert_only_bad_peer_dropped(&mut bad, "protocol version 3");
+    bad.send(&preamble_bytes(b"P2PR", 4, DEFAULT_FLAGS)).ok();
+    f.assert_only_bad_peer_dropped(&mut bad, "protocol version 4");
 }
 
 #[test]
@@ -254,7 +254,7 @@ fn silent_peer_is_closed_after_the_handshake_timeout() {
     let mut silent = RawPeer::connect(f.addr());
     // The node sends its preamble first; the silent peer never answers.
     let preamble = silent.read_preamble();
-    assert_eq!(&preamble[..6], b"P2PR\x00\x02");
+    assert_eq!(&preamble[..6], b"P2PR\x00\x03");
     // While the silent peer waits, others are served.
     f.assert_serving();
     assert!(
@@ -276,9 +276,9 @@ fn many_bad_peers_at_once() {
         let bytes = match i % 4 {
             0 => b"garbage!garbage!".to_vec(),
             1 => preamble_bytes(b"P2PR", 9, DEFAULT_FLAGS),
-            2 => preamble_bytes(b"XXXX", 2, DEFAULT_FLAGS),
+            2 => preamble_bytes(b"XXXX", 3, DEFAULT_FLAGS),
             // A peer in plaintext mode.
-            _ => preamble_bytes(b"P2PR", 2, 2),
+            _ => preamble_bytes(b"P2PR", 3, 2),
         };
         p.send(&bytes).ok();
     }

@@ -2,9 +2,11 @@
 //! bytes: no sockets, no clock. See `docs/protocol.md`.
 //!
 //! Each side first sends a 16-byte preamble (`P2PR`, version, flags, a random
-//! tie-break). The side with the larger tie-break is the Noise initiator.
-//! Then a Noise `XX` handshake (`XXpsk2` with a network key) runs, each
-//! message prefixed by its length (u16). The last two handshake messages
+//! tie-break). A side that dialled sends the Noise handshake's first message
+//! with its preamble and leads (flag [`FLAG_EARLY`]); otherwise the side with
+//! the larger tie-break is the Noise initiator. Then a Noise `XX` handshake
+//! (`XXpsk2` with a network key) runs, each message prefixed by its length
+//! (u16). The last two handshake messages
 //! carry each side's identity (an Ed25519 key that signs the Noise static
 //! key) and its hello. After it, each direction is a stream of records:
 //! `length (u16) | ciphertext`, each holding up to [`MAX_PLAIN`] bytes of the
@@ -23,8 +25,9 @@ use snow::{HandshakeState, StatelessTransportState};
 use std::fmt;
 use std::sync::Arc;
 
-/// The protocol version this build speaks (1 was plaintext).
-pub const VERSION: u16 = 2;
+/// The protocol version this build speaks (1 was plaintext; 2 had no
+/// early first message).
+pub const VERSION: u16 = 3;
 /// Bytes in a preamble.
 pub const PREAMBLE_LEN: usize = 16;
 /// Largest Noise message.
@@ -41,6 +44,10 @@ const MAX_HELLO: usize = 16 * 1024;
 const FLAG_NETWORK_KEY: u8 = 1;
 const FLAG_PLAINTEXT: u8 = 2;
 const FLAG_AES: u8 = 4;
+/// The sender's first Noise message follows its preamble at once: it leads.
+const FLAG_EARLY: u8 = 8;
+/// The prologue's label.
+const PROLOGUE: &[u8] = b"p2prs/3";
 
 /// What this node brings to every handshake. Built once per node.
 pub(crate) struct Local {
@@ -165,6 +172,9 @@ pub(crate) struct Handshaker {
     output: Vec<u8>,
     peer: Option<PeerProof>,
     session: Option<Session>,
+    /// The initiator's state when this side [leads](Handshaker::lead):
+    /// message 1 is sent, the peer's preamble not read yet.
+    early: Option<Box<HandshakeState>>,
 }
 
 impl Handshaker {
@@ -201,7 +211,51 @@ impl Handshaker {
             output,
             peer: None,
             session: None,
+            early: None,
         }
+    }
+
+    /// Lead this handshake, as a side that dialled: send the first Noise
+    /// message with the preamble, without waiting for the peer's, which
+    /// saves the peer's thread a wait of one message. Not for a connection
+    /// both sides may have dialled at once (a punched one): two leaders
+    /// fail. No change in plaintext mode (its hello leaves with the
+    /// preamble already), or once any output was sent.
+    pub(crate) fn lead(mut self) -> Result<Handshaker, HandshakeError> {
+        if self.local.plaintext || self.output.len() != PREAMBLE_LEN {
+            return Ok(self);
+        }
+        self.ours[6] |= FLAG_EARLY;
+        let mut prologue = PROLOGUE.to_vec();
+        prologue.extend_from_slice(&self.ours);
+        let hs = self
+            .builder(&prologue)?
+            .build_initiator()
+            .map_err(noise_err)?;
+        self.output = self.ours.to_vec();
+        self.phase = Phase::Noise(Box::new(hs));
+        self.write_noise(false, false)?;
+        let Phase::Noise(hs) = std::mem::replace(&mut self.phase, Phase::Preamble) else {
+            return Err(HandshakeError::Noise("no initiator state".into()));
+        };
+        self.early = Some(hs);
+        Ok(self)
+    }
+
+    /// The Noise handshake of this node's parameters with `prologue`.
+    fn builder<'a>(&'a self, prologue: &'a [u8]) -> Result<snow::Builder<'a>, HandshakeError> {
+        let mut b = snow::Builder::with_resolver(
+            params(self.local.keyed(), self.local.cipher)?,
+            dh::resolver_with_static(&self.local.static_key),
+        )
+        .local_private_key(&self.local.static_private)
+        .map_err(noise_err)?
+        .prologue(prologue)
+        .map_err(noise_err)?;
+        if let Some(k) = &self.local.psk {
+            b = b.psk(2, k.psk()).map_err(noise_err)?;
+        }
+        Ok(b)
     }
 
     /// Bytes to send to the peer now, left in place: follow a send of
@@ -357,38 +411,46 @@ impl Handshaker {
                 ours: self.local.cipher.noise_name().into(),
             });
         }
-        let their_nonce = &p[8..16];
-        let initiator = match self.nonce.as_slice().cmp(their_nonce) {
-            std::cmp::Ordering::Greater => true,
-            std::cmp::Ordering::Less => false,
-            std::cmp::Ordering::Equal => {
+        let their_early = theirs & FLAG_EARLY != 0;
+        if let Some(hs) = self.early.take() {
+            if their_early {
                 return Err(HandshakeError::Noise(
-                    "both sides chose the same tie-break".into(),
-                ))
+                    "both sides sent the first handshake message at once".into(),
+                ));
             }
-        };
-        // The prologue binds both preambles: neither flags nor roles can be
-        // changed in transit without the handshake failing.
-        let mut prologue = b"p2prs/2".to_vec();
-        if initiator {
-            prologue.extend_from_slice(&self.ours);
+            // Message 1 is on its way; the responder's preamble is bound
+            // by message 2, whose payload repeats it.
+            self.phase = Phase::Noise(hs);
+            return Ok(());
+        }
+        let mut prologue = PROLOGUE.to_vec();
+        let initiator = if their_early {
+            // The peer leads: its message 1 follows its preamble, with its
+            // preamble alone as the prologue.
             prologue.extend_from_slice(&p);
+            false
         } else {
-            prologue.extend_from_slice(&p);
-            prologue.extend_from_slice(&self.ours);
-        }
-        let noise_err = |e: snow::Error| HandshakeError::Noise(format!("{e:?}"));
-        let mut b = snow::Builder::with_resolver(
-            params(self.local.keyed(), self.local.cipher)?,
-            dh::resolver_with_static(&self.local.static_key),
-        )
-        .local_private_key(&self.local.static_private)
-        .map_err(noise_err)?
-        .prologue(&prologue)
-        .map_err(noise_err)?;
-        if let Some(k) = &self.local.psk {
-            b = b.psk(2, k.psk()).map_err(noise_err)?;
-        }
+            let initiator = match self.nonce.as_slice().cmp(&p[8..16]) {
+                std::cmp::Ordering::Greater => true,
+                std::cmp::Ordering::Less => false,
+                std::cmp::Ordering::Equal => {
+                    return Err(HandshakeError::Noise(
+                        "both sides chose the same tie-break".into(),
+                    ))
+                }
+            };
+            // The prologue binds both preambles: neither flags nor roles
+            // can be changed in transit without the handshake failing.
+            if initiator {
+                prologue.extend_from_slice(&self.ours);
+                prologue.extend_from_slice(&p);
+            } else {
+                prologue.extend_from_slice(&p);
+                prologue.extend_from_slice(&self.ours);
+            }
+            initiator
+        };
+        let b = self.builder(&prologue)?;
         let hs = if initiator {
             b.build_initiator()
         } else {
@@ -397,23 +459,25 @@ impl Handshaker {
         .map_err(noise_err)?;
         self.phase = Phase::Noise(Box::new(hs));
         if initiator {
-            self.write_noise(false)?;
+            self.write_noise(false, false)?;
         }
         Ok(())
     }
 
-    /// Write the next Noise message; `with_proof` adds our identity and hello.
-    fn write_noise(&mut self, with_proof: bool) -> Result<(), HandshakeError> {
+    /// Write the next Noise message; `with_proof` adds our identity and
+    /// hello, after our preamble if `with_preamble` (message 2).
+    fn write_noise(&mut self, with_proof: bool, with_preamble: bool) -> Result<(), HandshakeError> {
         let Phase::Noise(hs) = &mut self.phase else {
             return Ok(());
         };
-        let payload = if with_proof {
-            let mut p = self.local.proof.clone();
-            p.extend_from_slice(&self.hello);
-            p
-        } else {
-            Vec::new()
-        };
+        let mut payload = Vec::new();
+        if with_preamble {
+            payload.extend_from_slice(&self.ours);
+        }
+        if with_proof {
+            payload.extend_from_slice(&self.local.proof);
+            payload.extend_from_slice(&self.hello);
+        }
         // Room for the payload and what XX adds to it (an ephemeral key,
         // an encrypted static key and two tags: 96 bytes), sized to the
         // message: a new connection's thread touches fresh memory, and
@@ -456,14 +520,29 @@ impl Handshaker {
         if n > 0 && rs.is_none() {
             return Err(HandshakeError::BadIdentity("no static key".into()));
         }
-        self.write_noise(true)?;
+        // Message 2 repeats the responder's preamble, which a leading
+        // initiator's prologue could not hold.
+        let proof = if initiator_last {
+            let Some(said) = payload[..n].get(..PREAMBLE_LEN) else {
+                return Err(HandshakeError::BadIdentity("message 2 is too short".into()));
+            };
+            if Some(said) != self.theirs.as_ref().map(|t| &t[..]) {
+                return Err(HandshakeError::Noise(
+                    "message 2 names another preamble than the peer sent".into(),
+                ));
+            }
+            payload[PREAMBLE_LEN..n].to_vec()
+        } else {
+            Vec::new()
+        };
+        self.write_noise(true, !initiator_last)?;
         if initiator_last {
             // Message 2 read, 3 written: check the responder's proof once
             // message 3 is on its way (see `settle`).
             let Phase::Noise(hs) = std::mem::replace(&mut self.phase, Phase::Failed) else {
                 return Ok(());
             };
-            self.phase = Phase::Unverified(hs, payload[..n].to_vec(), rs.unwrap_or_default());
+            self.phase = Phase::Unverified(hs, proof, rs.unwrap_or_default());
             return Ok(());
         }
         self.check_done()
@@ -490,6 +569,10 @@ impl Handshaker {
         });
         Ok(())
     }
+}
+
+fn noise_err(e: snow::Error) -> HandshakeError {
+    HandshakeError::Noise(format!("{e:?}"))
 }
 
 fn parse_hello(bytes: &[u8]) -> Result<Hello, HandshakeError> {
@@ -839,18 +922,22 @@ mod tests {
         }
     }
 
+    type Outcome = (
+        Result<Handshaker, HandshakeError>,
+        Result<Handshaker, HandshakeError>,
+    );
+
     /// Run two handshakers against each other in memory, delivering output
     /// in chunks of `chunk` bytes.
-    fn pair(
-        a: Arc<Local>,
-        b: Arc<Local>,
-        chunk: usize,
-    ) -> (
-        Result<Handshaker, HandshakeError>,
-        Result<Handshaker, HandshakeError>,
-    ) {
-        let mut x = Handshaker::new(a, &hello(1), [9; 8]);
-        let mut y = Handshaker::new(b, &hello(2), [3; 8]);
+    fn pair(a: Arc<Local>, b: Arc<Local>, chunk: usize) -> Outcome {
+        let x = Handshaker::new(a, &hello(1), [9; 8]);
+        let y = Handshaker::new(b, &hello(2), [3; 8]);
+        run(x, y, chunk)
+    }
+
+    /// Run `x` and `y` against each other in memory, delivering output in
+    /// chunks of `chunk` bytes.
+    fn run(mut x: Handshaker, mut y: Handshaker, chunk: usize) -> Outcome {
         let (mut ex, mut ey) = (None, None);
         for _ in 0..100 {
             let to_y = x.take_output();
@@ -909,6 +996,64 @@ mod tests {
             sx.opener().open(&back, &mut plain).expect("open");
             assert_eq!(plain, b"pong");
         }
+    }
+
+    #[test]
+    fn a_leading_dialer_sends_message_1_with_its_preamble_and_leads_whatever_the_tie_break() {
+        for chunk in [1, 5, 49, 50, 1000] {
+            for (nx, ny) in [([0x80; 8], [0x7f; 8]), ([0x01; 8], [0x02; 8])] {
+                let (a, b) = (local(1, None), local(2, None));
+                let (ka, kb) = (a.identity.public_key(), b.identity.public_key());
+                let x = Handshaker::new(a, &hello(1), nx).lead().expect("lead");
+                // The preamble, then message 1 (an ephemeral key).
+                assert_eq!(x.output().len(), PREAMBLE_LEN + 2 + 32);
+                assert_eq!(x.output()[6] & FLAG_EARLY, FLAG_EARLY);
+                let y = Handshaker::new(b, &hello(2), ny);
+                let (x, y) = run(x, y, chunk);
+                let (x, y) = (x.expect("leader"), y.expect("follower"));
+                let (px, sx, _) = x.finish().expect("leader done");
+                let (py, sy, _) = y.finish().expect("follower done");
+                assert_eq!((px.key, py.key), (Some(kb), Some(ka)));
+                assert_eq!((px.hello, py.hello), (hello(2), hello(1)));
+                let mut wire = Vec::new();
+                sx.sealer().seal(b"first", &mut wire).expect("seal");
+                let mut plain = Vec::new();
+                sy.opener().open(&wire, &mut plain).expect("open");
+                assert_eq!(plain, b"first");
+            }
+        }
+    }
+
+    #[test]
+    fn two_leaders_fail_and_a_leader_in_plaintext_mode_is_unchanged() {
+        let x = Handshaker::new(local(1, None), &hello(1), [0x80; 8])
+            .lead()
+            .unwrap();
+        let y = Handshaker::new(local(2, None), &hello(2), [0x81; 8])
+            .lead()
+            .unwrap();
+        let (x, y) = run(x, y, 1000);
+        assert!(matches!(x, Err(HandshakeError::Noise(ref m)) if m.contains("at once")));
+        assert!(y.is_err());
+        let id = Identity::from_secret_bytes([5; 32]);
+        let plain = Arc::new(Local::new(id, None, true, Cipher::default()).unwrap());
+        let h = Handshaker::new(plain, &hello(1), [0x80; 8]);
+        let before = h.output().to_vec();
+        assert_eq!(h.lead().unwrap().output(), &before[..]);
+    }
+
+    #[test]
+    fn a_follower_preamble_altered_in_transit_fails_the_leader() {
+        let mut x = Handshaker::new(local(1, None), &hello(1), [0x80; 8])
+            .lead()
+            .unwrap();
+        let mut y = Handshaker::new(local(2, None), &hello(2), [0x01; 8]);
+        y.push(&x.take_output()).expect("preamble and message 1");
+        let mut back = y.take_output();
+        // The follower's preamble, then message 2: change its tie-break.
+        back[15] ^= 1;
+        let err = x.push(&back).expect_err("an altered preamble");
+        assert!(err.to_string().contains("another preamble"), "{err}");
     }
 
     #[test]

@@ -1917,7 +1917,9 @@ pub(crate) const REFUSED_TYPE: &str = "p2prs.refused";
 
 /// Run the secure handshake on a fresh connection within `timeout`: send
 /// our preamble, prove our identity and say our hello; learn and check the
-/// peer's. `dialer`: this side connected (see [`tie_break`]). See
+/// peer's. `dialer`: this side connected (see [`tie_break`]); `lead`: it
+/// sends the first Noise message with its preamble (an ordinary dial; not
+/// a punched connection, which both sides may dial at once). See
 /// `docs/protocol.md`.
 pub(crate) fn handshake(
     stream: &mut TcpStream,
@@ -1925,22 +1927,54 @@ pub(crate) fn handshake(
     ours: &Hello,
     timeout: Duration,
     dialer: bool,
+    lead: bool,
 ) -> Result<Greeted> {
-    let hs = Handshaker::new(Arc::clone(local), ours, tie_break(Some(dialer))?);
+    let mut hs = Handshaker::new(Arc::clone(local), ours, tie_break(Some(dialer))?);
+    if lead {
+        let peer = stream
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| "peer".into());
+        hs = hs
+            .lead()
+            .map_err(|error| Error::Handshake { peer, error })?;
+    }
     drive_handshake(stream, hs, timeout)
 }
 
 /// Start the handshake of an accepted `stream`: its preamble goes out at
 /// once if the socket takes it without waiting (a fresh socket does), so
-/// that the dialer can go on while the connection's thread starts.
+/// that the dialer can go on while the connection's thread starts. With
+/// `work`, what the dialer sent already (a leading dialer's preamble and
+/// first message come at once) is read without waiting and answered the
+/// same way: the dialer then has message 2 while the connection's thread
+/// starts, instead of after. Nothing here waits for the peer.
 pub(crate) fn accepted_handshake(
     stream: &TcpStream,
     local: &Arc<Local>,
     ours: &Hello,
+    work: bool,
 ) -> Result<Handshaker> {
     let mut hs = Handshaker::new(Arc::clone(local), ours, tie_break(Some(false))?);
     let n = nowait::write(stream, hs.output());
     hs.sent(n);
+    if work && hs.output().is_empty() {
+        // A leading dialer's preamble and message 1: 50 bytes.
+        let mut buf = [0u8; 256];
+        if let Ok(got @ 1..) = nowait::read(stream, &mut buf) {
+            let pushed = hs.push(&buf[..got]);
+            // Message 2, or a refusal that tells the peer why.
+            let n = nowait::write(stream, hs.output());
+            hs.sent(n);
+            pushed.map_err(|error| Error::Handshake {
+                peer: stream
+                    .peer_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|_| "peer".into()),
+                error,
+            })?;
+        }
+    }
     Ok(hs)
 }
 

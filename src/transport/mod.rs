@@ -141,6 +141,12 @@ impl fmt::Display for Path {
         })
     }
 }
+
+/// The accept thread answers a leading dialer's first handshake message
+/// itself (see `accepted_handshake`) while at most this many connections
+/// are in their handshake, the new one included.
+const INLINE_HANDSHAKES: usize = 2;
+
 /// An inbound connection may replace one quiet at least this long, when
 /// the node is at `max_connections`.
 const REPLACEABLE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
@@ -337,7 +343,12 @@ impl Transport {
                         continue;
                     };
                     let _ = stream.set_nodelay(true);
-                    let hs = match accepted_handshake(&stream, &self.secure, &self.hello()) {
+                    // Answering a leading dialer here is a few Diffie-Hellman
+                    // operations; with many handshakes under way, those wait
+                    // for the connections' own threads, so that accepting
+                    // stays quick.
+                    let work = self.admission.handshaking() <= INLINE_HANDSHAKES;
+                    let hs = match accepted_handshake(&stream, &self.secure, &self.hello(), work) {
                         Ok(hs) => hs,
                         Err(e) => {
                             self.refusals.warn(|| {
@@ -471,6 +482,7 @@ impl Transport {
             &self.secure,
             &self.hello(),
             self.cfg.handshake_timeout,
+            dialer,
             dialer,
         )
     }
@@ -710,10 +722,28 @@ impl Transport {
         }
         crate::budget::check()
             .map_err(|e| Error::io(format!("connecting to {addr}"), std::io::Error::other(e)))?;
+        // The preamble and the first handshake message are made before the
+        // connection, so that they leave as soon as it is open: the peer's
+        // accept thread can then answer at once (see `accepted_handshake`).
+        let hs = self.leading_handshaker(addr)?;
         let mut stream = TcpStream::connect_timeout(&addr, self.cfg.connect_timeout)
             .map_err(|e| Error::io(format!("connecting to {addr}"), e))?;
         dials::count_dial();
-        self.adopt_outbound(&mut stream, addr)
+        self.adopt_outbound_with(&mut stream, addr, hs)
+    }
+
+    /// The handshake of a connection this node dials to `addr`, leading.
+    fn leading_handshaker(&self, addr: SocketAddr) -> Result<Handshaker> {
+        Handshaker::new(
+            Arc::clone(&self.secure),
+            &self.hello(),
+            tie_break(Some(true))?,
+        )
+        .lead()
+        .map_err(|error| Error::Handshake {
+            peer: addr.to_string(),
+            error,
+        })
     }
 
     /// Handshake on a freshly connected stream and start serving it.
@@ -722,9 +752,20 @@ impl Transport {
         stream: &mut TcpStream,
         addr: SocketAddr,
     ) -> Result<Arc<Conn>> {
+        let hs = self.leading_handshaker(addr)?;
+        self.adopt_outbound_with(stream, addr, hs)
+    }
+
+    /// [`Transport::adopt_outbound`] with the handshake `hs` begun.
+    fn adopt_outbound_with(
+        self: &Arc<Self>,
+        stream: &mut TcpStream,
+        addr: SocketAddr,
+        hs: Handshaker,
+    ) -> Result<Arc<Conn>> {
         let _ = stream.set_nodelay(true);
         let _ = stream.set_write_timeout(Some(self.cfg.write_timeout));
-        let greeted = self.handshake(stream, true)?;
+        let greeted = drive_handshake(stream, hs, self.cfg.handshake_timeout)?;
         self.adopt_greeted(stream, greeted, addr, None)
     }
 

@@ -268,6 +268,57 @@ fn silent_peer_is_closed_after_the_handshake_timeout() {
     f.assert_serving();
 }
 
+/// A leading dialer's preamble (flag bit 3: its Noise message 1 follows at
+/// once) and message 1, whose ephemeral key is `key`.
+fn leading(key: [u8; 32]) -> Vec<u8> {
+    let mut v = preamble_bytes(b"P2PR", 3, DEFAULT_FLAGS | 8);
+    v.extend_from_slice(&32u16.to_be_bytes());
+    v.extend_from_slice(&key);
+    v
+}
+
+#[test]
+fn a_leading_peer_whose_first_message_holds_a_small_order_key_is_dropped() {
+    let f = fixture();
+    let mut bad = RawPeer::connect(f.addr());
+    bad.send(&leading([0u8; 32])).ok();
+    f.assert_only_bad_peer_dropped(&mut bad, "handshake with");
+}
+
+#[test]
+fn a_leading_peer_is_answered_then_closed_when_it_says_nothing_more() {
+    let f = fixture();
+    let mut bad = RawPeer::connect(f.addr());
+    bad.send(&leading([9u8; 32])).ok();
+    let preamble = bad.read_preamble();
+    assert_eq!(&preamble[..6], b"P2PR\x00\x03");
+    assert_eq!(preamble[6] & 8, 0, "the accepting side does not lead");
+    // Message 2: an ephemeral key, the sealed static key (48 bytes) and the
+    // sealed payload (the node's preamble, its proof and its hello).
+    let msg2 = bad.read_handshake_message();
+    assert!(msg2.len() > 32 + 48 + 16 + 96 + 16, "{} bytes", msg2.len());
+    f.assert_serving();
+    assert!(
+        bad.closed_within(PATIENCE),
+        "closed after the 1 s handshake timeout"
+    );
+    f.assert_serving();
+}
+
+#[test]
+fn many_leading_peers_at_once_leave_the_node_serving() {
+    let f = fixture();
+    let mut bad: Vec<RawPeer> = (0..20).map(|_| RawPeer::connect(f.addr())).collect();
+    for (i, p) in bad.iter_mut().enumerate() {
+        p.send(&leading([9 + i as u8; 32])).ok();
+    }
+    f.assert_serving();
+    for p in &mut bad {
+        assert!(p.closed_within(PATIENCE));
+    }
+    f.assert_serving();
+}
+
 #[test]
 fn many_bad_peers_at_once() {
     let f = fixture();

@@ -369,6 +369,12 @@ impl RawPeer {
         self.take(16)
     }
 
+    /// Read one handshake message (`length (u16) | message`), raw.
+    pub fn read_handshake_message(&mut self) -> Vec<u8> {
+        let len = self.take(2);
+        self.take(u16::from_be_bytes([len[0], len[1]]) as usize)
+    }
+
     /// Read one frame: its JSON header and its body.
     pub fn read_frame(&mut self) -> (Value, Vec<u8>) {
         let prefix = self.take(8);

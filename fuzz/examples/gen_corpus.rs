@@ -149,17 +149,29 @@ fn main() {
     write(
         t,
         "preamble-initiator-then-msg1",
-        &encode_input(0, &[], &cat(&[pre(4, 2, 0xff), msg(32)])),
+        &encode_input(0, &[], &cat(&[pre(4, 3, 0xff), msg(32)])),
+    );
+    // A leading dialer (flag bit 3): its message 1 follows its preamble,
+    // whatever the tie-break; the node answers with message 2.
+    write(
+        t,
+        "preamble-leading-then-msg1",
+        &encode_input(0, &[], &cat(&[pre(4 | 8, 3, 0), msg(32)])),
+    );
+    write(
+        t,
+        "preamble-leading-keyed",
+        &encode_input(1, &[], &cat(&[pre(5 | 8, 3, 0), vec![0, 48], vec![0; 48]])),
     );
     write(
         t,
         "preamble-responder-waits",
-        &encode_input(0, &[], &pre(4, 2, 0)),
+        &encode_input(0, &[], &pre(4, 3, 0)),
     );
     write(
         t,
         "preamble-keyed",
-        &encode_input(1, &[], &cat(&[pre(5, 2, 0xff), vec![0, 48], vec![0; 48]])),
+        &encode_input(1, &[], &cat(&[pre(5, 3, 0xff), vec![0, 48], vec![0; 48]])),
     );
     write(
         t,
@@ -167,7 +179,7 @@ fn main() {
         &encode_input(
             0,
             &[],
-            &cat(&[pre(6, 2, 1), vec![0, 0, 0, 2], b"{}".to_vec()]),
+            &cat(&[pre(6, 3, 1), vec![0, 0, 0, 2], b"{}".to_vec()]),
         ),
     );
     write(
@@ -175,7 +187,7 @@ fn main() {
         "preamble-wrong-version",
         &encode_input(0, &[], &pre(4, 1, 1)),
     );
-    write(t, "preamble-chacha", &encode_input(0, &[], &pre(0, 2, 1)));
+    write(t, "preamble-chacha", &encode_input(0, &[], &pre(0, 3, 1)));
     write(
         t,
         "not-p2prs-http",
@@ -184,12 +196,12 @@ fn main() {
     write(
         t,
         "refusal-after-preamble",
-        &encode_input(0, &[3], &cat(&[pre(4, 2, 0), vec![0, 0]])),
+        &encode_input(0, &[3], &cat(&[pre(4, 3, 0), vec![0, 0]])),
     );
     write(
         t,
         "byte-by-byte",
-        &encode_input(0, &[0], &cat(&[pre(4, 2, 0xff), vec![0, 96], vec![0; 96]])),
+        &encode_input(0, &[0], &cat(&[pre(4, 3, 0xff), vec![0, 96], vec![0; 96]])),
     );
 
     // rendezvous: `header JSON [0x00 body]`.

@@ -1171,7 +1171,7 @@ mod tests {
     fn the_initiator_sends_its_last_message_before_it_checks_the_responder() {
         let (a, b) = (local(1, None), local(2, None));
         let kb = b.identity.public_key();
-        // The larger tie-break (the dialer's) leads.
+        // The larger tie-break (the dialer's) initiates.
         let mut x = Handshaker::new(a, &hello(1), [0x80, 0, 0, 0, 0, 0, 0, 1]);
         let mut y = Handshaker::new(b, &hello(2), [0x7f; 8]);
         let (px, py) = (x.take_output(), y.take_output());
@@ -1243,7 +1243,7 @@ mod tests {
         assert!(z.output().is_empty());
         y.push(&first).expect("part of a preamble");
         y.push(&rest).expect("the rest");
-        // The larger tie-break (y's) leads: its preamble and message 1.
+        // The larger tie-break (y's) initiates: its preamble and message 1.
         x.push(&y.take_output()).expect("preamble and message 1");
         y.push(&x.take_output()).expect("message 2");
         let msg3 = y.take_output();

@@ -288,7 +288,11 @@ impl ReadState {
             }
             return Ok(n);
         }
-        read(&mut self.buf)
+        // Up to half the free allowance held, nobody checked the memory
+        // budget before this read (see `Conn::read_loop`): it must keep
+        // the connection within the allowance.
+        let most = read_most(self.inbound.held(), self.buf.len());
+        read(&mut self.buf[..most])
     }
 
     /// While bytes have been coming quickly, try reads that do not wait
@@ -564,6 +568,19 @@ pub(crate) const READ_CHUNK: usize = 128 * 1024;
 /// The read buffer a connection starts with; it grows to [`READ_CHUNK`]
 /// while reads fill it.
 const READ_FIRST: usize = 4 * 1024;
+
+/// The most bytes one read into a buffer of `len` may take while the
+/// connection holds `held` bytes of partial frames: up to half the free
+/// allowance held, nothing checked the memory budget first, so the read
+/// must keep the connection within [`FREE_PER_CONN`]; past it, the read
+/// loop made sure the budget has room for a whole buffer.
+fn read_most(held: usize, len: usize) -> usize {
+    if held > FREE_PER_CONN / 2 {
+        len
+    } else {
+        (FREE_PER_CONN - held).min(len)
+    }
+}
 
 /// The read buffer's size after a read of `n` bytes into `len`: doubled,
 /// up to [`READ_CHUNK`], when the read filled it.
@@ -1983,13 +2000,13 @@ pub(crate) fn accepted_handshake(
     Ok(hs)
 }
 
-/// The random tie-break of a handshake's preamble; the larger one makes
-/// its side the Noise initiator. With `Some(true)` (this side dialled) its
-/// top bit is set, with `Some(false)` (it accepted) clear: the dialer
-/// starts the Noise handshake as soon as it has read the preamble, and once
-/// it writes its last message it can send its first frames. Both sides of
-/// a simultaneous open dialled, so the other 63 bits decide there; `None`
-/// leaves all 64 random.
+/// The random tie-break of a handshake's preamble; where neither side
+/// leads (see `Handshaker::lead`), the larger one makes its side the Noise
+/// initiator. With `Some(true)` (this side dialled) its top bit is set,
+/// with `Some(false)` (it accepted) clear, so that a dialer that does not
+/// lead still initiates, and once it writes its last message it can send
+/// its first frames. Both sides of a simultaneous open dialled, so the
+/// other 63 bits decide there; `None` leaves all 64 random.
 pub(crate) fn tie_break(dialer: Option<bool>) -> Result<[u8; 8]> {
     let mut nonce = [0u8; 8];
     getrandom::fill(&mut nonce)
@@ -2118,6 +2135,19 @@ mod tests {
         assert_eq!(read::lazy_wait(us(0), 3), LAZY_RECHECK_MAX);
         assert_eq!(read::lazy_wait(us(0), 40), LAZY_RECHECK_MAX);
         assert_eq!(read::lazy_wait(us(10), 40), LAZY_RECHECK_MAX - us(10));
+    }
+
+    #[test]
+    fn a_read_keeps_a_connection_within_its_free_allowance_until_the_budget_is_checked() {
+        let free = FREE_PER_CONN;
+        // Holding nothing or little: at most the rest of the allowance.
+        assert_eq!(read_most(0, READ_CHUNK), free.min(READ_CHUNK));
+        assert_eq!(read_most(free / 2, READ_CHUNK), free / 2);
+        assert!(free / 2 + read_most(free / 2, READ_CHUNK) <= free);
+        // A small buffer is never made larger.
+        assert_eq!(read_most(100, READ_FIRST), READ_FIRST);
+        // Past half of it the budget was checked for a whole buffer.
+        assert_eq!(read_most(free / 2 + 1, READ_CHUNK), READ_CHUNK);
     }
 
     #[test]

@@ -351,9 +351,10 @@ impl Transport {
                     let hs = match accepted_handshake(&stream, &self.secure, &self.hello(), work) {
                         Ok(hs) => hs,
                         Err(e) => {
-                            self.refusals.warn(|| {
-                                format!("no handshake for the connection from {from}: {e}")
-                            });
+                            // As the connection's thread says it, at most
+                            // once a second (hostile peers come in floods).
+                            self.refusals
+                                .warn(|| format!("{e}; closing the connection from {from}"));
                             continue;
                         }
                     };

@@ -387,7 +387,9 @@ impl Conn {
                     limits.memory.set(self, held);
                     st.charged = held > FREE_PER_CONN;
                 }
-                // Below half the free allowance, one read cannot grow past it.
+                // Below half the free allowance, a read is kept within it
+                // (`ReadState::read_now`); above, the budget has room for
+                // the largest read first.
                 if held > FREE_PER_CONN / 2 {
                     let before = Instant::now();
                     if !self.wait_for_memory(&st.inbound, limits) {

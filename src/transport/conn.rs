@@ -168,6 +168,9 @@ struct ReadState {
     sent_seen: u64,
     /// [`Conn::writing_since`]: non-zero while a write is under way.
     writing: Arc<AtomicU64>,
+    /// The connection's thread made sure the memory budget has room for a
+    /// whole buffer before this read (see [`read_most`]).
+    budget_checked: bool,
 }
 
 /// How often bytes came within [`BUSY_GAP`] of a read's start lately: a
@@ -256,13 +259,14 @@ impl ReadState {
     /// quiet connection, blocks at once.
     fn read(&mut self, expect: bool) -> io::Result<usize> {
         let stream = Arc::clone(&self.stream);
+        let checked = std::mem::take(&mut self.budget_checked);
         if expect {
-            if let Some(r) = self.poll_briefly(&stream) {
+            if let Some(r) = self.poll_briefly(&stream, checked) {
                 return r;
             }
         }
         let began = Instant::now();
-        let r = self.read_now(&stream, true);
+        let r = self.read_now(&stream, true, checked);
         if matches!(r, Ok(n) if n > 0) && began.elapsed() < BUSY_GAP {
             // Bytes came (or were there) soon: next time, look before blocking.
             self.poll.0 = (self.poll.0 + 1).min(POLL_SCORE_MAX);
@@ -272,8 +276,9 @@ impl ReadState {
 
     /// Read the socket once: a blocking read (`wait`, bounded by the
     /// socket's read timeout), or one that returns `WouldBlock` at once
-    /// when no byte is there.
-    fn read_now(&mut self, stream: &TcpStream, wait: bool) -> io::Result<usize> {
+    /// when no byte is there. `checked`: the memory budget has room for a
+    /// whole buffer (else the read takes at most [`read_most`]).
+    fn read_now(&mut self, stream: &TcpStream, wait: bool, checked: bool) -> io::Result<usize> {
         let read = |buf: &mut [u8]| {
             if wait {
                 (&*stream).read(buf)
@@ -291,7 +296,11 @@ impl ReadState {
         // Up to half the free allowance held, nobody checked the memory
         // budget before this read (see `Conn::read_loop`): it must keep
         // the connection within the allowance.
-        let most = read_most(self.inbound.held(), self.buf.len());
+        let most = if checked {
+            self.buf.len()
+        } else {
+            read_most(self.inbound.held(), self.buf.len())
+        };
         read(&mut self.buf[..most])
     }
 
@@ -303,7 +312,7 @@ impl ReadState {
     /// A read that finds nothing costs a system call, as a look would; one
     /// that finds bytes takes them in the same call (a look needed a second
     /// call to read them).
-    fn poll_briefly(&mut self, stream: &TcpStream) -> Option<io::Result<usize>> {
+    fn poll_briefly(&mut self, stream: &TcpStream, checked: bool) -> Option<io::Result<usize>> {
         if self.poll.0 == 0 || !nowait::SUPPORTED {
             return None;
         }
@@ -315,7 +324,7 @@ impl ReadState {
             // on the lock and be woken by the writer, across vCPUs maybe.
             // Wait for the write to end instead.
             if self.writing.load(Ordering::Acquire) == 0 {
-                match self.read_now(stream, false) {
+                match self.read_now(stream, false, checked) {
                     Err(e)
                         if matches!(
                             e.kind(),
@@ -569,11 +578,11 @@ pub(crate) const READ_CHUNK: usize = 128 * 1024;
 /// while reads fill it.
 const READ_FIRST: usize = 4 * 1024;
 
-/// The most bytes one read into a buffer of `len` may take while the
-/// connection holds `held` bytes of partial frames: up to half the free
-/// allowance held, nothing checked the memory budget first, so the read
-/// must keep the connection within [`FREE_PER_CONN`]; past it, the read
-/// loop made sure the budget has room for a whole buffer.
+/// The most bytes one read into a buffer of `len` may take, unchecked by
+/// the memory budget, while the connection holds `held` bytes of partial
+/// frames: up to half the free allowance held, the rest of the allowance
+/// (a requester's read, which the budget does not check); past it, only
+/// the connection's thread reads, and it checks the budget first.
 fn read_most(held: usize, len: usize) -> usize {
     if held > FREE_PER_CONN / 2 {
         len

@@ -346,6 +346,7 @@ impl Conn {
             poll: PollScore::FRESH,
             sent_seen: u64::MAX,
             writing: Arc::clone(&self.writing_since),
+            budget_checked: false,
         });
         self.lead.lock().open = true;
         let (mut st, ok, _, _) = self.drain_tcp(st, sink);
@@ -387,10 +388,17 @@ impl Conn {
                     limits.memory.set(self, held);
                     st.charged = held > FREE_PER_CONN;
                 }
-                // Below half the free allowance, a read is kept within it
-                // (`ReadState::read_now`); above, the budget has room for
-                // the largest read first.
-                if held > FREE_PER_CONN / 2 {
+                let above_half = held > FREE_PER_CONN / 2;
+                if !above_half && waits > 0 && !st.needs_conn_thread() {
+                    // A local requester got its answer: leave the socket to
+                    // it (or another) for its next request.
+                    self.step_down(st);
+                    continue 'lead;
+                }
+                // A read that could take the connection past its free
+                // allowance waits for room in the budget first (requesters,
+                // who do not, read less: `read_most`).
+                if above_half || held + st.buf.len() > FREE_PER_CONN {
                     let before = Instant::now();
                     if !self.wait_for_memory(&st.inbound, limits) {
                         st.ended = true;
@@ -399,11 +407,7 @@ impl Conn {
                     if before.elapsed() > Duration::from_millis(1) {
                         st.clock.restart(Instant::now());
                     }
-                } else if waits > 0 && !st.needs_conn_thread() {
-                    // A local requester got its answer: leave the socket to
-                    // it (or another) for its next request.
-                    self.step_down(st);
-                    continue 'lead;
+                    st.budget_checked = true;
                 }
                 // Poll first only if this end has written since its last
                 // read: an answer or a request is likely to come back.

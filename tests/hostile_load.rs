@@ -163,16 +163,19 @@ fn the_handler_queue_of_a_connection_holds_a_bounded_number_of_bytes() {
     let sender = node();
     let conn = sender.connect(server.local_addr()).unwrap();
     let blobs = conn.clone();
-    let sending = std::thread::spawn(move || {
-        for i in 0..8 {
-            let msg = Message::new("BLOB", i).with_body(vec![0; 1024 * 1024]);
-            log::warn!("TEST sending blob {i}");
-            if let Err(e) = blobs.send(msg) {
-                return Some((i, e));
+    let sending = std::thread::Builder::new()
+        .name("test-blobs".into())
+        .spawn(move || {
+            for i in 0..8 {
+                let msg = Message::new("BLOB", i).with_body(vec![0; 1024 * 1024]);
+                log::warn!("TEST sending blob {i}");
+                if let Err(e) = blobs.send(msg) {
+                    return Some((i, e));
+                }
             }
-        }
-        None
-    });
+            None
+        })
+        .expect("a test thread");
     assert_eq!(seen_rx.recv_timeout(PATIENCE), Ok(0), "the first one runs");
     // The first (1 MiB and a little) runs; the second would pass 2 MiB, so
     // it waits on the reader, which reads no further: the PING after the

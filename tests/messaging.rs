@@ -887,11 +887,14 @@ fn a_request_times_out_on_time_while_another_thread_s_write_is_blocked() {
     // A peer that completes the handshake and never reads.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let deaf = thread::spawn(move || {
-        let (s, _) = listener.accept().unwrap();
-        let id = p2prs::Identity::generate().unwrap();
-        p2prs::testing::SecureStream::handshake(s, id, None, b"{}").unwrap()
-    });
+    let deaf = thread::Builder::new()
+        .name("test-deaf-peer".into())
+        .spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            let id = p2prs::Identity::generate().unwrap();
+            p2prs::testing::SecureStream::handshake(s, id, None, b"{}").unwrap()
+        })
+        .unwrap();
     let n = node_with(|c| c.write_timeout = Duration::from_secs(4));
     let conn = n.connect(addr).unwrap();
     // Held open, unread, until the end of the test.
@@ -900,13 +903,16 @@ fn a_request_times_out_on_time_while_another_thread_s_write_is_blocked() {
     // write blocks, holding the socket, until the write timeout.
     let (sent_tx, sent_rx) = bounded(16);
     let blobs = conn.clone();
-    let sending = thread::spawn(move || -> p2prs::Result<()> {
-        for i in 0..16 {
-            blobs.send(Message::new("BLOB", i).with_body(vec![0; 1024 * 1024]))?;
-            let _ = sent_tx.send(i);
-        }
-        Ok(())
-    });
+    let sending = thread::Builder::new()
+        .name("test-blobs".into())
+        .spawn(move || -> p2prs::Result<()> {
+            for i in 0..16 {
+                blobs.send(Message::new("BLOB", i).with_body(vec![0; 1024 * 1024]))?;
+                let _ = sent_tx.send(i);
+            }
+            Ok(())
+        })
+        .unwrap();
     sent_rx.recv_timeout(PATIENCE).unwrap();
     // Meanwhile a request on the same connection gives up at its own
     // timeout, not when the other thread's write does.
@@ -1768,7 +1774,10 @@ fn a_message_the_peer_sends_while_the_dialer_waits_on_a_request_is_delivered() {
         let _ = s.read_plain(&mut chunk);
     });
     let conn = a.connect(addr).unwrap();
-    let requester = thread::spawn(move || conn.request(Message::new("ECHO", 1)));
+    let requester = thread::Builder::new()
+        .name("test-requester".into())
+        .spawn(move || conn.request(Message::new("ECHO", 1)))
+        .unwrap();
     expect_text(&events, "meanwhile");
     got_tx.send(()).unwrap();
     let r = requester.join().unwrap().expect("the answer");

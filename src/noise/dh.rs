@@ -361,18 +361,21 @@ mod tests {
             .map(|_| {
                 let fixed = Arc::clone(&fixed);
                 let peer_public = peer_public.clone();
-                std::thread::spawn(move || {
-                    let r = resolver_with_static(&fixed);
-                    let mut seen = Vec::new();
-                    for _ in 0..50 {
-                        let mut pair = r.resolve_dh(&DHChoice::Curve25519).expect("X25519");
-                        pair.set(&[3u8; 32]);
-                        let mut out = [0u8; 32];
-                        pair.dh(&peer_public, &mut out).expect("dh");
-                        seen.push((pair.pubkey().to_vec(), out));
-                    }
-                    seen
-                })
+                std::thread::Builder::new()
+                    .name("test-dh".into())
+                    .spawn(move || {
+                        let r = resolver_with_static(&fixed);
+                        let mut seen = Vec::new();
+                        for _ in 0..50 {
+                            let mut pair = r.resolve_dh(&DHChoice::Curve25519).expect("X25519");
+                            pair.set(&[3u8; 32]);
+                            let mut out = [0u8; 32];
+                            pair.dh(&peer_public, &mut out).expect("dh");
+                            seen.push((pair.pubkey().to_vec(), out));
+                        }
+                        seen
+                    })
+                    .expect("a test thread")
             })
             .collect();
         for t in threads {

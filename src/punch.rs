@@ -378,14 +378,7 @@ fn adopt(
 ) -> bool {
     let _ = stream.set_nodelay(true);
     // Both sides may have dialled this stream: neither leads.
-    let greeted = handshake(
-        &mut stream,
-        &t.secure,
-        &t.hello(),
-        timing.handshake,
-        true,
-        false,
-    );
+    let greeted = handshake(&mut stream, &t.secure, &t.hello(), timing.handshake, true);
     let greeted = match greeted {
         Ok(x) => x,
         Err(e) => {

@@ -250,7 +250,7 @@ impl Client {
         let private = stream
             .local_addr()
             .map_err(|e| Error::io("reading the link's local address", e))?;
-        let greeted = t.handshake(&mut stream, true)?;
+        let greeted = t.handshake_dialed(&mut stream)?;
         let me = self.me.upgrade().ok_or(Error::Shutdown)?;
         let sink: Arc<dyn FrameSink> = me;
         let conn = t.adopt_greeted(&stream, greeted, rv, Some(sink))?;

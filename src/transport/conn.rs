@@ -1948,9 +1948,9 @@ pub(crate) const REFUSED_TYPE: &str = "p2prs.refused";
 
 /// Run the secure handshake on a fresh connection within `timeout`: send
 /// our preamble, prove our identity and say our hello; learn and check the
-/// peer's. `dialer`: this side connected (see [`tie_break`]); `lead`: it
-/// sends the first Noise message with its preamble (an ordinary dial; not
-/// a punched connection, which both sides may dial at once). See
+/// peer's. `dialer`: this side connected (see [`tie_break`]). Neither side
+/// leads (for a punched connection, which both sides may dial at once; an
+/// ordinary dial leads: `Transport::handshake_dialed`). See
 /// `docs/protocol.md`.
 pub(crate) fn handshake(
     stream: &mut TcpStream,
@@ -1958,18 +1958,8 @@ pub(crate) fn handshake(
     ours: &Hello,
     timeout: Duration,
     dialer: bool,
-    lead: bool,
 ) -> Result<Greeted> {
-    let mut hs = Handshaker::new(Arc::clone(local), ours, tie_break(Some(dialer))?);
-    if lead {
-        let peer = stream
-            .peer_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_else(|_| "peer".into());
-        hs = hs
-            .lead()
-            .map_err(|error| Error::Handshake { peer, error })?;
-    }
+    let hs = Handshaker::new(Arc::clone(local), ours, tie_break(Some(dialer))?);
     drive_handshake(stream, hs, timeout)
 }
 

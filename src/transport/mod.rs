@@ -475,17 +475,15 @@ impl Transport {
         drop(admitted);
     }
 
-    /// The secure handshake on a fresh stream, with this node's hello;
-    /// `dialer`: this side connected (it then leads the Noise handshake).
-    pub(crate) fn handshake(&self, stream: &mut TcpStream, dialer: bool) -> Result<Greeted> {
-        handshake(
-            stream,
-            &self.secure,
-            &self.hello(),
-            self.cfg.handshake_timeout,
-            dialer,
-            dialer,
-        )
+    /// The secure handshake on a stream this node just dialled, leading,
+    /// with this node's hello.
+    pub(crate) fn handshake_dialed(&self, stream: &mut TcpStream) -> Result<Greeted> {
+        let peer = stream
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| "peer".into());
+        let hs = self.leading_handshaker(&peer)?;
+        drive_handshake(stream, hs, self.cfg.handshake_timeout)
     }
 
     /// This node's public key.
@@ -726,15 +724,16 @@ impl Transport {
         // The preamble and the first handshake message are made before the
         // connection, so that they leave as soon as it is open: the peer's
         // accept thread can then answer at once (see `accepted_handshake`).
-        let hs = self.leading_handshaker(addr)?;
+        let hs = self.leading_handshaker(&addr.to_string())?;
         let mut stream = TcpStream::connect_timeout(&addr, self.cfg.connect_timeout)
             .map_err(|e| Error::io(format!("connecting to {addr}"), e))?;
         dials::count_dial();
         self.adopt_outbound_with(&mut stream, addr, hs)
     }
 
-    /// The handshake of a connection this node dials to `addr`, leading.
-    fn leading_handshaker(&self, addr: SocketAddr) -> Result<Handshaker> {
+    /// The handshake of a connection this node dials to `peer`, leading
+    /// (see `Handshaker::lead`).
+    fn leading_handshaker(&self, peer: &str) -> Result<Handshaker> {
         Handshaker::new(
             Arc::clone(&self.secure),
             &self.hello(),
@@ -742,7 +741,7 @@ impl Transport {
         )
         .lead()
         .map_err(|error| Error::Handshake {
-            peer: addr.to_string(),
+            peer: peer.to_string(),
             error,
         })
     }
@@ -753,7 +752,7 @@ impl Transport {
         stream: &mut TcpStream,
         addr: SocketAddr,
     ) -> Result<Arc<Conn>> {
-        let hs = self.leading_handshaker(addr)?;
+        let hs = self.leading_handshaker(&addr.to_string())?;
         self.adopt_outbound_with(stream, addr, hs)
     }
 

@@ -293,9 +293,8 @@ impl ReadState {
             }
             return Ok(n);
         }
-        // Up to half the free allowance held, nobody checked the memory
-        // budget before this read (see `Conn::read_loop`): it must keep
-        // the connection within the allowance.
+        // A read the memory budget did not check (see `Conn::read_loop`)
+        // keeps the connection within its free allowance.
         let most = if checked {
             self.buf.len()
         } else {
@@ -1988,10 +1987,7 @@ pub(crate) fn accepted_handshake(
             let n = nowait::write(stream, hs.output());
             hs.sent(n);
             pushed.map_err(|error| Error::Handshake {
-                peer: stream
-                    .peer_addr()
-                    .map(|a| a.to_string())
-                    .unwrap_or_else(|_| "peer".into()),
+                peer: peer_name(stream),
                 error,
             })?;
         }
@@ -2026,16 +2022,21 @@ pub(crate) fn tie_break(dialer: Option<bool>) -> Result<[u8; 8]> {
 /// of µs on a virtual machine at each of a handshake's four messages.
 const HANDSHAKE_POLL: Duration = Duration::from_micros(300);
 
+/// How errors name the peer of `stream`: its address.
+pub(crate) fn peer_name(stream: &TcpStream) -> String {
+    stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "peer".into())
+}
+
 /// Run the handshake `hs` over `stream` within `timeout`.
 pub(crate) fn drive_handshake(
     stream: &mut TcpStream,
     mut hs: Handshaker,
     timeout: Duration,
 ) -> Result<Greeted> {
-    let peer = stream
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| "peer".into());
+    let peer = peer_name(stream);
     let deadline = Instant::now() + timeout;
     // On the heap, once per connection: the stack pages a thread touches
     // stay resident for its life, and thousands of connection threads run

@@ -478,11 +478,7 @@ impl Transport {
     /// The secure handshake on a stream this node just dialled, leading,
     /// with this node's hello.
     pub(crate) fn handshake_dialed(&self, stream: &mut TcpStream) -> Result<Greeted> {
-        let peer = stream
-            .peer_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_else(|_| "peer".into());
-        let hs = self.leading_handshaker(&peer)?;
+        let hs = self.leading_handshaker(&conn::peer_name(stream))?;
         drive_handshake(stream, hs, self.cfg.handshake_timeout)
     }
 

@@ -16,6 +16,7 @@
 //! here rather than going on with a key any onlooker knows.
 
 use aws_lc_rs::agreement::{agree, PrivateKey, UnparsedPublicKey, X25519};
+use parking_lot::Mutex;
 use snow::params::{CipherChoice, DHChoice, HashChoice};
 use snow::resolvers::{
     BoxedCryptoResolver, CryptoResolver, DefaultResolver, FallbackResolver, RingResolver,
@@ -26,22 +27,25 @@ use std::sync::Arc;
 /// The resolver for every handshake: X25519 from here, the rest from
 /// ring, then snow's own.
 pub(crate) fn resolver() -> BoxedCryptoResolver {
-    with(AwsLcDh { known: None })
+    with(AwsLcDh {
+        known: None,
+        spares: None,
+    })
 }
 
-/// A node's static key, parsed once: a handshake that sets it costs no
-/// scalar multiplication (deriving its public half, or parsing it again
-/// for each Diffie-Hellman operation, takes 6 µs here, on the handshake's
-/// critical path).
-pub(crate) struct StaticKey {
+/// An X25519 key pair, parsed once: a node's static key (a handshake that
+/// sets it costs no scalar multiplication: deriving its public half, or
+/// parsing it again for each Diffie-Hellman operation, takes 6 µs here, on
+/// the handshake's critical path), or a spare ephemeral one ([`Spares`]).
+pub(crate) struct KeyPair {
     private: [u8; 32],
     public: [u8; 32],
     key: PrivateKey,
 }
 
-impl StaticKey {
-    /// The static key `private` (32 bytes).
-    pub(crate) fn new(private: &[u8]) -> Result<StaticKey, snow::Error> {
+impl KeyPair {
+    /// The key pair of `private` (32 bytes).
+    pub(crate) fn new(private: &[u8]) -> Result<KeyPair, snow::Error> {
         let private = <[u8; 32]>::try_from(private).map_err(|_| snow::Error::Dh)?;
         let key = PrivateKey::from_private_key(&X25519, &private).map_err(|_| snow::Error::Dh)?;
         let public = key
@@ -49,11 +53,18 @@ impl StaticKey {
             .ok()
             .and_then(|p| <[u8; 32]>::try_from(p.as_ref()).ok())
             .ok_or(snow::Error::Dh)?;
-        Ok(StaticKey {
+        Ok(KeyPair {
             private,
             public,
             key,
         })
+    }
+
+    /// A fresh random key pair, from the operating system's random source.
+    fn generate() -> Result<KeyPair, snow::Error> {
+        let mut private = [0u8; 32];
+        getrandom::fill(&mut private).map_err(|_| snow::Error::Rng)?;
+        KeyPair::new(&private)
     }
 
     /// Its public half.
@@ -63,11 +74,78 @@ impl StaticKey {
     }
 }
 
-/// [`resolver`], for handshakes with the static key `known`: setting that
-/// key takes it as it is.
-pub(crate) fn resolver_with_static(known: &Arc<StaticKey>) -> BoxedCryptoResolver {
+/// The most spare ephemeral keys a node keeps ready.
+const SPARES: usize = 2;
+
+/// Ephemeral key pairs made ahead of the handshakes that take them, each
+/// taken once. Making one (a scalar multiplication, 23 µs here) is on a
+/// handshake's critical path twice: the dialer's before it connects, the
+/// responder's before its reply. A handshake that waits for its peer
+/// makes one spare meanwhile ([`Spares::refill`]), so the next handshake
+/// of the node finds its key made; one that finds none makes its own, as
+/// before. A handshake makes at most one spare, so a node's work per
+/// handshake is the same.
+pub(crate) struct Spares {
+    keys: Mutex<Vec<KeyPair>>,
+}
+
+impl Spares {
+    /// A pool with [`SPARES`] keys made.
+    pub(crate) fn new() -> Spares {
+        let spares = Spares {
+            keys: Mutex::new(Vec::with_capacity(SPARES)),
+        };
+        for _ in 0..SPARES {
+            spares.refill();
+        }
+        spares
+    }
+
+    /// A spare key, if one is ready; it leaves the pool.
+    fn take(&self) -> Option<KeyPair> {
+        self.keys.lock().pop()
+    }
+
+    /// Make one spare key, unless [`SPARES`] are ready. (A key the random
+    /// source or the library fails to make is not made: the handshake that
+    /// finds none makes its own and fails then, with the error.)
+    pub(crate) fn refill(&self) {
+        if self.keys.lock().len() >= SPARES {
+            return;
+        }
+        if let Ok(k) = KeyPair::generate() {
+            let mut keys = self.keys.lock();
+            if keys.len() < SPARES {
+                keys.push(k);
+            }
+        }
+    }
+
+    /// A pool with no key made.
+    #[cfg(test)]
+    fn empty() -> Spares {
+        Spares {
+            keys: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Keys ready now.
+    #[cfg(test)]
+    fn ready(&self) -> usize {
+        self.keys.lock().len()
+    }
+}
+
+/// [`resolver`], for handshakes with the static key `known`, which setting
+/// that key takes as it is, and ephemeral keys taken from `spares` when
+/// one is ready.
+pub(crate) fn resolver_with_static(
+    known: &Arc<KeyPair>,
+    spares: &Arc<Spares>,
+) -> BoxedCryptoResolver {
     with(AwsLcDh {
         known: Some(Arc::clone(known)),
+        spares: Some(Arc::clone(spares)),
     })
 }
 
@@ -84,7 +162,9 @@ fn with(dh: AwsLcDh) -> BoxedCryptoResolver {
 /// Resolves X25519 only.
 struct AwsLcDh {
     /// A key that [`Dh::set`] takes as it is.
-    known: Option<Arc<StaticKey>>,
+    known: Option<Arc<KeyPair>>,
+    /// Where [`Dh::generate`] takes a key made ahead, if one is ready.
+    spares: Option<Arc<Spares>>,
 }
 
 impl CryptoResolver for AwsLcDh {
@@ -96,6 +176,7 @@ impl CryptoResolver for AwsLcDh {
         match choice {
             DHChoice::Curve25519 => Some(Box::new(X25519Key {
                 known: self.known.clone(),
+                spares: self.spares.clone(),
                 ..X25519Key::default()
             })),
             _ => None,
@@ -119,13 +200,15 @@ struct X25519Key {
     /// The private key as parsed, for each Diffie-Hellman operation.
     key: Option<Key>,
     /// See [`AwsLcDh::known`].
-    known: Option<Arc<StaticKey>>,
+    known: Option<Arc<KeyPair>>,
+    /// See [`AwsLcDh::spares`].
+    spares: Option<Arc<Spares>>,
 }
 
 /// A parsed private key: this pair's own, or the node's static key.
 enum Key {
     Own(PrivateKey),
-    Static(Arc<StaticKey>),
+    Static(Arc<KeyPair>),
 }
 
 impl Key {
@@ -177,6 +260,12 @@ impl Dh for X25519Key {
     }
 
     fn generate(&mut self, rng: &mut dyn Random) -> Result<(), snow::Error> {
+        if let Some(spare) = self.spares.as_ref().and_then(|s| s.take()) {
+            self.private = spare.private;
+            self.public = spare.public;
+            self.key = Some(Key::Own(spare.key));
+            return Ok(());
+        }
         let mut k = [0u8; 32];
         rng.try_fill_bytes(&mut k)?;
         self.set(&k);
@@ -296,9 +385,9 @@ mod tests {
         let mut k = X25519Key::default();
         k.set(&[3u8; 32]);
         let public = k.pubkey().to_vec();
-        let fixed = Arc::new(StaticKey::new(&[3u8; 32]).expect("a static key"));
+        let fixed = Arc::new(KeyPair::new(&[3u8; 32]).expect("a static key"));
         assert_eq!(fixed.public(), &public[..]);
-        let r = resolver_with_static(&fixed);
+        let r = resolver_with_static(&fixed, &Arc::new(Spares::empty()));
         let mut known = r.resolve_dh(&DHChoice::Curve25519).expect("X25519");
         known.set(&[3u8; 32]);
         assert_eq!(known.pubkey(), &public[..]);
@@ -330,7 +419,7 @@ mod tests {
                 Ok(())
             }
         }
-        let fixed = Arc::new(StaticKey::new(&[3u8; 32]).expect("a static key"));
+        let fixed = Arc::new(KeyPair::new(&[3u8; 32]).expect("a static key"));
         let mut peer = X25519Key::default();
         peer.set(&[9u8; 32]);
         let fresh = |k: &[u8; 32]| {
@@ -340,7 +429,7 @@ mod tests {
             x.dh(peer.pubkey(), &mut out).expect("parsed anew");
             (x.pubkey().to_vec(), out)
         };
-        let r = resolver_with_static(&fixed);
+        let r = resolver_with_static(&fixed, &Arc::new(Spares::empty()));
         let mut pair = r.resolve_dh(&DHChoice::Curve25519).expect("X25519");
         let check = |pair: &dyn Dh, k: &[u8; 32]| {
             let mut out = [0u8; 32];
@@ -360,11 +449,12 @@ mod tests {
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 let fixed = Arc::clone(&fixed);
+                let spares = Arc::new(Spares::empty());
                 let peer_public = peer_public.clone();
                 std::thread::Builder::new()
                     .name("test-dh".into())
                     .spawn(move || {
-                        let r = resolver_with_static(&fixed);
+                        let r = resolver_with_static(&fixed, &spares);
                         let mut seen = Vec::new();
                         for _ in 0..50 {
                             let mut pair = r.resolve_dh(&DHChoice::Curve25519).expect("X25519");
@@ -383,6 +473,55 @@ mod tests {
                 assert_eq!(got, want);
             }
         }
+    }
+
+    /// A generated key comes from the spares while one is ready, each
+    /// spare once; then from the handshake's random source. A refill makes
+    /// one key at a time, up to the pool's size.
+    #[test]
+    fn generated_keys_come_from_the_spares_each_once() {
+        struct Rng(u8);
+        impl Random for Rng {
+            fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), snow::Error> {
+                dest.fill(self.0);
+                Ok(())
+            }
+        }
+        let fixed = Arc::new(KeyPair::new(&[3u8; 32]).expect("a static key"));
+        let spares = Arc::new(Spares::new());
+        assert_eq!(spares.ready(), SPARES);
+        let made: Vec<Vec<u8>> = spares
+            .keys
+            .lock()
+            .iter()
+            .map(|k| k.public.to_vec())
+            .collect();
+        let r = resolver_with_static(&fixed, &spares);
+        let mut seen = Vec::new();
+        for _ in 0..SPARES {
+            let mut e = r.resolve_dh(&DHChoice::Curve25519).expect("X25519");
+            e.generate(&mut Rng(6)).expect("a spare");
+            // Its own pair: the public half and the secrets are its key's.
+            let mut parsed = X25519Key::default();
+            parsed.set(e.privkey());
+            assert_eq!(e.pubkey(), parsed.pubkey());
+            seen.push(e.pubkey().to_vec());
+        }
+        seen.sort();
+        let mut made = made;
+        made.sort();
+        assert_eq!(seen, made, "each spare is taken once");
+        assert_ne!(seen[0], seen[1]);
+        assert_eq!(spares.ready(), 0);
+        let mut e = r.resolve_dh(&DHChoice::Curve25519).expect("X25519");
+        e.generate(&mut Rng(6)).expect("from the random source");
+        assert_eq!(e.privkey(), &[6u8; 32]);
+        spares.refill();
+        assert_eq!(spares.ready(), 1);
+        for _ in 0..5 {
+            spares.refill();
+        }
+        assert_eq!(spares.ready(), SPARES);
     }
 
     #[test]

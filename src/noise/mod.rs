@@ -16,6 +16,7 @@
 pub(crate) use crate::config::Cipher;
 pub use crate::error::HandshakeError;
 mod dh;
+mod proofs;
 
 use crate::id::PublicKey;
 use crate::identity::{Identity, NetworkKey};
@@ -58,8 +59,12 @@ pub(crate) struct Local {
     /// X25519 static key for Noise (fresh per process), and the identity
     /// proof: Ed25519 public key + its signature of the static public key.
     static_private: Vec<u8>,
-    static_key: Arc<dh::StaticKey>,
+    static_key: Arc<dh::KeyPair>,
     proof: Vec<u8>,
+    /// Ephemeral keys made ahead of this node's handshakes.
+    spares: Arc<dh::Spares>,
+    /// Peers' identity proofs checked already.
+    verified: proofs::Verified,
 }
 
 impl fmt::Debug for Local {
@@ -94,11 +99,13 @@ impl Local {
             plaintext,
             cipher,
             static_key: Arc::new(
-                dh::StaticKey::new(&kp.private)
+                dh::KeyPair::new(&kp.private)
                     .map_err(|e| HandshakeError::Noise(format!("parsing the static key: {e:?}")))?,
             ),
             static_private: kp.private,
             proof,
+            spares: Arc::new(dh::Spares::new()),
+            verified: proofs::Verified::default(),
         })
     }
 
@@ -175,6 +182,8 @@ pub(crate) struct Handshaker {
     /// The initiator's state when this side [leads](Handshaker::lead):
     /// message 1 is sent, the peer's preamble not read yet.
     early: Option<Box<HandshakeState>>,
+    /// [`Handshaker::prepare`] has made its spare key.
+    prepared: bool,
 }
 
 impl Handshaker {
@@ -212,6 +221,7 @@ impl Handshaker {
             peer: None,
             session: None,
             early: None,
+            prepared: false,
         }
     }
 
@@ -246,7 +256,7 @@ impl Handshaker {
     fn builder<'a>(&'a self, prologue: &'a [u8]) -> Result<snow::Builder<'a>, HandshakeError> {
         let mut b = snow::Builder::with_resolver(
             params(self.local.keyed(), self.local.cipher)?,
-            dh::resolver_with_static(&self.local.static_key),
+            dh::resolver_with_static(&self.local.static_key, &self.local.spares),
         )
         .local_private_key(&self.local.static_private)
         .map_err(noise_err)?
@@ -256,6 +266,22 @@ impl Handshaker {
             b = b.psk(2, k.psk()).map_err(noise_err)?;
         }
         Ok(b)
+    }
+
+    /// Whether [`Handshaker::prepare`] has work to do.
+    pub(crate) fn may_prepare(&self) -> bool {
+        !self.prepared && !self.local.plaintext && !self.is_done()
+    }
+
+    /// Work for while this side waits for the peer's next message: make a
+    /// spare ephemeral key for a later handshake of this node, once per
+    /// handshake (see `dh::Spares`). Drivers call it when they find that
+    /// message not come yet.
+    pub(crate) fn prepare(&mut self) {
+        if self.may_prepare() {
+            self.prepared = true;
+            self.local.spares.refill();
+        }
     }
 
     /// Bytes to send to the peer now, left in place: follow a send of
@@ -377,7 +403,7 @@ impl Handshaker {
         else {
             return Ok(());
         };
-        self.peer = Some(verify_proof(&payload, Some(&rs))?);
+        self.peer = Some(verify_proof(&self.local, &payload, Some(&rs))?);
         self.phase = Phase::Noise(hs);
         self.check_done()
     }
@@ -510,7 +536,7 @@ impl Handshaker {
         if hs.is_handshake_finished() {
             // The responder, on message 3: the initiator's proof.
             if n > 0 {
-                self.peer = Some(verify_proof(&payload[..n], rs.as_deref())?);
+                self.peer = Some(verify_proof(&self.local, &payload[..n], rs.as_deref())?);
             }
             return self.check_done();
         }
@@ -579,26 +605,35 @@ fn parse_hello(bytes: &[u8]) -> Result<Hello, HandshakeError> {
     serde_json::from_slice(bytes).map_err(|e| HandshakeError::BadHello(e.to_string()))
 }
 
-fn verify_proof(payload: &[u8], remote_static: Option<&[u8]>) -> Result<PeerProof, HandshakeError> {
-    if payload.len() < 96 {
+/// Check the identity proof in `payload` (an Ed25519 key and its
+/// signature of the peer's static key `remote_static`, then the hello),
+/// or find it checked already (see `proofs.rs`).
+fn verify_proof(
+    local: &Local,
+    payload: &[u8],
+    remote_static: Option<&[u8]>,
+) -> Result<PeerProof, HandshakeError> {
+    if payload.len() < proofs::PROOF_LEN {
         return Err(HandshakeError::BadIdentity(format!(
-            "{} bytes, fewer than 96",
-            payload.len()
+            "{} bytes, fewer than {}",
+            payload.len(),
+            proofs::PROOF_LEN
         )));
     }
     let rs = remote_static.ok_or_else(|| HandshakeError::BadIdentity("no static key".into()))?;
-    let mut key = [0u8; 32];
-    key.copy_from_slice(&payload[..32]);
-    let key = PublicKey::from_bytes(key)
-        .map_err(|_| HandshakeError::BadIdentity("not an Ed25519 key".into()))?;
-    let mut signed = SIG_CONTEXT.to_vec();
-    signed.extend_from_slice(rs);
-    if !key.verify(&signed, &payload[32..96]) {
-        return Err(HandshakeError::BadIdentity(
-            "the signature of the static key does not verify".into(),
-        ));
-    }
-    let hello_bytes = &payload[96..];
+    let rs = <[u8; 32]>::try_from(rs)
+        .map_err(|_| HandshakeError::BadIdentity("a static key not of 32 bytes".into()))?;
+    let mut proof = [0u8; proofs::PROOF_LEN];
+    proof.copy_from_slice(&payload[..proofs::PROOF_LEN]);
+    let key = match local.verified.get(&rs, &proof) {
+        Some(key) => key,
+        None => {
+            let key = check_signature(&rs, &proof)?;
+            local.verified.insert(rs, proof, key);
+            key
+        }
+    };
+    let hello_bytes = &payload[proofs::PROOF_LEN..];
     if hello_bytes.len() > MAX_HELLO {
         return Err(HandshakeError::BadHello("too long".into()));
     }
@@ -606,6 +641,28 @@ fn verify_proof(payload: &[u8], remote_static: Option<&[u8]>) -> Result<PeerProo
         hello: parse_hello(hello_bytes)?,
         key: Some(key),
     })
+}
+
+/// The identity `proof` names, if its signature of the static key `rs`
+/// verifies (the key is parsed once).
+fn check_signature(
+    rs: &[u8; 32],
+    proof: &[u8; proofs::PROOF_LEN],
+) -> Result<PublicKey, HandshakeError> {
+    use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+    let mut key = [0u8; 32];
+    key.copy_from_slice(&proof[..32]);
+    let key = VerifyingKey::from_bytes(&key)
+        .map_err(|_| HandshakeError::BadIdentity("not an Ed25519 key".into()))?;
+    let mut signed = SIG_CONTEXT.to_vec();
+    signed.extend_from_slice(rs);
+    let sig = Signature::from_slice(&proof[32..]).map_err(|_| {
+        HandshakeError::BadIdentity("the signature of the static key does not verify".into())
+    })?;
+    key.verify(&signed, &sig).map_err(|_| {
+        HandshakeError::BadIdentity("the signature of the static key does not verify".into())
+    })?;
+    Ok(PublicKey::from_verifying_key(&key))
 }
 
 /// The keys of an established connection, shared by its two directions.
@@ -1212,6 +1269,8 @@ mod tests {
             static_private: b.static_private.clone(),
             static_key: Arc::clone(&b.static_key),
             proof: other.proof.clone(),
+            spares: Arc::new(dh::Spares::new()),
+            verified: proofs::Verified::default(),
         };
         let mut y = Handshaker::new(Arc::new(forged), &hello(2), [0x01; 8]);
         let (px, py) = (x.take_output(), y.take_output());
@@ -1224,6 +1283,44 @@ mod tests {
         assert!(matches!(e, HandshakeError::BadIdentity(_)), "{e:?}");
         assert!(!x.is_done());
         assert!(x.finish().is_none());
+    }
+
+    /// A proof checked once passes again without a check; a proof that
+    /// differs, for a static key whose proof was checked, is checked (and
+    /// fails). The spare keys a handshake makes are taken by the next.
+    #[test]
+    fn a_checked_proof_is_remembered_and_another_for_its_key_is_checked() {
+        let (a, b) = (local(1, None), local(2, None));
+        let kb = b.identity.public_key();
+        for round in 0..3 {
+            let (x, y) = pair(Arc::clone(&a), Arc::clone(&b), 1000);
+            let (mut x, mut y) = (x.expect("x"), y.expect("y"));
+            assert!(x.is_done() && y.is_done(), "round {round}");
+            x.prepare();
+            y.prepare();
+            assert_eq!(x.finish().expect("done").0.key, Some(kb));
+            assert_eq!(a.verified.len(), 1);
+            assert_eq!(b.verified.len(), 1);
+        }
+        // Another identity's proof with b's static key: a remembers b's
+        // proof of that key, and checks this one, which fails.
+        let forged = Local {
+            identity: b.identity.clone(),
+            psk: None,
+            plaintext: false,
+            cipher: b.cipher,
+            static_private: b.static_private.clone(),
+            static_key: Arc::clone(&b.static_key),
+            proof: local(3, None).proof.clone(),
+            spares: Arc::new(dh::Spares::new()),
+            verified: proofs::Verified::default(),
+        };
+        let (x, _) = pair(Arc::clone(&a), Arc::new(forged), 1000);
+        let e = x.err().expect("a proof of another key");
+        assert!(matches!(e, HandshakeError::BadIdentity(_)), "{e:?}");
+        // And b's own proof still passes.
+        let (x, y) = pair(Arc::clone(&a), Arc::clone(&b), 7);
+        assert!(x.expect("x").is_done() && y.expect("y").is_done());
     }
 
     #[test]

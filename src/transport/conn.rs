@@ -2064,12 +2064,31 @@ pub(crate) fn drive_handshake(
                 after: timeout,
             });
         }
-        let read = match nowait::read_within(stream, &mut buf, left.min(HANDSHAKE_POLL)) {
-            Some(r) => r,
-            None => {
-                let _ = stream.set_read_timeout(Some(left));
-                stream.read(&mut buf)
+        // While the peer works on its next message (not come yet), make a
+        // key for a later handshake, once.
+        let mut came = None;
+        if hs.may_prepare() {
+            match nowait::read(stream, &mut buf) {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    hs.prepare()
+                }
+                r => came = Some(r),
             }
+        }
+        let read = match came {
+            Some(r) => r,
+            None => match nowait::read_within(stream, &mut buf, left.min(HANDSHAKE_POLL)) {
+                Some(r) => r,
+                None => {
+                    let _ = stream.set_read_timeout(Some(left));
+                    stream.read(&mut buf)
+                }
+            },
         };
         match read {
             Ok(0) => {

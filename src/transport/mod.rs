@@ -907,6 +907,9 @@ impl Transport {
             if hs.is_done() {
                 break;
             }
+            // The relay's round trip is long: time for a key of a later
+            // handshake.
+            hs.prepare();
             crossbeam_channel::select! {
                 recv(inbox) -> bytes => match bytes {
                     Ok(bytes) => {

@@ -488,6 +488,27 @@ impl Decoder {
         (FRAME_PREFIX + h + b).saturating_sub(pending.len())
     }
 
+    /// Bytes still to come of a large body under way whose prefix and
+    /// header are in and pass the prefix's checks (the body is then, or
+    /// at the next push, in a buffer of its own: see [`Decoder`]); `None`
+    /// for anything else. Bytes read for it may go straight into that
+    /// buffer with [`Decoder::push_with`], no copy in between.
+    pub fn body_left(&self) -> Option<usize> {
+        if let Some(b) = self.body_aside() {
+            return Some(b.saturating_sub(self.buf.len()));
+        }
+        let pending = &self.buf[self.start..];
+        if pending.len() < FRAME_PREFIX {
+            return None;
+        }
+        let (h, b) = prefix_lengths(pending);
+        let fits = h > 0 && h <= self.max_header && h as u64 + b as u64 <= self.max as u64;
+        if !fits || b < LARGE_BODY || pending.len() < FRAME_PREFIX + h {
+            return None;
+        }
+        Some((FRAME_PREFIX + h + b).saturating_sub(pending.len()))
+    }
+
     /// Decode the next complete frame, if one has arrived.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, WireError> {
         if let Some(b) = self.body_aside() {
@@ -664,6 +685,43 @@ mod tests {
         d.push(&bytes[100..bytes.len() - 1]);
         assert_eq!(d.next_frame(), Ok(None));
         assert_eq!(d.finish(), Err(WireError::Truncated));
+    }
+
+    /// `body_left` names the rest of a large body once its prefix and
+    /// header are in, and bytes appended with `push_with` in pieces of at
+    /// most that finish it, in place: the frame comes out whole.
+    #[test]
+    fn the_rest_of_a_large_body_goes_straight_into_it() {
+        let big: Vec<u8> = (0..LARGE_BODY * 3 + 5).map(|i| (i % 251) as u8).collect();
+        let mut f = Frame::new(Kind::Message, "BIG", json!({"x": 1}));
+        f.body = Some(big.clone());
+        let bytes = encode(&f);
+        let head = bytes.len() - big.len();
+        let mut d = Decoder::new(1 << 22);
+        assert_eq!(d.body_left(), None);
+        d.push(&bytes[..head - 1]);
+        assert_eq!(d.body_left(), None, "the header is not all in");
+        d.push(&bytes[head - 1..head + 10]);
+        assert_eq!(d.body_left(), Some(big.len() - 10));
+        let mut at = head + 10;
+        while let Some(left) = d.body_left().filter(|&l| l > 0) {
+            let n = left.min(50_000);
+            d.push_with(n, |buf| buf.extend_from_slice(&bytes[at..at + n]));
+            at += n;
+            assert!(d.held() <= bytes.len() + 64, "held {}", d.held());
+        }
+        assert_eq!(at, bytes.len());
+        assert_eq!(d.next_frame().unwrap().unwrap(), f);
+        assert_eq!(d.body_left(), None);
+        // Small bodies, and frames the prefix refuses, are not for it.
+        let mut small = Frame::new(Kind::Message, "S", json!(1));
+        small.body = Some(vec![1; LARGE_BODY - 1]);
+        let mut d = Decoder::new(1 << 22);
+        d.push(&encode(&small)[..100]);
+        assert_eq!(d.body_left(), None);
+        let mut d = Decoder::new(LARGE_BODY);
+        d.push(&bytes[..head + 10]);
+        assert_eq!(d.body_left(), None, "a frame over the limit");
     }
 
     #[test]

@@ -1089,19 +1089,30 @@ fn binary_bodies_arrive_byte_exact() {
 /// read may poll (recv that does not wait) or block, into the connection's
 /// buffer or straight into the record layer, on the connection's thread or
 /// a requester's, and every answer must still be its request's, byte exact.
+/// In plaintext mode, the rest of a large body waiting in the socket is
+/// read straight into it, by either kind of reader.
 #[test]
 fn bodies_of_every_size_from_many_requesters_arrive_byte_exact() {
+    for plain in [false, true] {
+        bodies_from_many_requesters(plain);
+    }
+}
+
+fn bodies_from_many_requesters(plain: bool) {
     const CALLERS: u32 = 4;
-    let a = node_with(|c| c.handler_threads = CALLERS as usize);
+    let a = node_with(|c| {
+        c.handler_threads = CALLERS as usize;
+        c.insecure_plaintext = plain;
+    });
     echo_handler(&a);
-    let b = node();
+    let b = node_with(|c| c.insecure_plaintext = plain);
     let conn = b.connect(a.local_addr()).unwrap();
     thread::scope(|s| {
         for t in 0..CALLERS {
             let conn = conn.clone();
             s.spawn(move || {
                 for k in 0..24u32 {
-                    let len = [10usize, 70_000, 1_000, 300_000][(k + t) as usize % 4];
+                    let len = [10usize, 70_000, 1_000, 300_001][(k + t) as usize % 4];
                     let seed = t * 1_000 + k;
                     let body: Vec<u8> = (0..len as u32)
                         .map(|i| (i.wrapping_mul(31) ^ seed.wrapping_mul(2_654_435_761)) as u8)
@@ -1112,13 +1123,62 @@ fn bodies_of_every_size_from_many_requesters_arrive_byte_exact() {
                     assert_eq!(resp.data::<u32>().unwrap(), seed);
                     assert!(
                         resp.body() == Some(&body[..]),
-                        "caller {t}, request {k}: a body of {len} bytes differs"
+                        "caller {t}, request {k}: a body of {len} bytes differs \
+                         (plaintext: {plain})"
                     );
                 }
             });
         }
     });
     assert_eq!(b.connection_count(), 1);
+}
+
+/// A stream of large bodies, sent faster than one reader takes them: in
+/// plaintext mode most of each is read straight into it from the socket;
+/// every body arrives whole, byte exact and in order, in either mode.
+#[test]
+fn a_stream_of_large_bodies_arrives_byte_exact_and_in_order() {
+    const N: u32 = 40;
+    for plain in [true, false] {
+        let a = node_with(|c| c.insecure_plaintext = plain);
+        let (tx, rx) = crossbeam_channel::unbounded::<(u32, Vec<u8>)>();
+        a.add_inline_handler("BLOB", move |req| {
+            let k: u32 = req.message().data()?;
+            let _ = tx.send((k, req.message().body().unwrap_or_default().to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        let b = node_with(|c| c.insecure_plaintext = plain);
+        let conn = b.connect(a.local_addr()).unwrap();
+        let body = |k: u32| -> Vec<u8> {
+            let len = 64 * 1024 + (k as usize * 37_123) % (1024 * 1024);
+            (0..len as u32)
+                .map(|i| (i.wrapping_mul(131) ^ k.wrapping_mul(2_654_435_761)) as u8)
+                .collect()
+        };
+        let sender = {
+            let conn = conn.clone();
+            thread::Builder::new()
+                .name("test-blob-sender".into())
+                .spawn(move || {
+                    for k in 0..N {
+                        conn.send(Message::new("BLOB", k).with_body(body(k)))?;
+                    }
+                    Ok::<(), p2prs::Error>(())
+                })
+                .unwrap()
+        };
+        for k in 0..N {
+            let (got, bytes) = rx.recv_timeout(PATIENCE).expect("every body arrives");
+            assert_eq!(got, k, "in the order sent (plaintext: {plain})");
+            assert!(
+                bytes == body(k),
+                "body {k} of {} bytes differs (plaintext: {plain})",
+                bytes.len()
+            );
+        }
+        sender.join().unwrap().unwrap();
+    }
 }
 
 #[test]

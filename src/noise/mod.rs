@@ -807,6 +807,11 @@ const BULK_RECORD: usize = 16 * 1024;
 const DIRECT_MIN: usize = 4096;
 
 impl Opener {
+    /// Whether this is plaintext mode (records are the bytes themselves).
+    pub(crate) fn is_plain(&self) -> bool {
+        self.noise.is_none()
+    }
+
     /// Bytes of an incomplete record held.
     pub(crate) fn pending(&self) -> usize {
         self.have

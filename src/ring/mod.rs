@@ -391,6 +391,19 @@ impl<A: Clone + Eq + Debug> RoutingState<A> {
         }
     }
 
+    /// The peer of the peer book ([`RoutingState::neighbours`]) with ID
+    /// `id`, if any: the same answer without building the book (no
+    /// allocation, no sort; a request by ID asks this first).
+    pub fn neighbour(&self, id: NodeId) -> Option<&Peer<A>> {
+        if id == self.me.id {
+            return None;
+        }
+        self.predecessor
+            .iter()
+            .chain(self.known_peers())
+            .find(|p| p.id == id)
+    }
+
     /// The peer book: distinct peers among the predecessor, the successor
     /// list and the fingers (never this node), in clockwise order from it.
     pub fn neighbours(&self) -> Vec<Peer<A>> {
@@ -612,6 +625,11 @@ mod tests {
         s.set_finger(6, Some(p(10)));
         assert_eq!(s.fingers()[6], None);
         assert_eq!(ids(&s.neighbours()), vec![20, 30, 50, 5]);
+        for p in s.neighbours() {
+            assert_eq!(s.neighbour(p.id), Some(&p));
+        }
+        assert_eq!(s.neighbour(NodeId(40)), None);
+        assert_eq!(s.neighbour(s.me().id), None);
         s.set_finger(64, Some(p(70)));
         assert_eq!(s.neighbours().len(), 4);
         assert_eq!(ids(&s.ring_links()), vec![20, 5]);

@@ -868,17 +868,13 @@ pub(crate) fn conn_for_id(n: &NodeInner, id: NodeId) -> Result<Arc<Conn>> {
             // contact then needs no lookup. The node dialled must prove the
             // key the entry names and still say it holds the ID; a stale
             // entry falls back to the lookup below.
-            r.routing
-                .neighbours()
-                .into_iter()
-                .find(|p| p.id == id)
-                .or_else(|| {
-                    r.census
-                        .members()
-                        .get(&id)
-                        .filter(|_| !r.census.suspected(id))
-                        .map(|addr| RPeer { id, addr: *addr })
-                })
+            r.routing.neighbour(id).cloned().or_else(|| {
+                r.census
+                    .members()
+                    .get(&id)
+                    .filter(|_| !r.census.suspected(id))
+                    .map(|addr| RPeer { id, addr: *addr })
+            })
         }
     };
     if let Some(p) = known {

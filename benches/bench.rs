@@ -844,8 +844,17 @@ fn tcp_stream(n: usize, len: usize, distinct: bool) -> Res<f64> {
         vec![frame]
     };
     let t = Instant::now();
-    for f in frames.iter().cycle().take(n) {
-        s.write_all(f)?;
+    if distinct {
+        // Each frame is freed once written, as p2prs frees each body it
+        // sent (with every buffer made before the clock, each was mapped
+        // on its own, and each free unmaps it).
+        for f in frames {
+            s.write_all(&f)?;
+        }
+    } else {
+        for f in frames.iter().cycle().take(n) {
+            s.write_all(f)?;
+        }
     }
     s.read_exact(&mut [0u8; 1])?;
     let secs = t.elapsed().as_secs_f64();
@@ -917,7 +926,7 @@ fn noise_stream(cipher: Cipher, n: usize, len: usize, distinct: bool) -> Res<f64
         .collect();
     let mut wire = Vec::with_capacity(len + len / (REC - TAG) * 18 + 18);
     let t = Instant::now();
-    for payload in payloads.iter().cycle().take(n) {
+    let mut send = |payload: &[u8]| -> Res<()> {
         wire.clear();
         for chunk in payload.chunks(REC - 2 - TAG) {
             let start = wire.len();
@@ -926,6 +935,17 @@ fn noise_stream(cipher: Cipher, n: usize, len: usize, distinct: bool) -> Res<f64
             wire[start..start + 2].copy_from_slice(&(l as u16).to_be_bytes());
         }
         s.write_all(&wire)?;
+        Ok(())
+    };
+    if distinct {
+        // As in `tcp_stream`, each payload is freed once written.
+        for payload in payloads {
+            send(&payload)?;
+        }
+    } else {
+        for payload in payloads.iter().cycle().take(n) {
+            send(payload)?;
+        }
     }
     s.read_exact(&mut [0u8; 1])?;
     let secs = t.elapsed().as_secs_f64();

@@ -300,7 +300,15 @@ impl ReadState {
         } else {
             read_most(self.inbound.held(), self.buf.len())
         };
-        if let Some(r) = self.inbound.read_body(stream, most) {
+        // A read straight into a body is not bounded by the buffer's size
+        // (it does not grow it), only by what the budget allows one read
+        // (see `limits::growth`).
+        let most_direct = if checked {
+            READ_CHUNK
+        } else {
+            read_most(self.inbound.held(), READ_CHUNK)
+        };
+        if let Some(r) = self.inbound.read_body(stream, most_direct) {
             let n = r?;
             if n > 0 {
                 self.direct = Some(Ok(()));

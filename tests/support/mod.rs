@@ -281,6 +281,46 @@ impl RawPeer {
         p
     }
 
+    /// Connect to a node in plaintext mode and exchange preambles and
+    /// hellos (ours names no listening address): ready for frames in the
+    /// clear.
+    pub fn plain_handshaken(addr: SocketAddr) -> RawPeer {
+        let mut p = RawPeer::connect(addr);
+        let hello = b"{}";
+        // Protocol version 3, flag 2: plaintext.
+        let mut out = preamble_bytes(b"P2PR", 3, 2);
+        out.extend_from_slice(&(hello.len() as u32).to_be_bytes());
+        out.extend_from_slice(hello);
+        p.stream
+            .write_all(&out)
+            .expect("plaintext preamble and hello");
+        // The node's preamble (16 bytes) and hello (u32 length + JSON).
+        let mut head = [0u8; 20];
+        p.read_exact_within(&mut head, Duration::from_secs(5));
+        let len = u32::from_be_bytes([head[16], head[17], head[18], head[19]]) as usize;
+        let mut hello = vec![0u8; len];
+        p.read_exact_within(&mut hello, Duration::from_secs(5));
+        p
+    }
+
+    fn read_exact_within(&mut self, buf: &mut [u8], within: Duration) {
+        let deadline = Instant::now() + within;
+        let mut got = 0;
+        while got < buf.len() {
+            assert!(Instant::now() < deadline, "the node's hello did not come");
+            match self.stream.read(&mut buf[got..]) {
+                Ok(0) => panic!("the node closed the connection"),
+                Ok(n) => got += n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!("reading the node's hello: {e}"),
+            }
+        }
+    }
+
     /// A frame, if one arrives within `within` (none if the connection closes).
     pub fn try_read_frame(&mut self, within: Duration) -> Option<(Value, Vec<u8>)> {
         let deadline = Instant::now() + within;

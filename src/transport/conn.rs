@@ -567,11 +567,11 @@ impl Inbound {
     /// In plaintext mode, read at most `most` bytes of a large body under
     /// way straight into the buffer that becomes the body, when at least
     /// [`PLAIN_DIRECT_MIN`] of them wait in the socket: the bytes read, or
-    /// `None` when the read should go to the connection's buffer. The read
-    /// never waits (the bytes are there), and goes into memory not
+    /// `None` when the read should go to the connection's buffer (always,
+    /// where the bytes waiting are not known: see [`nowait::waiting`]). The
+    /// read never waits (the bytes are there), and goes into memory not
     /// initialised first, through `std`'s `read_to_end`: no copy, and no
     /// zero-filling either.
-    #[cfg(target_os = "linux")]
     fn read_body(&mut self, stream: &TcpStream, most: usize) -> Option<io::Result<usize>> {
         if !self.opener.is_plain() {
             return None;
@@ -580,8 +580,7 @@ impl Inbound {
         if left < PLAIN_DIRECT_MIN {
             return None;
         }
-        let waiting = rustix::io::ioctl_fionread(stream).ok()?;
-        let n = left.min(usize::try_from(waiting).unwrap_or(usize::MAX));
+        let n = left.min(nowait::waiting(stream)?);
         if n < PLAIN_DIRECT_MIN {
             return None;
         }
@@ -595,12 +594,6 @@ impl Inbound {
                 Err(e) => Err(e),
             }
         }))
-    }
-
-    /// Elsewhere, every read goes to the connection's buffer.
-    #[cfg(not(target_os = "linux"))]
-    fn read_body(&mut self, _stream: &TcpStream, _most: usize) -> Option<io::Result<usize>> {
-        None
     }
 
     /// Feed bytes read from the peer.

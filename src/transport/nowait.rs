@@ -43,6 +43,21 @@ pub(super) fn write(_stream: &TcpStream, _bytes: &[u8]) -> usize {
     0
 }
 
+/// Bytes waiting in `stream`'s receive queue (`FIONREAD`): a read of at
+/// most that many finds them there and does not wait. `None` when the
+/// look fails, and on systems other than Linux (where callers then read
+/// as they would have).
+#[cfg(target_os = "linux")]
+pub(super) fn waiting(stream: &TcpStream) -> Option<usize> {
+    let n = rustix::io::ioctl_fionread(stream).ok()?;
+    Some(usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(super) fn waiting(_stream: &TcpStream) -> Option<usize> {
+    None
+}
+
 /// At most this many threads in the process poll in [`read_within`] at
 /// once; the others block at once. A storm of handshakes (a node joining a
 /// large ring, or a flood of connections) then costs no more CPU in looking

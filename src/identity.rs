@@ -155,8 +155,15 @@ fn warn_if_readable_by_others(_: &Path) {}
 /// Any string works, but the handshake lets an active attacker test guesses
 /// offline: use a long random key (for example 32 random bytes in hex:
 /// `head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'`), not a password.
+///
+/// An empty text is not a key: a node or rendezvous server given one
+/// refuses to start (an unset environment variable read as `""` would
+/// otherwise close the network by accident).
 #[derive(Clone, PartialEq, Eq)]
-pub struct NetworkKey([u8; 32]);
+pub struct NetworkKey {
+    psk: [u8; 32],
+    empty: bool,
+}
 
 impl NetworkKey {
     /// The network key for this text.
@@ -164,12 +171,20 @@ impl NetworkKey {
         let mut h = Sha256::new();
         h.update(b"p2prs network key v1\0");
         h.update(text.as_ref());
-        NetworkKey(h.finalize().into())
+        NetworkKey {
+            psk: h.finalize().into(),
+            empty: text.as_ref().is_empty(),
+        }
+    }
+
+    /// Whether it was made from empty text (which starting refuses).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.empty
     }
 
     /// The 32-byte pre-shared key used in the handshake.
     pub(crate) fn psk(&self) -> &[u8; 32] {
-        &self.0
+        &self.psk
     }
 }
 

@@ -152,13 +152,16 @@ impl NodeBuilder {
     /// Join only networks whose members have this key, and admit only such
     /// peers: a peer without it fails the handshake, before any frame is
     /// read or any ring state changes. Without a key the network is open
-    /// (anyone may join), but still encrypted. See [`NetworkKey`].
+    /// (anyone may join), but still encrypted. See [`NetworkKey`]. An empty
+    /// key is refused: [`start`](Self::start) fails with
+    /// [`Error::InvalidArgument`].
     ///
     /// ```
     /// let a = p2prs::Node::builder().network_key("k3y").start()?;
     /// let b = p2prs::Node::builder().network_key("other").start()?;
     /// let err = b.join_network(&[a.local_addr()]).unwrap_err();
     /// assert!(err.is_network_key_mismatch(), "{err}");
+    /// assert!(p2prs::Node::builder().network_key("").start().is_err());
     /// # Ok::<(), p2prs::Error>(())
     /// ```
     pub fn network_key(mut self, key: impl AsRef<[u8]>) -> Self {
@@ -850,6 +853,12 @@ impl Node {
 
     /// Stop the node: close every socket and join every thread. Idempotent;
     /// dropping the last owning handle does the same.
+    ///
+    /// It does not leave the network first: to the others the node has
+    /// crashed, and for a few seconds (until its neighbours drop it)
+    /// requests to its ID fail with a retriable error rather than
+    /// [`Error::NoSuchNode`]. Call [`leave`](Self::leave) first for a clean
+    /// exit.
     ///
     /// It returns within [`Config::shutdown_grace`] (plus the moments it
     /// takes to close the sockets) even if a handler never returns: threads

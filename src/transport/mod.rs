@@ -164,6 +164,11 @@ fn preference(c: &Conn) -> (bool, bool) {
 /// Handshake material for a node (or rendezvous) with `identity` and the
 /// security settings of `cfg`.
 pub(crate) fn secure_for(identity: crate::identity::Identity, cfg: &Config) -> Result<Arc<Local>> {
+    if cfg.network_key.as_ref().is_some_and(|k| k.is_empty()) {
+        return Err(Error::InvalidArgument(
+            "the network key is empty: give a long random key, or none for an open network".into(),
+        ));
+    }
     Local::new(
         identity,
         cfg.network_key.clone(),

@@ -444,7 +444,9 @@ pub enum ErrorCode {
     NoHandler,
     /// The handler returned an error.
     HandlerFailed,
-    /// The handler panicked.
+    /// The handler panicked. The node caught the panic and goes on, but
+    /// Rust's panic hook has printed it to stderr first, as for any panic
+    /// (`std::panic::set_hook` changes that for the whole program).
     HandlerPanicked,
     /// The handler returned without responding or bouncing.
     NoResponse,

@@ -74,7 +74,7 @@ got through and every node sees the whole ring, 1 otherwise.";
 pub const NODE_COMMANDS: &str =
     "  send TARGET TEXT...        send a TEXT message (the rest of the line)
   request TARGET TYPE [JSON] send a request, print the response (JSON: the rest of the line)
-  broadcast TEXT...          send a TEXT message to every node of the network
+  broadcast TEXT...          send a TEXT message to every other node of the network
   lookup ID                  find the node holding ID through the ring, and the hops it took
   peers                      list the peer book (routing neighbours)
   id                         print this node's ID (null before joining)

@@ -98,8 +98,15 @@ fn join(node: &Node, addrs: &[String], printer: &Printer) -> bool {
             true
         }
         Err(e) => {
-            // The library cannot name an address it could not resolve.
-            printer.print(&Out::error(format!("{e} (through {})", addrs.join(", "))));
+            // The library cannot name an address it could not resolve;
+            // one it could, it names already.
+            let text = e.to_string();
+            let text = if addrs.iter().all(|a| text.contains(a.as_str())) {
+                text
+            } else {
+                format!("{text} (through {})", addrs.join(", "))
+            };
+            printer.print(&Out::error(text));
             false
         }
     }

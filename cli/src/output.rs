@@ -163,16 +163,27 @@ impl Out {
             Out::Message { from, message } => format!("({from}) -> {}", describe(message)),
             Out::Served { from, message } => format!("Answered {} from {from}", describe(message)),
             Out::Sent { to, kind } => format!("Sent {kind} to {to}"),
-            Out::Broadcast { direct } => format!("Broadcast sent ({direct} direct sends)"),
+            Out::Broadcast { direct } => {
+                format!(
+                    "Broadcast sent ({direct} direct {})",
+                    plural(*direct as u64, "send")
+                )
+            }
             Out::Response { to, message, ms } => {
                 format!("Response from {to} in {ms:.2} ms: {}", describe(message))
             }
             Out::Route { id, owner, hops } if owner.id == *id => {
-                format!("ID {id} is the node at {} ({hops} hops)", owner.addr)
+                format!(
+                    "ID {id} is the node at {} ({hops} {})",
+                    owner.addr,
+                    plural(*hops, "hop")
+                )
             }
             Out::Route { id, owner, hops } => format!(
-                "No node holds ID {id}; the next one after it is {} at {} ({hops} hops)",
-                owner.id, owner.addr
+                "No node holds ID {id}; the next one after it is {} at {} ({hops} {})",
+                owner.id,
+                owner.addr,
+                plural(*hops, "hop")
             ),
             Out::Error {
                 error,
@@ -228,6 +239,15 @@ fn round2(x: f64) -> f64 {
 }
 
 /// `"Hi!"` for a TEXT message, `TYPE data` for the others.
+/// `word` with an `s` unless `n` is 1.
+fn plural(n: impl Into<u64>, word: &str) -> String {
+    if n.into() == 1 {
+        word.to_string()
+    } else {
+        format!("{word}s")
+    }
+}
+
 fn describe(m: &Message) -> String {
     let body = m
         .body()

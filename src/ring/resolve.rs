@@ -122,7 +122,7 @@ pub fn vouch_owner<A: Clone + Eq + Debug>(
         return Verdict::Settling("its owner is not the first node after it");
     }
     if lost.contains(&id) {
-        return Verdict::Settling("its owner lost it a moment ago");
+        return Verdict::Settling("its owner lost it lately (it may have stopped)");
     }
     Verdict::AskPred(p)
 }
@@ -144,7 +144,7 @@ pub fn vouch_pred<A: Clone + Eq + Debug>(
         return Verdict::Holds(s.clone());
     }
     if lost.contains(&id) {
-        return Verdict::Settling("the node before it lost it a moment ago");
+        return Verdict::Settling("the node before it lost it lately (it may have stopped)");
     }
     match successors.first() {
         Some(s) if s.id == owner => Verdict::Absent,

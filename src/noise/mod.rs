@@ -104,7 +104,11 @@ impl Local {
             ),
             static_private: kp.private,
             proof,
-            spares: Arc::new(dh::Spares::new()),
+            spares: Arc::new(if plaintext {
+                dh::Spares::empty()
+            } else {
+                dh::Spares::new()
+            }),
             verified: proofs::Verified::default(),
         })
     }

@@ -2,7 +2,7 @@
 //!
 //! Pure code: no sockets, no threads, no clock.
 
-use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, VerifyingKey};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::str::FromStr;
@@ -101,6 +101,20 @@ impl std::str::FromStr for NodeId {
 mod tests {
     use super::*;
 
+    /// The neutral point (a key of small order) "signs" anything with
+    /// R = neutral and s = 0 under the cofactorless check; strictly, it
+    /// signs nothing.
+    #[test]
+    fn a_small_order_key_verifies_nothing() {
+        let mut neutral = [0u8; 32];
+        neutral[0] = 1;
+        let mut sig = neutral.to_vec();
+        sig.extend_from_slice(&[0u8; 32]);
+        if let Ok(key) = PublicKey::from_bytes(neutral) {
+            assert!(!key.verify(b"any message", &sig));
+        }
+    }
+
     #[test]
     fn half_open_wraps() {
         let a = NodeId(u64::MAX - 1);
@@ -178,12 +192,14 @@ impl PublicKey {
         PublicKey(k.to_bytes())
     }
 
-    /// Whether `sig` is this key's signature of `msg`.
+    /// Whether `sig` is this key's signature of `msg`, checked strictly: a
+    /// key or signature of small order never verifies (anyone could sign
+    /// as such a key).
     pub(crate) fn verify(&self, msg: &[u8], sig: &[u8]) -> bool {
         let Ok(sig) = Signature::from_slice(sig) else {
             return false;
         };
-        VerifyingKey::from_bytes(&self.0).is_ok_and(|k| k.verify(msg, &sig).is_ok())
+        VerifyingKey::from_bytes(&self.0).is_ok_and(|k| k.verify_strict(msg, &sig).is_ok())
     }
 
     /// The first bytes in hex, for log lines.

@@ -653,7 +653,7 @@ fn check_signature(
     rs: &[u8; 32],
     proof: &[u8; proofs::PROOF_LEN],
 ) -> Result<PublicKey, HandshakeError> {
-    use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+    use ed25519_dalek::{Signature, VerifyingKey};
     let mut key = [0u8; 32];
     key.copy_from_slice(&proof[..32]);
     let key = VerifyingKey::from_bytes(&key)
@@ -663,7 +663,9 @@ fn check_signature(
     let sig = Signature::from_slice(&proof[32..]).map_err(|_| {
         HandshakeError::BadIdentity("the signature of the static key does not verify".into())
     })?;
-    key.verify(&signed, &sig).map_err(|_| {
+    // Strict: a key or R of small order is refused (the cofactorless
+    // check alone lets anyone sign as a small-order key).
+    key.verify_strict(&signed, &sig).map_err(|_| {
         HandshakeError::BadIdentity("the signature of the static key does not verify".into())
     })?;
     Ok(PublicKey::from_verifying_key(&key))
@@ -1330,6 +1332,55 @@ mod tests {
         // And b's own proof still passes.
         let (x, y) = pair(Arc::clone(&a), Arc::clone(&b), 7);
         assert!(x.expect("x").is_done() && y.expect("y").is_done());
+    }
+
+    /// A proof by a key of small order (here the neutral point, with the
+    /// signature R = neutral, s = 0, which "verifies" any message under
+    /// the cofactorless check without strictness) is refused: anyone
+    /// could claim such an identity.
+    #[test]
+    fn a_proof_by_a_small_order_key_is_refused() {
+        let (a, b) = (local(1, None), local(2, None));
+        let mut neutral = [0u8; 32];
+        neutral[0] = 1;
+        let mut proof = neutral.to_vec();
+        proof.extend_from_slice(&neutral);
+        proof.extend_from_slice(&[0u8; 32]);
+        let weak = Local {
+            identity: b.identity.clone(),
+            psk: None,
+            plaintext: false,
+            cipher: b.cipher,
+            static_private: b.static_private.clone(),
+            static_key: Arc::clone(&b.static_key),
+            proof,
+            spares: Arc::new(dh::Spares::new()),
+            verified: proofs::Verified::default(),
+        };
+        // As the responder (checked at settle) and as the initiator
+        // (checked on message 3).
+        let (x, _) = pair(Arc::clone(&a), Arc::new(weak), 1000);
+        let e = x.err().expect("a small-order identity as responder");
+        assert!(matches!(e, HandshakeError::BadIdentity(_)), "{e:?}");
+        let weak = Local {
+            identity: b.identity.clone(),
+            psk: None,
+            plaintext: false,
+            cipher: b.cipher,
+            static_private: b.static_private.clone(),
+            static_key: Arc::clone(&b.static_key),
+            proof: {
+                let mut p = neutral.to_vec();
+                p.extend_from_slice(&neutral);
+                p.extend_from_slice(&[0u8; 32]);
+                p
+            },
+            spares: Arc::new(dh::Spares::new()),
+            verified: proofs::Verified::default(),
+        };
+        let (_, y) = pair(Arc::new(weak), Arc::clone(&a), 1000);
+        let e = y.err().expect("a small-order identity as initiator");
+        assert!(matches!(e, HandshakeError::BadIdentity(_)), "{e:?}");
     }
 
     #[test]

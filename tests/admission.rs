@@ -36,15 +36,6 @@ fn fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
-fn rss_bytes() -> usize {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
-        .unwrap_or(0)
-        * 1024
-}
-
 /// A server with the ADD handler and small limits (1 MiB frames).
 fn server(f: impl FnOnce(&mut Config)) -> Node {
     let s = node_with(|c| {

@@ -23,15 +23,6 @@ use support::*;
 /// One test at a time: they measure the whole process.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-fn rss_bytes() -> usize {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
-        .unwrap_or(0)
-        * 1024
-}
-
 fn server(f: impl FnOnce(&mut Config)) -> Node {
     let s = node_with(f);
     add_adder(&s);

@@ -302,6 +302,16 @@ impl Dh for X25519Key {
 mod tests {
     use super::*;
 
+    /// A random source that gives one byte again and again.
+    struct Rng(u8);
+
+    impl Random for Rng {
+        fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), snow::Error> {
+            dest.fill(self.0);
+            Ok(())
+        }
+    }
+
     fn snows_own() -> Box<dyn Dh> {
         DefaultResolver
             .resolve_dh(&DHChoice::Curve25519)
@@ -411,13 +421,6 @@ mod tests {
     /// each the same secrets.
     #[test]
     fn a_pair_is_the_key_last_set_and_a_shared_static_key_agrees_everywhere() {
-        struct Rng(u8);
-        impl Random for Rng {
-            fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), snow::Error> {
-                dest.fill(self.0);
-                Ok(())
-            }
-        }
         let fixed = Arc::new(KeyPair::new(&[3u8; 32]).expect("a static key"));
         let mut peer = X25519Key::default();
         peer.set(&[9u8; 32]);
@@ -479,13 +482,6 @@ mod tests {
     /// one key at a time, up to the pool's size.
     #[test]
     fn generated_keys_come_from_the_spares_each_once() {
-        struct Rng(u8);
-        impl Random for Rng {
-            fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), snow::Error> {
-                dest.fill(self.0);
-                Ok(())
-            }
-        }
         let fixed = Arc::new(KeyPair::new(&[3u8; 32]).expect("a static key"));
         let spares = Arc::new(Spares::new());
         assert_eq!(spares.ready(), SPARES);

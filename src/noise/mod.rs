@@ -983,6 +983,21 @@ mod tests {
         Arc::new(Local::new(id, key.map(NetworkKey::new), false, Cipher::default()).expect("local"))
     }
 
+    /// `b` with its static key, presenting `proof` as its identity proof.
+    fn proving(b: &Local, proof: Vec<u8>) -> Arc<Local> {
+        Arc::new(Local {
+            identity: b.identity.clone(),
+            psk: None,
+            plaintext: false,
+            cipher: b.cipher,
+            static_private: b.static_private.clone(),
+            static_key: Arc::clone(&b.static_key),
+            proof,
+            spares: Arc::new(dh::Spares::new()),
+            verified: proofs::Verified::default(),
+        })
+    }
+
     fn hello(port: u16) -> Hello {
         Hello {
             listen: Some(format!("127.0.0.1:{port}")),
@@ -1272,18 +1287,8 @@ mod tests {
         let mut x = Handshaker::new(a, &hello(1), [0x80; 8]);
         // The responder signs a static key that is not the one it uses.
         let other = local(3, None);
-        let forged = Local {
-            identity: b.identity.clone(),
-            psk: None,
-            plaintext: false,
-            cipher: b.cipher,
-            static_private: b.static_private.clone(),
-            static_key: Arc::clone(&b.static_key),
-            proof: other.proof.clone(),
-            spares: Arc::new(dh::Spares::new()),
-            verified: proofs::Verified::default(),
-        };
-        let mut y = Handshaker::new(Arc::new(forged), &hello(2), [0x01; 8]);
+        let forged = proving(&b, other.proof.clone());
+        let mut y = Handshaker::new(forged, &hello(2), [0x01; 8]);
         let (px, py) = (x.take_output(), y.take_output());
         x.push(&py).expect("preamble");
         y.push(&px).expect("preamble");
@@ -1315,18 +1320,8 @@ mod tests {
         }
         // Another identity's proof with b's static key: a remembers b's
         // proof of that key, and checks this one, which fails.
-        let forged = Local {
-            identity: b.identity.clone(),
-            psk: None,
-            plaintext: false,
-            cipher: b.cipher,
-            static_private: b.static_private.clone(),
-            static_key: Arc::clone(&b.static_key),
-            proof: local(3, None).proof.clone(),
-            spares: Arc::new(dh::Spares::new()),
-            verified: proofs::Verified::default(),
-        };
-        let (x, _) = pair(Arc::clone(&a), Arc::new(forged), 1000);
+        let forged = proving(&b, local(3, None).proof.clone());
+        let (x, _) = pair(Arc::clone(&a), forged, 1000);
         let e = x.err().expect("a proof of another key");
         assert!(matches!(e, HandshakeError::BadIdentity(_)), "{e:?}");
         // And b's own proof still passes.
@@ -1346,39 +1341,13 @@ mod tests {
         let mut proof = neutral.to_vec();
         proof.extend_from_slice(&neutral);
         proof.extend_from_slice(&[0u8; 32]);
-        let weak = Local {
-            identity: b.identity.clone(),
-            psk: None,
-            plaintext: false,
-            cipher: b.cipher,
-            static_private: b.static_private.clone(),
-            static_key: Arc::clone(&b.static_key),
-            proof,
-            spares: Arc::new(dh::Spares::new()),
-            verified: proofs::Verified::default(),
-        };
         // As the responder (checked at settle) and as the initiator
         // (checked on message 3).
-        let (x, _) = pair(Arc::clone(&a), Arc::new(weak), 1000);
+        let (x, _) = pair(Arc::clone(&a), proving(&b, proof.clone()), 1000);
         let e = x.err().expect("a small-order identity as responder");
         assert!(matches!(e, HandshakeError::BadIdentity(_)), "{e:?}");
-        let weak = Local {
-            identity: b.identity.clone(),
-            psk: None,
-            plaintext: false,
-            cipher: b.cipher,
-            static_private: b.static_private.clone(),
-            static_key: Arc::clone(&b.static_key),
-            proof: {
-                let mut p = neutral.to_vec();
-                p.extend_from_slice(&neutral);
-                p.extend_from_slice(&[0u8; 32]);
-                p
-            },
-            spares: Arc::new(dh::Spares::new()),
-            verified: proofs::Verified::default(),
-        };
-        let (_, y) = pair(Arc::new(weak), Arc::clone(&a), 1000);
+        let weak = proving(&b, proof);
+        let (_, y) = pair(weak, Arc::clone(&a), 1000);
         let e = y.err().expect("a small-order identity as initiator");
         assert!(matches!(e, HandshakeError::BadIdentity(_)), "{e:?}");
     }

@@ -202,6 +202,16 @@ pub fn frame_bytes(header: &[u8], body: &[u8]) -> Vec<u8> {
     v
 }
 
+/// This process's resident memory in bytes (Linux; 0 where unknown).
+pub fn rss_bytes() -> usize {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
 /// A raw TCP peer for bad-input tests: it sends exactly the bytes it is
 /// told, in the clear before a handshake, and inside the encrypted channel
 /// after [`RawPeer::handshaken`] (a misbehaving member).

@@ -69,7 +69,7 @@ impl SecureStream {
         })?;
         let hs =
             Handshaker::with_raw_hello(Arc::new(local), hello.to_vec(), tie_break(Some(true))?);
-        let greeted = drive_handshake(&mut stream, hs, Duration::from_secs(5))?;
+        let greeted = drive_handshake(&mut stream, hs, Duration::from_secs(5), None)?;
         let (proof, session, rest) = (greeted.proof, greeted.session, greeted.rest);
         let mut opener = session.opener();
         let mut plain = Vec::new();

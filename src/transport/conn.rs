@@ -5,6 +5,7 @@
 
 use super::limits::{FrameClock, Memory, FREE_PER_CONN};
 use super::nowait;
+use super::threads::Threads;
 use super::writer::{micros_now, SecureWriter, Shared, Writing, BACKLOG_MAX, STUCK_WRITE, TRY_MAX};
 use super::Path;
 use crate::error::{Error, Result};
@@ -2011,7 +2012,7 @@ pub(crate) fn handshake(
     dialer: bool,
 ) -> Result<Greeted> {
     let hs = Handshaker::new(Arc::clone(local), ours, tie_break(Some(dialer))?);
-    drive_handshake(stream, hs, timeout)
+    drive_handshake(stream, hs, timeout, None)
 }
 
 /// Start the handshake of an accepted `stream`: its preamble goes out at
@@ -2082,11 +2083,14 @@ pub(crate) fn peer_name(stream: &TcpStream) -> String {
         .unwrap_or_else(|_| "peer".into())
 }
 
-/// Run the handshake `hs` over `stream` within `timeout`.
+/// Run the handshake `hs` over `stream` within `timeout`. With `threads`,
+/// the connection's thread is to come from there: while the peer works on
+/// its next message, a spare is made for it (see `Threads::refill`).
 pub(crate) fn drive_handshake(
     stream: &mut TcpStream,
     mut hs: Handshaker,
     timeout: Duration,
+    mut threads: Option<&Arc<Threads>>,
 ) -> Result<Greeted> {
     let peer = peer_name(stream);
     let deadline = Instant::now() + timeout;
@@ -2117,9 +2121,10 @@ pub(crate) fn drive_handshake(
             });
         }
         // While the peer works on its next message (not come yet), make a
-        // key for a later handshake, once.
+        // key for a later handshake, and a thread for this connection,
+        // once each.
         let mut came = None;
-        if hs.may_prepare() {
+        if hs.may_prepare() || threads.is_some() {
             match nowait::read(stream, &mut buf) {
                 Err(e)
                     if matches!(
@@ -2127,6 +2132,9 @@ pub(crate) fn drive_handshake(
                         io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
                     ) =>
                 {
+                    if let Some(t) = threads.take() {
+                        t.refill();
+                    }
                     hs.prepare()
                 }
                 r => came = Some(r),

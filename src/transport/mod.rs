@@ -238,6 +238,10 @@ impl Transport {
     pub(crate) fn new(cfg: Config, local: SocketAddr, secure: Arc<Local>) -> Arc<Transport> {
         let cfg_memory = cfg.memory_budget;
         let threads = Arc::new(Threads::default());
+        threads.set_connection_threads(
+            format!("p2prs-conn-{}", local.port()),
+            Some(cfg.connection_stack_size),
+        );
         let flusher = flush::Flusher::new(
             Arc::clone(&threads),
             format!("p2prs-flush-{}", local.port()),
@@ -364,13 +368,16 @@ impl Transport {
                         }
                     };
                     let me = Arc::clone(&self);
-                    let name = format!("p2prs-conn-{}", self.local.port());
-                    let stack = Some(self.cfg.connection_stack_size);
-                    if let Err(e) = self.threads.spawn(name, stack, move || {
-                        me.serve_inbound(stream, from, admitted, hs)
-                    }) {
-                        self.refusals
-                            .warn(|| format!("no thread for the connection from {from}: {e}"));
+                    match self
+                        .threads
+                        .spawn_connection(move || me.serve_inbound(stream, from, admitted, hs))
+                    {
+                        // The next connection's thread, made while this
+                        // one's handshake goes on.
+                        Ok(()) => self.threads.refill(),
+                        Err(e) => self
+                            .refusals
+                            .warn(|| format!("no thread for the connection from {from}: {e}")),
                     }
                 }
                 Err(e) => {
@@ -459,7 +466,7 @@ impl Transport {
             self.greeting.lock().remove(&key);
             return;
         }
-        let greeted = drive_handshake(&mut stream, hs, self.cfg.handshake_timeout);
+        let greeted = drive_handshake(&mut stream, hs, self.cfg.handshake_timeout, None);
         self.greeting.lock().remove(&key);
         let greeted = match greeted {
             Ok(x) => x,
@@ -484,7 +491,7 @@ impl Transport {
     /// with this node's hello.
     pub(crate) fn handshake_dialed(&self, stream: &mut TcpStream) -> Result<Greeted> {
         let hs = self.leading_handshaker(&conn::peer_name(stream))?;
-        drive_handshake(stream, hs, self.cfg.handshake_timeout)
+        drive_handshake(stream, hs, self.cfg.handshake_timeout, Some(&self.threads))
     }
 
     /// This node's public key.
@@ -766,7 +773,7 @@ impl Transport {
     ) -> Result<Arc<Conn>> {
         let _ = stream.set_nodelay(true);
         let _ = stream.set_write_timeout(Some(self.cfg.write_timeout));
-        let greeted = drive_handshake(stream, hs, self.cfg.handshake_timeout)?;
+        let greeted = drive_handshake(stream, hs, self.cfg.handshake_timeout, Some(&self.threads))?;
         self.adopt_greeted(stream, greeted, addr, None)
     }
 
@@ -793,12 +800,9 @@ impl Transport {
             .ok_or(Error::Shutdown)?;
         let me = Arc::clone(self);
         let c2 = Arc::clone(&conn);
-        let name = format!("p2prs-conn-{}", self.local.port());
         let spawned = self
             .threads
-            .spawn(name, Some(self.cfg.connection_stack_size), move || {
-                me.read_with(c2, reader, greeted, sink)
-            });
+            .spawn_connection(move || me.read_with(c2, reader, greeted, sink));
         if let Err(e) = spawned {
             conn.close();
             self.conns.lock().remove(&conn.id);

@@ -1247,6 +1247,22 @@ fn ring_once(s: &Sizes, mode: Mode) -> Res<()> {
         again.push(t.elapsed());
     }
     let f = Stats::of(&mut first_contact);
+    // Sorted by `Stats::of`: the spread, since some pairs were connected
+    // already (the other way round, or by an earlier pair).
+    let at = |q: f64| {
+        first_contact[((first_contact.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e6
+    };
+    println!(
+        "request by ID between random pairs by quantile: p10 {:.0} µs, p25 {:.0}, p50 {:.0}, \
+         p75 {:.0}, p90 {:.0}, p95 {:.0}, p99 {:.0}",
+        at(0.1),
+        at(0.25),
+        at(0.5),
+        at(0.75),
+        at(0.9),
+        at(0.95),
+        at(0.99)
+    );
     let g = Stats::of(&mut again);
     println!(
         "request by ID between random pairs ({} pairs): median {:.1} µs, p99 {:.1} µs; \

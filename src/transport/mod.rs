@@ -368,16 +368,16 @@ impl Transport {
                         }
                     };
                     let me = Arc::clone(&self);
-                    match self
+                    // A parked spare if there is one (see `Threads`). No
+                    // spare is made here: message 2 is out already, and a
+                    // new thread's start overlaps the dialer's work on
+                    // message 3 (in A/B runs a refill here did not help).
+                    if let Err(e) = self
                         .threads
                         .spawn_connection(move || me.serve_inbound(stream, from, admitted, hs))
                     {
-                        // The next connection's thread, made while this
-                        // one's handshake goes on.
-                        Ok(()) => self.threads.refill(),
-                        Err(e) => self
-                            .refusals
-                            .warn(|| format!("no thread for the connection from {from}: {e}")),
+                        self.refusals
+                            .warn(|| format!("no thread for the connection from {from}: {e}"));
                     }
                 }
                 Err(e) => {

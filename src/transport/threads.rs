@@ -7,10 +7,9 @@
 //! and a new connection needs one at each end: on a first contact both
 //! are on the request's path. So a node keeps one connection thread
 //! parked ([`Threads::spawn_connection`] wakes it, about 10 µs), makes the
-//! next one while it waits for the network anyway ([`Threads::refill`]:
-//! during a handshake, and in the accept thread once a connection is
-//! handed over), and a connection thread whose connection closed parks as
-//! the spare if there is none. A spare unused for [`SPARE_IDLE`] ends, no
+//! next one while it waits for the network anyway ([`Threads::refill`]: a
+//! dialer while its peer works on handshake message 2), and a connection
+//! thread whose connection closed parks as the spare if there is none. A spare unused for [`SPARE_IDLE`] ends, no
 //! spare is made while half the process's thread budget is in use, and a
 //! spare is taken only where a new thread could be started (so that at the
 //! budget, new connections are refused as without spares).

@@ -44,7 +44,9 @@ fn at_the_thread_budget_connections_are_refused_and_nothing_aborts() {
     // The connection opened before the cap still works.
     let r = kept.request(Message::new("ADD", 1)).unwrap();
     assert_eq!(r.data::<i64>().unwrap(), 2);
-    assert_eq!(p2prs::running_threads(), used);
+    // Nothing was left running by the refusals (a spare connection thread
+    // counted in `used` may have ended since).
+    assert!(p2prs::running_threads() <= used);
 
     // Back under the budget, new peers are served again.
     p2prs::set_max_threads(p2prs::DEFAULT_MAX_THREADS);

@@ -9,10 +9,13 @@
 //! parked ([`Threads::spawn_connection`] wakes it, about 10 µs), makes the
 //! next one while it waits for the network anyway ([`Threads::refill`]: a
 //! dialer while its peer works on handshake message 2), and a connection
-//! thread whose connection closed parks as the spare if there is none. A spare unused for [`SPARE_IDLE`] ends, no
-//! spare is made while half the process's thread budget is in use, and a
-//! spare is taken only where a new thread could be started (so that at the
-//! budget, new connections are refused as without spares).
+//! thread whose connection closed parks as the spare if there is none. A
+//! spare unused for [`SPARE_IDLE`] ends, and no spare is made while half
+//! the process's thread budget is in use. A parked spare holds its place
+//! in the budget like any thread, and is taken only where a new thread
+//! could be started: a process whose use jumps to the budget within
+//! [`SPARE_IDLE`] refuses, until its spares end, as many connections more
+//! than it would without them as it holds spares (one a node at most).
 
 use crate::budget;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
@@ -381,7 +384,9 @@ mod tests {
 
     #[test]
     fn a_spare_unused_for_its_idle_time_ends() {
-        let t = connection_threads(Duration::from_millis(50));
+        // Long enough that the test cannot stall past it between the two
+        // refills.
+        let t = connection_threads(Duration::from_secs(1));
         t.refill();
         assert_eq!(t.spares.load(Ordering::Acquire), 1);
         // At most one spare.

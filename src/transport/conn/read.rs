@@ -319,7 +319,7 @@ impl Conn {
         sink: &dyn FrameSink,
         limits: &ReadLimits,
     ) {
-        *self.reader.lock() = Some(std::thread::current().id());
+        let _reading = Reading::begin(self);
         let idle = limits.idle;
         let tick = (idle.min(limits.ring_idle) / 3)
             .min(limits.frame_grace / 2)
@@ -607,7 +607,7 @@ impl Conn {
         sink: &dyn FrameSink,
         idle: Duration,
     ) {
-        *self.reader.lock() = Some(std::thread::current().id());
+        let _reading = Reading::begin(self);
         let tick = (idle / 2).clamp(Duration::from_millis(50), Duration::from_secs(5));
         let mut ok = self.drain(&mut inbound.decoder, sink).0;
         while ok && !self.is_closed() {
@@ -796,5 +796,26 @@ fn note_bytes(st: &mut ReadState, n: usize, frames: usize) {
         st.clock.on_bytes(n, true, frames > 0, Instant::now());
     } else {
         st.clock.between_frames();
+    }
+}
+
+/// This thread reads a connection's socket until dropped (see
+/// `Conn::reader`): the thread may go on to serve another connection (a
+/// spare, see `Threads`), where it is no reader of this one.
+struct Reading<'a>(&'a Conn);
+
+impl<'a> Reading<'a> {
+    fn begin(conn: &'a Conn) -> Reading<'a> {
+        *conn.reader.lock() = Some(std::thread::current().id());
+        Reading(conn)
+    }
+}
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        let mut r = self.0.reader.lock();
+        if *r == Some(std::thread::current().id()) {
+            *r = None;
+        }
     }
 }

@@ -1845,3 +1845,49 @@ fn a_message_the_peer_sends_while_the_dialer_waits_on_a_request_is_delivered() {
     drop(a);
     peer.join().unwrap();
 }
+
+/// A connection's thread may serve a later connection once its own closed
+/// (the node's spare connection thread). It is then no longer that closed
+/// connection's reader: an inline handler on the new connection that makes
+/// a request on a kept handle to the closed one is told it is closed, not
+/// that it would wait on its own reads.
+#[test]
+fn a_reused_connection_thread_no_longer_reads_its_closed_connection() {
+    let server = Node::builder().start().unwrap();
+    let seen: Arc<parking_lot::Mutex<Vec<(thread::ThreadId, p2prs::Connection)>>> = Arc::default();
+    let kept = Arc::clone(&seen);
+    server
+        .add_inline_handler("PROBE", move |r| {
+            let me = thread::current().id();
+            let mut g = kept.lock();
+            // A closed connection this thread read before, if any.
+            let old = g
+                .iter()
+                .find(|(t, c)| *t == me && !c.is_open())
+                .map(|(_, c)| c.clone());
+            g.push((me, r.connection()));
+            drop(g);
+            let verdict = match old {
+                None => "fresh".to_string(),
+                Some(c) => match c.request(Message::new("X", 0)) {
+                    Err(Error::ConnectionClosed { .. }) => "closed".to_string(),
+                    other => format!("{other:?}"),
+                },
+            };
+            r.respond(Message::new("VERDICT", verdict))?;
+            Ok(())
+        })
+        .unwrap();
+    let client = Node::builder().start().unwrap();
+    for _ in 0..50 {
+        let c = client.connect(server.local_addr()).unwrap();
+        let verdict: String = c.request(Message::new("PROBE", 0)).unwrap().data().unwrap();
+        c.close();
+        assert!(wait_until(PATIENCE, || server.connection_count() == 0));
+        if verdict != "fresh" {
+            assert_eq!(verdict, "closed");
+            return;
+        }
+    }
+    panic!("no connection thread served a second connection in 50 tries");
+}

@@ -182,16 +182,19 @@ struct Stats {
 }
 
 impl Stats {
-    /// Figures in microseconds.
+    /// Figures in microseconds; sorts `v`.
     fn of(v: &mut [Duration]) -> Stats {
         v.sort_unstable();
-        let us = |d: Duration| d.as_secs_f64() * 1e6;
-        let at = |q: f64| us(v[((v.len() - 1) as f64 * q).round() as usize]);
         Stats {
-            median: at(0.5),
-            p99: at(0.99),
+            median: quantile(v, 0.5),
+            p99: quantile(v, 0.99),
         }
     }
+}
+
+/// The `q` quantile of the sorted `v`, in microseconds.
+fn quantile(v: &[Duration], q: f64) -> f64 {
+    v[((v.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e6
 }
 
 /// A latency row: its name and one timed operation.
@@ -1249,9 +1252,7 @@ fn ring_once(s: &Sizes, mode: Mode) -> Res<()> {
     let f = Stats::of(&mut first_contact);
     // Sorted by `Stats::of`: the spread, since some pairs were connected
     // already (the other way round, or by an earlier pair).
-    let at = |q: f64| {
-        first_contact[((first_contact.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e6
-    };
+    let at = |q: f64| quantile(&first_contact, q);
     println!(
         "request by ID between random pairs by quantile: p10 {:.0} µs, p25 {:.0}, p50 {:.0}, \
          p75 {:.0}, p90 {:.0}, p95 {:.0}, p99 {:.0}",

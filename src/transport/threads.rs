@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use crate::config::DEFAULT_SHUTDOWN_GRACE as DEFAULT_GRACE;
 
 /// A spare connection thread parked this long without work ends.
-pub(crate) const SPARE_IDLE: Duration = Duration::from_secs(2);
+const SPARE_IDLE: Duration = Duration::from_secs(2);
 
 /// Most spare connection threads a node keeps parked.
 const MOST_SPARES: usize = 1;

@@ -166,10 +166,16 @@ fn shutdown_joins_every_thread_and_closes_every_socket() {
     started_rx
         .recv_timeout(PATIENCE)
         .expect("D's handler started");
-    // Let the handler go once D has stopped listening, so that the drop
-    // below is not held for the whole shutdown grace.
+    // Let the handler go once D has stopped listening and C has seen its
+    // connection to D closed (A and B are gone: it is C's last), so that
+    // the drop below is not held for the whole shutdown grace. (A probe's
+    // connect can wake D's accept thread, which drops the listener, before
+    // D has closed its connections.)
+    let watcher = c.non_owning();
     let releaser = std::thread::spawn(move || {
-        let stopped = wait_until(PATIENCE, || TcpStream::connect(d_addr).is_err());
+        let stopped = wait_until(PATIENCE, || {
+            TcpStream::connect(d_addr).is_err() && watcher.connection_count() == 0
+        });
         let _ = release_tx.send(());
         stopped
     });

@@ -974,6 +974,10 @@ impl Transport {
         if let Some(t) = self.traversal.get() {
             t.stop();
         }
+        // Connections first: a peer that finds the node no longer
+        // listening finds its connections closed too (the accept thread
+        // drops the listener once woken).
+        self.close_all();
         // Wake the accept thread, blocked in accept(), by connecting to it.
         let mut wake = self.local;
         if wake.ip().is_unspecified() {
@@ -983,6 +987,7 @@ impl Transport {
             });
         }
         let _ = TcpStream::connect_timeout(&wake, self.cfg.connect_timeout);
+        // Connections registered meanwhile.
         self.close_all();
         self.close_greeting();
         self.flusher.stop();

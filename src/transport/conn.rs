@@ -296,19 +296,13 @@ impl ReadState {
         }
         // A read the memory budget did not check (see `Conn::read_loop`)
         // keeps the connection within its free allowance.
-        let most = if checked {
-            self.buf.len()
-        } else {
-            read_most(self.inbound.held(), self.buf.len())
-        };
+        let held = self.inbound.held();
+        let allowed = |len: usize| if checked { len } else { read_most(held, len) };
+        let most = allowed(self.buf.len());
         // A read straight into a body is not bounded by the buffer's size
         // (it does not grow it), only by what the budget allows one read
         // (see `limits::growth`).
-        let most_direct = if checked {
-            READ_CHUNK
-        } else {
-            read_most(self.inbound.held(), READ_CHUNK)
-        };
+        let most_direct = allowed(READ_CHUNK);
         if let Some(r) = self.inbound.read_body(stream, most_direct) {
             let n = r?;
             if n > 0 {
